@@ -1,0 +1,1 @@
+"""agents: policies, learners and baselines that use recgym only through its public API."""
