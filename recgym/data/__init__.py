@@ -12,8 +12,11 @@ from recgym.data.dataset import (
     sequence_windows,
     temporal_split,
 )
+from recgym.data.registry import available, data_dir, load
+from recgym.data.synthetic import make_synthetic
 
 __all__ = [
+    "available", "data_dir", "load", "make_synthetic",
     "PAD", "SPLITS", "Catalogue", "DataFormatError", "Dataset", "Examples",
     "format_sid", "parse_sid", "sequence_windows", "temporal_split",
 ]

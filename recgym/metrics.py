@@ -1,0 +1,70 @@
+"""Ranking metrics of the LLM-recommendation literature: HR@K and NDCG@K with one relevant item.
+
+Every agent, LLM or classic, is scored the same way: it returns a ranked list of items per
+request; the list is compared with the request's target. A generated title or semantic ID can
+denote several items: callers pass the *hit* matrix (``hits[i, r]`` is True when the item group at
+rank r contains the target), and :func:`hits_from_ranked` builds it for plain item-id lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KS = (1, 3, 5, 10, 20)
+
+
+def hits_from_ranked(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Boolean (n, K) matrix: whether rank r of request i is its target (ranked ids, -1 = empty).
+
+    Example:
+        >>> hits_from_ranked(np.array([[3, 1, 2], [0, 5, -1]]), np.array([1, 7])).tolist()
+        [[False, True, False], [False, False, False]]
+    """
+    ranked = np.asarray(ranked)
+    return ranked == np.asarray(targets)[:, None]
+
+
+def ranking_metrics(hits: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """HR@K and NDCG@K averaged over requests, from a boolean hit matrix ordered by rank.
+
+    HR@K is 1 when the target is among the first K; NDCG@K is ``1 / log2(rank + 1)`` for the first
+    hit at 1-based ``rank <= K`` (one relevant item, so the ideal DCG is 1). Lists shorter than K
+    count what they have. Requests with no list count as misses.
+
+    Example:
+        >>> m = ranking_metrics(np.array([[False, True], [True, False]]), ks=(1, 2))
+        >>> m["HR@1"], m["HR@2"], round(m["NDCG@2"], 4)
+        (0.5, 1.0, 0.8155)
+    """
+    hits = np.asarray(hits, dtype=bool)
+    if hits.ndim != 2:
+        raise ValueError(f"hits must be a 2-D (requests, ranks) array, got shape {hits.shape}")
+    n, width = hits.shape
+    any_hit = hits.any(axis=1)
+    first = np.where(any_hit, hits.argmax(axis=1), width)  # 0-based rank of the first hit
+    out: dict[str, float] = {}
+    for k in ks:
+        inside = first < k
+        out[f"HR@{k}"] = float(inside.mean()) if n else 0.0
+        gain = np.where(inside, 1.0 / np.log2(first + 2.0), 0.0)
+        out[f"NDCG@{k}"] = float(gain.mean()) if n else 0.0
+    return out
+
+
+def format_table(rows: dict[str, dict[str, float]], ks: Sequence[int] = KS) -> str:
+    """A Markdown table with one row per agent and HR/NDCG@K columns.
+
+    Example:
+        >>> print(format_table({"pop": {"HR@1": 0.1, "NDCG@1": 0.1}}, ks=(1,)))
+        | agent | HR@1 | NDCG@1 |
+        |---|---|---|
+        | pop | 0.1000 | 0.1000 |
+    """
+    cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+    lines = ["| agent | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, metrics in rows.items():
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
