@@ -1,0 +1,234 @@
+"""What a RecGen environment is about: requests, items as tokens, the prefix tree and the reward.
+
+A :class:`RecGenTask` is built once and shared: the single env, the batched vector env, the
+PettingZoo env and any number of copies use the same tree and prompt cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recgym.data.dataset import SPLITS, Dataset, Examples
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from recgym.items import ItemTokenizer
+    from recgym.prompts import PromptTemplate
+    from recgym.tree import PrefixTree
+
+RewardFn = Callable[[np.ndarray, int, dict[str, Any]], float]
+"""``reward_fn(generated_item_ids, target_item, request) -> float``; ``request`` holds the history."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One recommendation request: a history (item ids, oldest first) and the true next item."""
+
+    history: tuple[int, ...]
+    target: int
+    row: int = -1  # row in the split, -1 for a request given through reset options
+
+
+class RecGenTask:
+    """Requests of one split, their prompts as token ids, the items' prefix tree, and the reward.
+
+    Args:
+        dataset: a :class:`~recgym.data.Dataset`, or a name / folder for :func:`recgym.data.load`.
+        split: which split's requests episodes draw from.
+        representation: ``"title"`` or ``"sid"``; default: titles when the catalogue has them.
+        tokenizer: an :class:`~recgym.items.ItemTokenizer`, a Hugging Face tokenizer, a local path
+            or hub name for ``AutoTokenizer``, or None for the offline default (trained on the
+            dataset once and cached under ``recgym.data.data_dir()/tokenizers``).
+        template: prompt template override.
+        max_history: history window when ``dataset`` is loaded by name.
+        max_prompt_len: pad length of prompt observations; default: a bound computed from the
+            longest item text (prompts longer than it raise a ValueError naming the request).
+        hit_reward, miss_reward: reward of a generated item that is / is not the target.
+        reward_fn: optional ``(generated_item_ids, target, request) -> float`` replacing the
+            hit / miss reward.
+        vocab_size: vocabulary size of the offline default tokenizer.
+        dataset_kwargs: passed to :func:`recgym.data.load`.
+
+    Example:
+        >>> task = RecGenTask("synthetic", representation="sid",
+        ...                   dataset_kwargs={"num_items": 300, "num_users": 100})
+        >>> ids, lens = task.prompt_tokens(np.array([0, 1]))
+        >>> ids.shape[0], bool((lens > 0).all())
+        (2, True)
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | str | os.PathLike[str] = "synthetic",
+        *,
+        split: str = "train",
+        representation: str | None = None,
+        tokenizer: ItemTokenizer | PreTrainedTokenizerBase | str | None = None,
+        template: PromptTemplate | None = None,
+        max_history: int = 10,
+        max_prompt_len: int | None = None,
+        hit_reward: float = 1.0,
+        miss_reward: float = 0.0,
+        reward_fn: RewardFn | None = None,
+        vocab_size: int = 4096,
+        dataset_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        from recgym.items import ItemTokenizer
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not isinstance(dataset, Dataset):
+            dataset = _load_dataset(dataset, max_history, dataset_kwargs or {})
+        self.dataset = dataset
+        self.split = split
+        self.examples: Examples = dataset.split(split)
+        if representation is None:
+            representation = "title" if dataset.catalogue.titles is not None else "sid"
+        if isinstance(tokenizer, ItemTokenizer):
+            self.items = tokenizer
+        elif tokenizer is None:
+            self.items = _default_item_tokenizer(dataset, representation, template, vocab_size)
+        else:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            self.items = ItemTokenizer(tokenizer, dataset.catalogue, representation, template)
+        self.representation = self.items.representation
+        self.tree: PrefixTree = self.items.build_tree()
+        self.vocab_size = self.items.vocab_size
+        self.eos_token_id = self.items.eos_token_id
+        self.pad_token_id = self.items.pad_token_id
+        self.hit_reward = float(hit_reward)
+        self.miss_reward = float(miss_reward)
+        self.reward_fn = reward_fn
+        self.max_prompt_len = max_prompt_len or self._prompt_len_bound()
+        self._prompt_cache: dict[int, np.ndarray] = {}
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.examples)
+
+    @property
+    def max_history(self) -> int:
+        return self.examples.max_history
+
+    @property
+    def max_response_len(self) -> int:
+        """The longest item token sequence (generation never takes more steps)."""
+        return int(self.tree.max_depth)
+
+    def request(self, row: int) -> Request:
+        """The request at ``row`` of the split."""
+        ex = self.examples
+        return Request(tuple(ex.history[row, : ex.history_len[row]].tolist()), int(ex.target[row]), row)
+
+    def _prompt_len_bound(self) -> int:
+        # Longest item text written in a history, times the window, plus the template itself.
+        n = self.dataset.catalogue.num_items
+        longest = max(range(n), key=lambda i: len(self.items.item_text(i).encode()))
+        empty = len(self.items.encode_prompts([[]])[0])
+        one = len(self.items.encode_prompts([[longest]])[0])
+        return empty + self.max_history * (one - empty + 2)
+
+    def prompt_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Padded prompt token ids (B, max_prompt_len) and lengths (B,) for rows of the split.
+
+        Prompts are tokenized on first use in one batched call and cached per row.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = sorted({int(r) for r in rows.tolist()} - self._prompt_cache.keys())
+        if missing:
+            ex = self.examples
+            encoded = self.items.encode_prompts(
+                [ex.history[r, : ex.history_len[r]].tolist() for r in missing]
+            )
+            for r, ids in zip(missing, encoded):
+                self._prompt_cache[r] = self._checked(ids, f"{self.split} row {r}")
+        return self._pad([self._prompt_cache[int(r)] for r in rows.tolist()])
+
+    def custom_prompt_tokens(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`prompt_tokens` for histories given directly (not cached)."""
+        encoded = self.items.encode_prompts([list(h) for h in histories])
+        return self._pad([self._checked(ids, "a request given in options") for ids in encoded])
+
+    def _checked(self, ids: list[int], where: str) -> np.ndarray:
+        if len(ids) > self.max_prompt_len:
+            raise ValueError(f"the prompt of {where} has {len(ids)} tokens, more than max_prompt_len="
+                             f"{self.max_prompt_len}; pass a larger max_prompt_len")
+        return np.asarray(ids, dtype=np.int64)
+
+    def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.fromiter((len(s) for s in seqs), np.int64, count=len(seqs))
+        out = np.full((len(seqs), self.max_prompt_len), self.pad_token_id, dtype=np.int64)
+        if seqs:
+            out[np.arange(self.max_prompt_len) < lens[:, None]] = np.concatenate(seqs)
+        return out, lens
+
+    def validate_request(self, history: Sequence[int], target: int) -> Request:
+        """Check a request given through reset options; ids must be catalogue items."""
+        n = self.dataset.catalogue.num_items
+        hist = tuple(int(i) for i in history)
+        if any(not 0 <= i < n for i in hist) or not 0 <= int(target) < n:
+            raise ValueError(f"request items must be in 0..{n - 1}: history={hist}, target={target}")
+        if len(hist) > self.max_history:
+            hist = hist[-self.max_history:]
+        return Request(hist, int(target))
+
+    def rewards(
+        self, states: np.ndarray, targets: np.ndarray, requests: Sequence[Request] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards and hits for complete states (vectorized unless a ``reward_fn`` is set)."""
+        offsets, values = self.tree.items_batch(states)
+        counts = np.diff(offsets)
+        match = values == np.repeat(np.asarray(targets), counts)
+        hits = np.add.reduceat(match, offsets[:-1]) > 0 if len(values) else np.zeros(len(states), bool)
+        hits &= counts > 0
+        if self.reward_fn is None:
+            return np.where(hits, self.hit_reward, self.miss_reward), hits
+        assert requests is not None, "reward_fn needs the requests"
+        rewards = np.array([
+            float(self.reward_fn(values[offsets[i]:offsets[i + 1]], int(targets[i]),
+                                 {"history": list(requests[i].history), "row": requests[i].row}))
+            for i in range(len(states))
+        ])
+        return rewards, hits
+
+
+def _load_dataset(name: str | os.PathLike[str], max_history: int, kwargs: dict[str, Any]) -> Dataset:
+    from recgym.data import load
+
+    try:
+        return load(name, max_history=max_history, **kwargs)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}. Get it with `recgym data download {name}` (raw pipelines), or pass "
+            f"dataset='path/to/folder' for a local folder in D3, LC-Rec or SPRec format"
+        ) from err
+
+
+def _default_item_tokenizer(
+    dataset: Dataset, representation: str, template: PromptTemplate | None, vocab_size: int
+) -> ItemTokenizer:
+    """Train the offline tokenizer once per catalogue and cache it (synthetic data: in memory only)."""
+    from recgym.data import data_dir
+    from recgym.items import ItemTokenizer
+
+    cat = dataset.catalogue
+    texts = cat.titles if representation == "title" else [cat.sid_string(i) for i in range(cat.num_items)]
+    if texts is None:
+        return ItemTokenizer.train(dataset, representation, template=template, vocab_size=vocab_size)
+    digest = hashlib.sha256("\n".join(texts).encode() + repr(template).encode()).hexdigest()[:12]
+    folder = data_dir() / "tokenizers" / f"{dataset.name}-{representation}-{vocab_size}-{digest}"
+    if (folder / "recgym_items.json").exists():
+        return ItemTokenizer.load(folder, cat)
+    items = ItemTokenizer.train(dataset, representation, template=template, vocab_size=vocab_size)
+    items.save(folder)
+    return items

@@ -1,0 +1,288 @@
+"""A natively batched RecGen vector env: one shared tree, array state, no per-env objects in step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from recgym.envs.recgen import observation_space
+from recgym.envs.task import RecGenTask, Request
+
+AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
+
+
+class RecGenVectorEnv(VectorEnv):
+    """``num_envs`` RecGen episodes stepped together with batched numpy operations.
+
+    Registered as the ``vector_entry_point`` of every RecGen id::
+
+        envs = gym.make_vec("RecGen-Synthetic-v0", num_envs=64,
+                            vectorization_mode="vector_entry_point", autoreset_mode="disabled")
+
+    State is a few arrays (tree node, tokens generated, request row per slot); every step is one
+    ``PrefixTree.step`` over the batch, one vectorized reward and one batched observation.
+
+    **Groups (GRPO).** ``reset(options={"group_size": n})`` fills the slots with ``num_envs / n``
+    requests, each repeated in ``n`` consecutive slots. ``options={"rows": [...]}`` picks the
+    requests (``num_envs`` rows, or ``num_envs / group_size`` rows with ``group_size``).
+
+    **Episodes end independently.** ``autoreset_mode="next_step"`` (Gymnasium's default): a slot
+    that terminated is reset on the next ``step`` (its action is ignored, reward 0).
+    ``autoreset_mode="disabled"`` (what learners want): a finished slot stays finished, its actions
+    are ignored, its reward is 0 and ``terminated`` stays True until ``reset()`` (or
+    ``reset(options={"reset_mask": m})`` for some slots). ``info["active"]`` marks the slots whose
+    action this step used, so learners skip the rest.
+
+    **Masks.** With ``dense_masks=True`` ``info["action_mask"]`` is a fresh (num_envs, vocab_size)
+    int8 array; pass ``dense_masks=False`` for agents that compute masks from :attr:`tree` and
+    ``info["state"]`` (tree nodes) themselves, which is far cheaper for large vocabularies.
+    :meth:`action_masks` gives the boolean masks on demand.
+
+    Info keys (arrays over slots): ``state``, ``row``, ``target``, ``active``, ``hit``,
+    ``invalid_action``, ``generated_len``; ``action_mask`` when dense.
+
+    Args:
+        num_envs: number of slots.
+        task: a prebuilt :class:`~recgym.envs.task.RecGenTask` to share, or None to build one from
+            ``task_kwargs`` (the same keywords as :class:`~recgym.envs.recgen.RecGenEnv`).
+        autoreset_mode: ``"next_step"`` or ``"disabled"`` (or a Gymnasium ``AutoresetMode``).
+        dense_masks: put vocabulary-wide masks in ``info``.
+        strict: raise ValueError on an invalid token instead of ending the slot's episode.
+
+    Example:
+        >>> envs = RecGenVectorEnv(4, representation="sid", autoreset_mode="disabled",
+        ...                        dense_masks=False,
+        ...                        dataset_kwargs={"num_items": 300, "num_users": 100})
+        >>> obs, info = envs.reset(seed=0, options={"group_size": 2})
+        >>> info["row"][0] == info["row"][1]
+        np.True_
+        >>> rng = np.random.default_rng(0)
+        >>> done = np.zeros(4, bool)
+        >>> while not done.all():
+        ...     actions = envs.tree.sample_tokens(np.where(done, 0, info["state"]), rng)
+        ...     obs, rewards, terminated, truncated, info = envs.step(actions)
+        ...     done |= terminated
+    """
+
+    render_mode = None
+
+    def __init__(
+        self,
+        num_envs: int,
+        task: RecGenTask | None = None,
+        *,
+        autoreset_mode: str | AutoresetMode = "next_step",
+        dense_masks: bool = True,
+        strict: bool = False,
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if task is not None and task_kwargs:
+            raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
+        if render_mode is not None:
+            raise ValueError("the vector env does not render; render a single RecGenEnv instead")
+        if isinstance(autoreset_mode, str):
+            if autoreset_mode not in AUTORESET_MODES:
+                raise ValueError(f"autoreset_mode must be one of {sorted(AUTORESET_MODES)}, "
+                                 f"got {autoreset_mode!r}")
+            autoreset_mode = AUTORESET_MODES[autoreset_mode]
+        if autoreset_mode not in AUTORESET_MODES.values():
+            raise ValueError(f"autoreset_mode {autoreset_mode} is not supported")
+        self.task = task if task is not None else RecGenTask(**task_kwargs)
+        self.tree = self.task.tree
+        self.num_envs = num_envs
+        self.autoreset_mode = autoreset_mode
+        self.dense_masks = dense_masks
+        self.strict = strict
+        self.metadata = {"autoreset_mode": autoreset_mode, "render_modes": []}
+        self.single_action_space = spaces.Discrete(self.task.vocab_size)
+        self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.task.vocab_size))
+        self.single_observation_space = observation_space(self.task)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        b, task = num_envs, self.task
+        self.states = np.zeros(b, dtype=np.int64)
+        self.rows = np.zeros(b, dtype=np.int64)
+        self.targets = np.zeros(b, dtype=np.int64)
+        self.generated = np.full((b, task.max_response_len), task.pad_token_id, dtype=np.int64)
+        self.generated_len = np.zeros(b, dtype=np.int64)
+        self.history = np.full((b, task.max_history), -1, dtype=np.int64)
+        self.history_len = np.zeros(b, dtype=np.int64)
+        self.prompt_ids = np.full((b, task.max_prompt_len), task.pad_token_id, dtype=np.int64)
+        self.prompt_len = np.zeros(b, dtype=np.int64)
+        self.done = np.ones(b, dtype=bool)
+        self._hit = np.zeros(b, dtype=bool)
+        self._invalid = np.zeros(b, dtype=bool)
+        self._custom: dict[int, Request] = {}  # slot -> request given through options
+
+    # -- reset ---------------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        reset_mask = options.pop("reset_mask", None)
+        slots = np.arange(self.num_envs) if reset_mask is None else np.flatnonzero(
+            self._check_mask(reset_mask))
+        if "requests" in options:
+            self._reset_custom(slots, options.pop("requests"))
+        else:
+            self._fill(slots, self._pick_rows(len(slots), options))
+        if options:
+            raise ValueError(f"unknown reset options: {sorted(options)}")
+        return self._obs(), self._info(np.zeros(self.num_envs, bool))
+
+    def _check_mask(self, mask: Any) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+            raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
+        return mask
+
+    def _pick_rows(self, count: int, options: dict[str, Any]) -> np.ndarray:
+        group = int(options.pop("group_size", 1))
+        if group < 1 or count % group:
+            raise ValueError(f"group_size={group} must divide the number of slots being reset ({count})")
+        n = self.task.num_requests
+        if n == 0:
+            raise ValueError(f"the {self.task.split!r} split of {self.task.dataset.name!r} has no requests")
+        rows = options.pop("rows", None)
+        if rows is None:
+            rows = self.np_random.integers(n, size=count // group)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape == (count // group,):
+            rows = np.repeat(rows, group)
+        if rows.shape != (count,):
+            raise ValueError(
+                f"options['rows'] must have {count // group} or {count} entries, got {rows.shape}")
+        if ((rows < 0) | (rows >= n)).any():
+            raise ValueError(f"options['rows'] must be in 0..{n - 1}")
+        return rows
+
+    def _fill(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Start new episodes in ``slots`` for split rows ``rows`` (all arrays, no per-slot loop)."""
+        ex, task = self.task.examples, self.task
+        if self._custom:
+            for s in slots.tolist():
+                self._custom.pop(s, None)
+        self.rows[slots] = rows
+        self.targets[slots] = ex.target[rows]
+        self.history[slots] = ex.history[rows]
+        self.history_len[slots] = ex.history_len[rows]
+        self.prompt_ids[slots], self.prompt_len[slots] = task.prompt_tokens(rows)
+        self._start(slots)
+
+    def _reset_custom(self, slots: np.ndarray, requests: Any) -> None:
+        if len(requests) != len(slots):
+            raise ValueError(f"options['requests'] needs {len(slots)} (history, target) pairs")
+        checked = [self.task.validate_request(h, t) for h, t in requests]
+        self.rows[slots] = -1
+        self.targets[slots] = [r.target for r in checked]
+        self.history[slots] = -1
+        for s, r in zip(slots.tolist(), checked):
+            self.history[s, : len(r.history)] = r.history
+            self._custom[s] = r
+        self.history_len[slots] = [len(r.history) for r in checked]
+        self.prompt_ids[slots], self.prompt_len[slots] = self.task.custom_prompt_tokens(
+            [r.history for r in checked])
+        self._start(slots)
+
+    def _start(self, slots: np.ndarray) -> None:
+        self.states[slots] = self.tree.root
+        self.generated[slots] = self.task.pad_token_id
+        self.generated_len[slots] = 0
+        self.done[slots] = False
+        self._hit[slots] = False
+        self._invalid[slots] = False
+
+    # -- step ----------------------------------------------------------------------------------
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = self._check_actions(actions)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self.done.any():
+            finished = np.flatnonzero(self.done)
+            self._fill(finished, self._pick_rows(len(finished), {}))
+            active = np.ones(self.num_envs, bool)
+            active[finished] = False
+        else:
+            active = ~self.done
+        nxt = self.tree.step(np.where(active, self.states, self.tree.root), actions)
+        invalid = active & (nxt < 0)
+        if self.strict and invalid.any():
+            i = int(np.flatnonzero(invalid)[0])
+            raise ValueError(f"slot {i}: token {actions[i]} is not allowed (strict=True)")
+        ok = active & ~invalid
+        idx = np.flatnonzero(ok)
+        self.generated[idx, self.generated_len[idx]] = actions[idx]
+        self.generated_len[idx] += 1
+        self.states[idx] = nxt[idx]
+        complete = ok & self.tree.is_complete(self.states)
+        ended = np.flatnonzero(complete)
+        if ended.size:
+            requests = [self._request(s) for s in ended.tolist()] if self.task.reward_fn else None
+            rewards[ended], self._hit[ended] = self.task.rewards(
+                self.states[ended], self.targets[ended], requests)
+        rewards[invalid] = self.task.miss_reward
+        self._invalid |= invalid
+        self.done |= complete | invalid
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            terminated = complete | invalid
+        else:
+            terminated = self.done.copy()
+        return self._obs(), rewards, terminated, np.zeros(self.num_envs, bool), self._info(active)
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integer token ids, got dtype {actions.dtype}")
+        if ((actions < 0) | (actions >= self.task.vocab_size)).any():
+            raise ValueError(f"actions must be in [0, {self.task.vocab_size})")
+        return actions.astype(np.int64)
+
+    def _request(self, slot: int) -> Request:
+        return self._custom.get(slot) or self.task.request(int(self.rows[slot]))
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def action_masks(self) -> np.ndarray:
+        """Boolean (num_envs, vocab_size) masks of the valid next tokens (all True for ended slots)."""
+        return self._masks(bool)
+
+    def _masks(self, dtype: Any) -> np.ndarray:
+        masks = self.tree.mask(np.where(self.done, self.tree.root, self.states), dtype=dtype)
+        masks[self.done] = 1
+        return masks
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {
+            "prompt_ids": self.prompt_ids.copy(),
+            "prompt_len": self.prompt_len.copy(),
+            "generated_ids": self.generated.copy(),
+            "generated_len": self.generated_len.copy(),
+            "history": self.history.copy(),
+            "history_len": self.history_len.copy(),
+        }
+
+    def _info(self, active: np.ndarray) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "state": self.states.copy(),
+            "row": self.rows.copy(),
+            "target": self.targets.copy(),
+            "active": active,
+            "hit": self._hit.copy(),
+            "invalid_action": self._invalid.copy(),
+            "generated_len": self.generated_len.copy(),
+        }
+        if self.dense_masks:
+            info["action_mask"] = self._masks(np.int8)
+        return info

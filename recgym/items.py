@@ -1,0 +1,237 @@
+"""Items as token sequences: titles tokenized in context, or semantic-ID codes as added tokens.
+
+An :class:`ItemTokenizer` binds a Hugging Face tokenizer, a catalogue, a representation
+(``"title"`` or ``"sid"``) and a :class:`~recgym.prompts.PromptTemplate`. It gives every item the
+exact token sequence a model writes after the prompt's response header, ending with the
+end-of-sequence token, and renders / encodes prompts for requests.
+
+Why *in context*: byte-level BPE tokenizers such as Qwen2's merge the opening quote with the first
+word (``'"Epic'`` is one pre-token), so tokenizing a bare title gives ids the model never writes.
+Titles are therefore tokenized as ``header + response`` and the header's tokens are cut off; a
+check makes sure the header tokenizes the same alone and in context.
+
+The offline default tokenizer (:func:`train_tokenizer`) is a byte-level BPE trained with
+``tokenizers`` using Qwen2's pre-tokenization pattern, so it shows the same quote merging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recgym.data.dataset import Catalogue, Dataset, format_sid
+from recgym.prompts import SID_TEMPLATE, TITLE_TEMPLATE, PromptTemplate
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from recgym.tree import PrefixTree
+
+EOS_TOKEN = "<|endoftext|>"
+REPRESENTATIONS = ("title", "sid")
+# Qwen2's pre-tokenizer split pattern: a non-letter may join the following letters.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def sid_vocabulary(sids: np.ndarray) -> list[str]:
+    """All SID tokens a catalogue needs, level by level: ``<a_0> .. <a_{n_a-1}>, <b_0> ..``.
+
+    Example:
+        >>> sid_vocabulary(np.array([[0, 1], [2, 0]]))
+        ['<a_0>', '<a_1>', '<a_2>', '<b_0>', '<b_1>']
+    """
+    sizes = np.asarray(sids).max(axis=0) + 1
+    return [f"<{chr(ord('a') + lvl)}_{c}>" for lvl, size in enumerate(sizes.tolist()) for c in range(size)]
+
+
+def train_tokenizer(
+    texts: Iterable[str], *, vocab_size: int = 4096, added_tokens: Sequence[str] = ()
+) -> PreTrainedTokenizerBase:
+    """Train the offline default tokenizer: byte-level BPE with Qwen2's pre-tokenization.
+
+    ``added_tokens`` (e.g. SID tokens) are never split. The end-of-sequence token
+    ``<|endoftext|>`` doubles as padding, as in Qwen2.
+
+    Example:
+        >>> tok = train_tokenizer(['"Epic Quest"', '"Epic Saga"'] * 20, vocab_size=300)
+        >>> tok.convert_ids_to_tokens(tok('"Epic Quest"')["input_ids"])[0]
+        '"Epic'
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+    if added_tokens:
+        tokenizer.add_tokens(list(added_tokens))
+    return tokenizer
+
+
+class ItemTokenizer:
+    """Every catalogue item as the token sequence a model writes for it, plus prompt rendering.
+
+    Args:
+        tokenizer: any Hugging Face tokenizer with an end-of-sequence token. For ``"sid"``, the
+            SID tokens are added to it when missing.
+        catalogue: the items.
+        representation: ``"title"`` or ``"sid"``.
+        template: the prompt template (default: ``TITLE_TEMPLATE`` or ``SID_TEMPLATE``).
+
+    Example:
+        >>> from recgym.data import make_synthetic
+        >>> ds = make_synthetic(num_items=300, num_users=100)
+        >>> items = ItemTokenizer.train(ds, "sid", vocab_size=600)
+        >>> int(items.sequences[0][-1]) == items.eos_token_id
+        True
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        catalogue: Catalogue,
+        representation: str = "title",
+        template: PromptTemplate | None = None,
+    ) -> None:
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no end-of-sequence token (eos_token)")
+        if representation == "title" and catalogue.titles is None:
+            raise ValueError("this catalogue has no titles: use representation='sid'")
+        if representation == "sid" and catalogue.sids is None:
+            raise ValueError("this catalogue has no semantic IDs: use representation='title'")
+        self.tokenizer = tokenizer
+        self.catalogue = catalogue
+        self.representation = representation
+        self.template = template or (TITLE_TEMPLATE if representation == "title" else SID_TEMPLATE)
+        if representation == "sid":
+            missing = [t for t in sid_vocabulary(catalogue.sids) if t not in tokenizer.get_vocab()]
+            if missing:
+                tokenizer.add_tokens(missing)
+        self.eos_token_id: int = int(tokenizer.eos_token_id)
+        self.pad_token_id: int = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.vocab_size: int = len(tokenizer)
+        self.sequences: list[np.ndarray] = self._item_sequences()
+
+    # -- items ---------------------------------------------------------------------------------
+
+    def item_text(self, item: int) -> str:
+        """The item as written in prompts: its title, or its SID tokens."""
+        if self.representation == "title":
+            return self.catalogue.titles[item]
+        return format_sid(self.catalogue.sids[item])
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _item_sequences(self) -> list[np.ndarray]:
+        header = self.template.response_header
+        head = self._encode([header])[0]
+        texts = [header + self.template.response(self.item_text(i)) for i in range(self.catalogue.num_items)]
+        out = []
+        for item, ids in enumerate(self._encode(texts)):
+            if ids[: len(head)] != head:
+                raise ValueError(
+                    f"item {item}: the response header {header!r} tokenizes differently before this "
+                    "item's text; choose a header that ends at a token boundary (e.g. with a newline)"
+                )
+            body = ids[len(head):]
+            if not body:
+                raise ValueError(f"item {item} has an empty token sequence")
+            out.append(np.asarray([*body, self.eos_token_id], dtype=np.int64))
+        return out
+
+    def build_tree(self) -> PrefixTree:
+        """The prefix tree over every item's token sequence (numpy; see :mod:`recgym.tree`)."""
+        from recgym.tree import PrefixTree
+
+        return PrefixTree(self.sequences, vocab_size=self.vocab_size)
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def prompt_text(self, history: Sequence[int]) -> str:
+        """The prompt for a history of item ids (oldest first)."""
+        return self.template.render([self.item_text(int(i)) for i in history])
+
+    def encode_prompts(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token ids of many prompts at once (one batched tokenizer call)."""
+        return self._encode([self.prompt_text(h) for h in histories])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of generated tokens (special tokens kept, so the end token shows)."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    # -- construction and persistence --------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        dataset: Dataset,
+        representation: str = "title",
+        *,
+        template: PromptTemplate | None = None,
+        vocab_size: int = 4096,
+        max_prompts: int = 2000,
+        seed: int = 0,
+    ) -> ItemTokenizer:
+        """Train the offline default tokenizer on a dataset's prompts and item texts.
+
+        The corpus is every item written as a response after the header plus up to
+        ``max_prompts`` training prompts drawn with ``seed``.
+        """
+        cat = dataset.catalogue
+        sid_tokens = sid_vocabulary(cat.sids) if representation == "sid" else []
+        probe = cls.__new__(cls)  # render texts with the template before a tokenizer exists
+        probe.catalogue, probe.representation = cat, representation
+        probe.template = template or (TITLE_TEMPLATE if representation == "title" else SID_TEMPLATE)
+        source = dataset.train if len(dataset.train) else dataset.test
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(source), size=min(max_prompts, len(source)), replace=False)
+        histories = [source.history[r, : source.history_len[r]].tolist() for r in rows.tolist()]
+        header = probe.template.response_header
+        corpus = [probe.prompt_text(h) for h in histories]
+        corpus += [header + probe.template.response(probe.item_text(i)) for i in range(cat.num_items)]
+        tokenizer = train_tokenizer(corpus, vocab_size=vocab_size, added_tokens=sid_tokens)
+        return cls(tokenizer, cat, representation, probe.template)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the tokenizer (``save_pretrained``) and the representation and template."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path)
+        config = {"representation": self.representation, "template": asdict(self.template)}
+        tmp = path / "recgym_items.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, path / "recgym_items.json")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], catalogue: Catalogue) -> ItemTokenizer:
+        """Rebuild from :meth:`save`'s folder and the catalogue."""
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        config: dict[str, Any] = json.loads((path / "recgym_items.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(tokenizer, catalogue, config["representation"], PromptTemplate(**config["template"]))

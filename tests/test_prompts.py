@@ -1,0 +1,18 @@
+from dataclasses import replace
+
+from recgym.prompts import SID_TEMPLATE, TITLE_TEMPLATE
+
+
+def test_title_prompt_is_alpaca_style_and_ends_with_the_header():
+    text = TITLE_TEMPLATE.render(["A", 'B "x"'])
+    assert text.startswith("Below is an instruction")
+    assert '### Input:\nThe user has interacted with the following items before: "A", "B "x""' in text
+    assert text.endswith("### Response:\n")
+    assert TITLE_TEMPLATE.response("C") == '"C"\n'
+
+
+def test_sid_prompt_is_compact_and_overridable():
+    assert SID_TEMPLATE.render(["<a_1><b_2>"]).endswith("History: <a_1><b_2>\n\n### Response:\n")
+    assert SID_TEMPLATE.response("<a_1><b_2>") == "<a_1><b_2>"
+    games = replace(TITLE_TEMPLATE, noun="video game", nouns="video games")
+    assert "new video game that" in games.render([])
