@@ -1,7 +1,7 @@
 """Vector-env throughput: the natively batched RecGenVectorEnv against a loop over single RecGenEnvs.
 
 Both play the same requests with random valid actions (drawn from the tree), in the same run.
-Writes ``benchmarks/results/env.json``.
+Writes ``benchmarks/results/env-<dataset>.json``.
 
     python benchmarks/bench_env.py [--dataset synthetic|office-d3] [--num-envs 64] [--episodes 2048]
 """
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--representation", default="title")
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=2048)
-    parser.add_argument("--out", default="benchmarks/results/env.json")
+    parser.add_argument("--out", help="default: benchmarks/results/env-<dataset>.json")
     args = parser.parse_args()
     task = RecGenTask(args.dataset, representation=args.representation, split="test")
     results = {
@@ -82,8 +82,9 @@ def main() -> None:
     for dense in (False, True):
         results[f"speedup_vector_dense_masks={dense}_vs_loop"] = (
             results[f"vector_dense_masks={dense}"]["env_steps_per_s"] / loop)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    out = Path(args.out or f"benchmarks/results/env-{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 
