@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_VERSION = 1
+WIDE_NODE_CHILDREN = 256  # nodes at least this wide get a cached dense mask row
+MAX_WIDE_NODES = 16  # at most this many cached rows (16 x V bytes)
 
 
 def _gather_csr(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +167,7 @@ class PrefixTree:
         self.max_depth = int(self.depth.max())
         self.max_children = int(self.num_children.max())
         self._torch_cache: dict[str, TorchPrefixTree] = {}
+        self._wide: tuple[np.ndarray, np.ndarray] | None = None
         self._check_invariants()
         for name in _PUBLIC_ARRAYS + ("_keys", "_ids_order", "_sorted_ids"):
             getattr(self, name).flags.writeable = False
@@ -290,9 +293,19 @@ class PrefixTree:
             if out.shape != (len(s), self.vocab_size):
                 raise ValueError(f"out has shape {out.shape}, expected {(len(s), self.vocab_size)}")
             out.fill(0)
-        counts = self.num_children[s]
-        _, flat_index = _gather_csr(self.child_tokens, self.child_offsets[s], counts)
-        flat_index += np.repeat(np.arange(0, out.size, self.vocab_size), counts)  # row * V + token
+        # The few widest nodes (the root of a title tree allows thousands of first words) have
+        # precomputed dense rows: one broadcast copy per distinct wide node in the batch replaces
+        # thousands of scattered writes and their index arithmetic.
+        wide_nodes, wide_rows = self._wide_rows()
+        slot = np.searchsorted(wide_nodes, s)
+        is_wide = (slot < len(wide_nodes)) & (wide_nodes[np.minimum(slot, len(wide_nodes) - 1)] == s) \
+            if len(wide_nodes) else np.zeros(len(s), bool)
+        for j in np.unique(slot[is_wide]).tolist():  # loops over distinct wide nodes, not rows
+            out[is_wide & (slot == j)] = wide_rows[j]
+        narrow = np.flatnonzero(~is_wide)
+        counts = self.num_children[s[narrow]]
+        _, flat_index = _gather_csr(self.child_tokens, self.child_offsets[s[narrow]], counts)
+        flat_index += np.repeat(narrow * self.vocab_size, counts)  # row * V + token
         # Assigning through a flat view is ~4x faster than 2-D fancy indexing (one index array).
         flat = out.reshape(-1) if out.flags.c_contiguous else None
         if flat is None:
@@ -300,6 +313,18 @@ class PrefixTree:
         else:
             flat[flat_index] = 1
         return out
+
+    def _wide_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted ids of the (at most 16) widest nodes with >= 256 children and their dense rows."""
+        if self._wide is None:
+            candidates = np.flatnonzero(self.num_children >= WIDE_NODE_CHILDREN)
+            widest = candidates[np.argsort(-self.num_children[candidates], kind="stable")][:MAX_WIDE_NODES]
+            nodes = np.sort(widest)
+            rows = np.zeros((len(nodes), self.vocab_size), dtype=bool)
+            for j, node in enumerate(nodes.tolist()):  # once per wide node, at first use
+                rows[j, self.child_tokens[self.child_offsets[node]:self.child_offsets[node + 1]]] = True
+            self._wide = (nodes, rows)
+        return self._wide
 
     def step(self, states: Any, tokens: Any) -> np.ndarray:
         """Next node after each (state, token); -1 where the token is not an allowed child.
@@ -444,6 +469,7 @@ class PrefixTree:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_torch_cache"] = {}  # device tensors do not travel to subprocesses
+        state["_wide"] = None  # rebuilt on first use
         return state
 
     def __repr__(self) -> str:

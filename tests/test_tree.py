@@ -411,3 +411,21 @@ def test_games_titles_torch_agrees(games_bytes) -> None:
     tree, _ = games_bytes
     for seed in range(3):
         assert_torch_agrees(tree, np.random.default_rng(seed), batch=256)
+
+
+def test_mask_of_wide_nodes_uses_cached_rows_and_matches_index_lists():
+    # A root with 300 children and a second wide node: both take the cached-row path.
+    rng = np.random.default_rng(0)
+    eos = 999
+    seqs = [[t, eos] for t in range(300)] + [[5, 300 + t, eos] for t in range(280)] + [[7, 8, eos]]
+    tree = PrefixTree(seqs, vocab_size=1000)
+    wide_nodes, _ = tree._wide_rows()
+    assert tree.root in wide_nodes and tree.walk([5]) in wide_nodes
+    states = rng.choice(np.flatnonzero(~tree.is_terminal), 200)
+    states[:3] = [tree.root, tree.walk([5]), tree.walk([7])]
+    offsets, tokens = tree.allowed_tokens(states)
+    for dtype, out in ((np.int8, None), (bool, np.ones((200, 1000), bool))):
+        mask = tree.mask(states, out=out, dtype=dtype)
+        expect = np.zeros((200, 1000), bool)
+        expect[np.repeat(np.arange(200), np.diff(offsets)), tokens] = True
+        np.testing.assert_array_equal(mask.astype(bool), expect)
