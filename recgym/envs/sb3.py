@@ -1,0 +1,204 @@
+"""stable-baselines3 wrappers: compact actions and observations that SB3's MLP policies can learn from.
+
+:class:`~recgym.envs.recgen.RecGenEnv` speaks token ids of a whole LLM vocabulary and observes
+prompts as token ids, which suits LLM policies. An SB3 policy wants small spaces:
+
+* :class:`CompactActions`: ``Discrete(C)`` over the ``C`` tokens that occur in the prefix tree
+  (``tree.tokens_in_tree``), with :meth:`~CompactActions.action_masks` for sb3-contrib's
+  MaskablePPO.
+* :class:`CompactObservation`: a ``MultiDiscrete`` observation of the last history items and the
+  tokens generated so far; SB3 one-hot encodes ``MultiDiscrete``, so an ``MlpPolicy`` sees one-hot
+  item ids and prefix tokens (integers fed as floats would learn poorly).
+
+:func:`make_sb3_env` stacks both on a :class:`~recgym.envs.recgen.RecGenEnv`. Nothing here imports
+stable-baselines3: the wrappers are plain Gymnasium.
+"""
+
+from __future__ import annotations
+
+from typing import Any, SupportsInt
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from recgym.envs.recgen import RecGenEnv, as_action
+from recgym.envs.task import RecGenTask
+from recgym.tree import PrefixTree
+
+
+def compact_token_maps(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray]:
+    """``(compact_to_token [C], token_to_compact [vocab_size])`` over the tokens used in ``tree``.
+
+    ``token_to_compact`` is -1 for tokens that occur nowhere in the tree.
+
+    >>> tree = PrefixTree([[5, 1, 0], [7, 0]], vocab_size=8)
+    >>> compact_to_token, token_to_compact = compact_token_maps(tree)
+    >>> compact_to_token.tolist(), token_to_compact.tolist()
+    ([0, 1, 5, 7], [0, 1, -1, -1, -1, 2, -1, 3])
+    """
+    compact_to_token = np.asarray(tree.tokens_in_tree, dtype=np.int64)
+    token_to_compact = np.full(tree.vocab_size, -1, dtype=np.int64)
+    token_to_compact[compact_to_token] = np.arange(len(compact_to_token))
+    return compact_to_token, token_to_compact
+
+
+def _recgen(env: gym.Env) -> RecGenEnv:
+    base = env.unwrapped
+    if not isinstance(base, RecGenEnv):
+        raise TypeError(f"expected a RecGenEnv underneath the wrappers, got {type(base).__name__}")
+    return base
+
+
+class CompactActions(gym.Wrapper):
+    """Actions are indices into the tokens that occur in the prefix tree, not the whole vocabulary.
+
+    The action space becomes ``Discrete(C)`` with ``C = len(tree.tokens_in_tree)`` (39 for a
+    300-item synthetic SID catalogue, against a vocabulary of hundreds or 151,936 for Qwen).
+    :meth:`action_masks` gives the valid compact actions as booleans (what MaskablePPO calls), and
+    ``info["action_mask"]`` is the same mask as ``np.int8``. An invalid compact action is passed on
+    as its token and ends the episode like any invalid token.
+
+    Attributes:
+        compact_to_token: token id of each compact action, ``(C,)``.
+        token_to_compact: compact action of each token id, -1 outside the tree, ``(vocab_size,)``.
+
+    Example:
+        >>> env = CompactActions(RecGenEnv(representation="sid",
+        ...                                dataset_kwargs={"num_items": 300, "num_users": 100}))
+        >>> obs, info = env.reset(seed=0)
+        >>> action = int(np.flatnonzero(env.action_masks())[0])
+        >>> obs, *_ = env.step(action)
+        >>> int(obs["generated_ids"][0]) == int(env.compact_to_token[action])
+        True
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.tree = _recgen(env).tree
+        self.compact_to_token, self.token_to_compact = compact_token_maps(self.tree)
+        self.action_space = spaces.Discrete(len(self.compact_to_token))
+        self._mask = np.ones(len(self.compact_to_token), dtype=bool)
+
+    def to_tokens(self, actions: Any) -> np.ndarray:
+        """Token ids of compact actions (vectorized)."""
+        return self.compact_to_token[np.asarray(actions, dtype=np.int64)]
+
+    def to_compact(self, tokens: Any) -> np.ndarray:
+        """Compact actions of token ids (vectorized; -1 for tokens outside the tree)."""
+        return self.token_to_compact[np.asarray(tokens, dtype=np.int64)]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, self._compact_info(info)
+
+    def step(self, action: SupportsInt) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        token = int(self.compact_to_token[as_action(action, len(self.compact_to_token))])
+        obs, reward, terminated, truncated, info = self.env.step(token)
+        return obs, reward, terminated, truncated, self._compact_info(info)
+
+    def action_masks(self) -> np.ndarray:
+        """Valid compact actions as a boolean vector of length ``C`` (all True once the episode ended)."""
+        return self._mask.copy()
+
+    def _compact_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        # The env's dense token mask is a gather away from the compact one: no tree walk here.
+        dense = info["action_mask"] if "action_mask" in info else self.env.unwrapped.action_masks()
+        self._mask = np.asarray(dense)[self.compact_to_token].astype(bool)
+        return {**info, "action_mask": self._mask.astype(np.int8)}
+
+
+class CompactObservation(gym.ObservationWrapper):
+    """A ``MultiDiscrete`` observation: the last history items and the generated prefix, as small ids.
+
+    For each of the ``k`` most recent history items (most recent first): its item id + 1 (``N + 1``
+    values, 0 where the history is shorter) and, with ``item_tokens=True``, the compact ids + 1
+    (see :func:`compact_token_maps`) of its ``D = max_response_len`` tokens (``C + 1`` values
+    each, 0 as padding). Then the compact ids + 1 of the ``D`` tokens generated so far (0 where
+    nothing was generated yet). SB3 one-hot encodes every entry, so an ``MlpPolicy`` sees which
+    item the user just interacted with, what its identifier tokens are, and what the output already
+    holds. The item tokens matter: in the synthetic data the next item mostly shares the last
+    item's category (SID level a), and "write the last item's first code" is one linear map from
+    one-hot tokens, where from one-hot item ids alone it must be learned item by item (measured on
+    the 300-item synthetic SID env, MaskablePPO after 64k steps: 6.5% hits with item tokens, 1.8%
+    without, 0.3-0.4% for a uniformly random valid policy).
+
+    Args:
+        env: a :class:`~recgym.envs.recgen.RecGenEnv`, possibly wrapped.
+        history_items: ``k``, how many of the most recent history items to observe.
+        item_tokens: also observe the history items' tokens (``D * (C + 1)`` one-hot inputs per
+            item: keep it for SID catalogues, consider turning it off for long titles).
+
+    Example:
+        >>> env = CompactObservation(RecGenEnv(representation="sid",
+        ...                                    dataset_kwargs={"num_items": 300, "num_users": 100}),
+        ...                          item_tokens=False)
+        >>> obs, info = env.reset(options={"history": [4, 7], "target": 9})
+        >>> obs.tolist()
+        [8, 0, 0, 0, 0]
+    """
+
+    def __init__(self, env: gym.Env, history_items: int = 1, item_tokens: bool = True) -> None:
+        super().__init__(env)
+        base = _recgen(env)
+        if not 1 <= history_items <= base.task.max_history:
+            raise ValueError(f"history_items must be in 1..{base.task.max_history}, got {history_items}")
+        self.history_items = history_items
+        self.item_tokens = item_tokens
+        tree = base.tree
+        self.num_items = base.task.dataset.catalogue.num_items
+        _, self.token_to_compact = compact_token_maps(tree)
+        num_compact = int((self.token_to_compact >= 0).sum())
+        depth = base.task.max_response_len
+        # Row i + 1: compact ids + 1 of item i's tokens (row 0, "no item", stays all 0).
+        self.item_table = np.zeros((self.num_items + 1, depth), dtype=np.int64)
+        node = tree.item_nodes.copy()
+        while (tree.depth[node] > 0).any():  # walk every item up to the root at once, depth by depth
+            deep = tree.depth[node] > 0
+            d, n = tree.depth[node[deep]], node[deep]
+            self.item_table[tree.item_ids[deep] + 1, d - 1] = self.token_to_compact[tree.token_in[n]] + 1
+            node[deep] = tree.parent[n]
+        per_item = [self.num_items + 1] + ([num_compact + 1] * depth if item_tokens else [])
+        nvec = per_item * history_items + [num_compact + 1] * depth
+        self.observation_space = spaces.MultiDiscrete(np.array(nvec, dtype=np.int64))
+
+    def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        k = self.history_items
+        history, length = observation["history"], int(observation["history_len"])
+        recent = np.zeros(k, dtype=np.int64)
+        n = min(k, length)
+        recent[:n] = history[length - n : length][::-1] + 1  # most recent first; 0 = no item
+        if self.item_tokens:
+            per_item = np.concatenate([recent[:, None], self.item_table[recent]], axis=1).reshape(-1)
+        else:
+            per_item = recent
+        generated, count = observation["generated_ids"], int(observation["generated_len"])
+        prefix = np.where(np.arange(len(generated)) < count, self.token_to_compact[generated] + 1, 0)
+        return np.concatenate([per_item, prefix])
+
+
+def make_sb3_env(
+    task: RecGenTask | None = None, *, history_items: int = 1, item_tokens: bool = True, **env_kwargs: Any
+) -> CompactObservation:
+    """A :class:`~recgym.envs.recgen.RecGenEnv` with compact actions and observations, for SB3.
+
+    Args:
+        task: a prebuilt task to share (e.g. between a training and an evaluation env).
+        history_items, item_tokens: what to observe of the history (see :class:`CompactObservation`).
+        env_kwargs: keywords of :class:`~recgym.envs.recgen.RecGenEnv` (``strict``,
+            ``render_mode``) and, without ``task``, of :class:`~recgym.envs.task.RecGenTask`.
+
+    Example:
+        >>> env = make_sb3_env(representation="sid",
+        ...                    dataset_kwargs={"num_items": 300, "num_users": 100})
+        >>> obs, info = env.reset(seed=0)
+        >>> env.observation_space.contains(obs), env.action_space
+        (True, Discrete(39))
+
+        With sb3-contrib: ``MaskablePPO("MlpPolicy", env).learn(...)``; MaskablePPO finds
+        :meth:`CompactActions.action_masks` through the wrapper.
+    """
+    env = CompactActions(RecGenEnv(task, **env_kwargs))
+    return CompactObservation(env, history_items=history_items, item_tokens=item_tokens)
