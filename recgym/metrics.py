@@ -26,6 +26,28 @@ def hits_from_ranked(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ranked == np.asarray(targets)[:, None]
 
 
+def hits_from_item_sets(
+    offsets: np.ndarray, values: np.ndarray, targets: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Hit matrix when each ranked entry denotes a *set* of items (a title or SID shared by several).
+
+    Entry ``e = i * K + r`` (request i, rank r) denotes ``values[offsets[e]:offsets[e + 1]]``; it is a
+    hit when request i's target is among them (empty sets never hit), as in the D3 / BIGRec papers.
+    :meth:`recgym.tree.PrefixTree.items_batch` gives ``offsets, values`` for terminal nodes.
+
+    Example:
+        >>> offsets, values = np.array([0, 2, 3, 3, 4]), np.array([4, 7, 1, 7])
+        >>> hits_from_item_sets(offsets, values, np.array([7, 7]), (2, 2)).tolist()
+        [[True, False], [False, True]]
+    """
+    n, k = shape
+    counts = np.diff(offsets)
+    per_entry_target = np.repeat(np.repeat(np.asarray(targets), k), counts)
+    match = (values == per_entry_target).astype(np.int64)
+    entry = np.repeat(np.arange(n * k), counts)
+    return (np.bincount(entry, weights=match, minlength=n * k) > 0).reshape(n, k)
+
+
 def ranking_metrics(hits: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
     """HR@K and NDCG@K averaged over requests, from a boolean hit matrix ordered by rank.
 

@@ -29,3 +29,15 @@ def test_empty_and_bad_shapes():
 def test_table_lists_every_column():
     text = format_table({"a": {"HR@1": 0.5, "NDCG@1": 0.25}}, ks=(1, 3))
     assert "| a | 0.5000 | 0.2500 | - | - |" in text
+
+
+def test_item_sets_count_a_hit_when_the_target_is_inside():
+    from recgym.metrics import hits_from_item_sets
+
+    # Request 0: ranks denote {1, 2}, {3}; request 1: ranks denote {}, {5, 9}.
+    offsets = np.array([0, 2, 3, 3, 5])
+    values = np.array([1, 2, 3, 5, 9])
+    hits = hits_from_item_sets(offsets, values, np.array([2, 9]), (2, 2))
+    assert hits.tolist() == [[True, False], [False, True]]
+    m = ranking_metrics(hits, ks=(1, 2))
+    assert m["HR@1"] == 0.5 and m["HR@2"] == 1.0

@@ -1,0 +1,71 @@
+"""HR@K / NDCG@K of LLM policies (constrained beam search) and classic recommenders, one protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recgym.data import Examples
+from recgym.envs.task import RecGenTask
+from recgym.metrics import KS, hits_from_item_sets, hits_from_ranked, ranking_metrics
+
+
+def select_rows(num: int, max_requests: int | None, seed: int = 0) -> np.ndarray:
+    """All rows, or a seeded sorted sample of ``max_requests`` of them."""
+    if max_requests is None or max_requests >= num:
+        return np.arange(num)
+    return np.sort(np.random.default_rng(seed).choice(num, max_requests, replace=False))
+
+
+def evaluate(
+    policy: Any,
+    task: RecGenTask,
+    *,
+    beam: int = 20,
+    ks: tuple[int, ...] = KS,
+    batch_size: int = 16,
+    max_requests: int | None = None,
+    length_normalize: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Score an :class:`~agents.policy.LLMPolicy` on ``task``'s split by constrained beam search.
+
+    Each request's top ``max(ks)`` distinct outputs (beam width ``beam >= max(ks)``) are ranked;
+    an output that denotes several items (shared title / SID) is a hit when the target is among
+    them.
+
+    Example:
+        >>> # evaluate(policy, RecGenTask(dataset, split="test", tokenizer=policy.items), beam=20)
+    """
+    k = max(ks)
+    if beam < k:
+        raise ValueError(f"beam={beam} must be at least max(ks)={k}")
+    rows = select_rows(task.num_requests, max_requests, seed)
+    hits = np.zeros((len(rows), k), dtype=bool)
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task.split}", disable=not progress,
+                      leave=False):
+        batch = rows[start:start + batch_size]
+        terminals, _ = policy.beam_search(*task.prompt_tokens(batch), width=beam, k=k,
+                                          length_normalize=length_normalize)
+        # Missing entries (-1) read as the root, which denotes no item.
+        offsets, values = task.tree.items_batch(np.maximum(terminals, task.tree.root).reshape(-1))
+        hits[start:start + len(batch)] = hits_from_item_sets(
+            offsets, values, task.examples.target[batch], (len(batch), k))
+    out = ranking_metrics(hits, ks)
+    out["requests"] = len(rows)
+    return out
+
+
+def evaluate_ranker(
+    model: Any, examples: Examples, *, ks: tuple[int, ...] = KS, max_requests: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Score a classic recommender (``rank(examples, k) -> (n, k)`` item ids) on the same protocol."""
+    rows = select_rows(len(examples), max_requests, seed)
+    subset = examples.subset(rows)
+    out = ranking_metrics(hits_from_ranked(model.rank(subset, max(ks)), subset.target), ks)
+    out["requests"] = len(rows)
+    return out

@@ -1,0 +1,208 @@
+"""Supervised fine-tuning: next-item prediction on the train split, loss on response tokens only.
+
+The loss is the negative constrained log-likelihood of the target item's tokens,
+
+    L = - (1 / sum_i |y_i|) * sum_i sum_t log pi(y_i,t | x_i, y_i,<t)
+
+with pi normalised over the tokens the prefix tree allows (the same distribution the policy samples
+from), token-averaged over the batch. Validation HR@K (constrained beam search) drives early
+stopping; checkpoints are atomic and training resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents.checkpoint import (
+    find_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_folder_atomically,
+)
+from agents.evaluate import evaluate
+from agents.logging import MetricLogger
+from agents.policy import LLMPolicy
+from recgym.envs.task import RecGenTask
+from recgym.metrics import KS
+
+
+@dataclass
+class SFTConfig:
+    """Settings of :func:`train_sft` (defaults suit the offline presets on CPU).
+
+    Args:
+        epochs: passes over the train split.
+        batch_size: requests per optimizer step.
+        lr, weight_decay: AdamW settings; the schedule is linear warm-up then cosine decay.
+        warmup_steps: warm-up length.
+        grad_clip: max gradient norm.
+        eval_every: steps between validations (0: once per epoch).
+        eval_requests: validation requests per evaluation (seeded sample; None: all).
+        beam: beam width of validation (>= 10, HR@10 is the early-stopping metric).
+        metric: the validation metric to maximise.
+        patience: evaluations without improvement before stopping (0: never stop early).
+        max_steps: stop after this many steps (None: all epochs).
+        seed: shuffling and initialisation seed.
+        progress: show progress bars.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    eval_requests: int | None = 256
+    beam: int = 20
+    metric: str = "HR@10"
+    patience: int = 2
+    max_steps: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def warmup_cosine(warmup: int, total: int) -> Any:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.1 at ``total``.
+
+    Example:
+        >>> f = warmup_cosine(10, 110)
+        >>> f(0), f(10), round(f(110), 3)
+        (0.1, 1.0, 0.1)
+    """
+    def factor(step: int) -> float:
+        if step < warmup:
+            return max(step, 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train_sft(
+    policy: LLMPolicy,
+    train_task: RecGenTask,
+    valid_task: RecGenTask | None = None,
+    config: SFTConfig | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``policy`` on ``train_task``'s requests; returns a summary with the best validation.
+
+    With ``run_dir``, metrics go to ``metrics.jsonl`` (and TensorBoard), the latest state to
+    ``checkpoint/`` (resumed from when present) and the best weights to ``best/``; at the end the
+    policy holds the best weights.
+
+    Example:
+        >>> # summary = train_sft(policy, RecGenTask(ds, split="train", tokenizer=policy.items),
+        >>> #                     RecGenTask(ds, split="valid", tokenizer=policy.items), SFTConfig(epochs=1))
+    """
+    cfg = config or SFTConfig()
+    n = train_task.num_requests
+    if n == 0:
+        raise ValueError(f"the {train_task.split!r} split has no requests to train on")
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    eval_every = cfg.eval_every or steps_per_epoch
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
+    run = Path(run_dir) if run_dir is not None else None
+    logger = MetricLogger(run) if run is not None else None
+    state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
+    found = find_checkpoint(run / "checkpoint") if run is not None else None
+    if found is not None:
+        saved = load_trainer_state(found)
+        _load_weights(policy, found)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        state = saved["state"]
+    start_time = time.time()
+    bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress)
+    stop = state["step"] >= total
+    policy.model.train()
+    while not stop:
+        epoch, offset = divmod(state["step"], steps_per_epoch)
+        order = np.random.default_rng(cfg.seed + epoch).permutation(n)  # reproducible on resume
+        for b in range(offset, steps_per_epoch):
+            rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            loss, tokens = sft_loss(policy, train_task, rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if logger is not None:
+                logger.log({"loss": loss.item(), "grad_norm": float(grad_norm),
+                            "lr": scheduler.get_last_lr()[0], "tokens": tokens}, state["step"])
+            last = state["step"] >= total
+            if valid_task is not None and (state["step"] % eval_every == 0 or last):
+                stop = _validate(policy, valid_task, cfg, state, logger, run) or last
+            if run is not None and (state["step"] % eval_every == 0 or last):
+                save_checkpoint(run / "checkpoint", policy, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(), "state": state, "config": asdict(cfg)})
+            if stop or last:
+                stop = True
+                break
+    bar.close()
+    if run is not None and (run / "best").exists():
+        _load_weights(policy, run / "best")
+    if logger is not None:
+        logger.close()
+    policy.model.eval()
+    return {"steps": state["step"], "best_valid": state["best"], "best_step": state["best_step"],
+            "metric": cfg.metric, "seconds": round(time.time() - start_time, 2),
+            "valid_history": state["history"]}
+
+
+def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+    """Token-mean negative constrained log-likelihood of the target items of ``rows``."""
+    responses = policy.item_responses(task.examples.target[rows])
+    logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
+    tokens = int(mask.sum())
+    return -(logp * mask).sum() / tokens, tokens
+
+
+def _validate(
+    policy: LLMPolicy, task: RecGenTask, cfg: SFTConfig, state: dict[str, Any],
+    logger: MetricLogger | None, run: Path | None,
+) -> bool:
+    """Evaluate, keep the best weights, and say whether patience has run out."""
+    policy.model.eval()
+    ks = tuple(k for k in KS if k <= cfg.beam)
+    metrics = evaluate(policy, task, beam=cfg.beam, ks=ks, max_requests=cfg.eval_requests, seed=cfg.seed,
+                       progress=cfg.progress)
+    policy.model.train()
+    value = metrics[cfg.metric]
+    state["history"].append({"step": state["step"], **{k: v for k, v in metrics.items() if "@" in k}})
+    if logger is not None:
+        logger.log({f"valid/{k}": v for k, v in metrics.items()}, state["step"])
+    if value > state["best"]:
+        state.update(best=value, best_step=state["step"], bad_evals=0)
+        if run is not None:
+            write_folder_atomically(run / "best", policy.save_pretrained)
+        return False
+    state["bad_evals"] += 1
+    return cfg.patience > 0 and state["bad_evals"] >= cfg.patience
+
+
+def _load_weights(policy: LLMPolicy, folder: Path) -> None:
+    fresh = type(policy.model).from_pretrained(folder)
+    policy.model.load_state_dict(fresh.state_dict())

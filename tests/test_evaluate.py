@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+
+from agents.baselines import PopularityRecommender
+from agents.evaluate import evaluate, evaluate_ranker, select_rows
+from agents.policy import LLMPolicy
+from recgym.data import Catalogue, Dataset, Examples
+from recgym.envs import RecGenTask
+
+
+def shared_title_dataset():
+    # Items 0 and 1 share a title: generating it is a hit for either target.
+    titles = ["Twin Game", "Twin Game", "Solo Game", "Other Thing", "Last One"]
+    ex = Examples.from_lists([[2], [3], [4], [2, 3]], [0, 1, 2, 3], max_history=3)
+    return Dataset("twins", Catalogue(5, titles=titles), ex, ex, ex)
+
+
+def test_an_output_that_denotes_several_items_hits_each_of_them():
+    ds = shared_title_dataset()
+    task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    # 4 distinct outputs exist: with beam 4 every request finds its target within 4 ranks.
+    m = evaluate(policy, task, beam=4, ks=(1, 4), progress=False)
+    assert m["HR@4"] == 1.0 and m["requests"] == 4
+    terminals, _ = policy.beam_search(*task.prompt_tokens(np.arange(2)), width=4)
+    twin = task.tree.walk(task.items.sequences[0].tolist())
+    assert set(task.tree.items(twin).tolist()) == {0, 1} and twin in terminals[0]
+
+
+def test_policy_metrics_match_a_hand_count():
+    ds = shared_title_dataset()
+    task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=1, device="cpu")
+    terminals, _ = policy.beam_search(*task.prompt_tokens(np.arange(4)), width=4, k=1)
+    expect = np.mean([ds.test.target[i] in task.tree.items(int(terminals[i, 0])) for i in range(4)])
+    assert evaluate(policy, task, beam=4, ks=(1,), progress=False)["HR@1"] == expect
+
+
+def test_ranker_protocol_and_row_sampling():
+    ds = shared_title_dataset()
+    pop = PopularityRecommender().fit(ds.train, 5)
+    m = evaluate_ranker(pop, ds.test, ks=(1, 5))
+    assert m["HR@5"] == 1.0 and m["requests"] == 4
+    rows = select_rows(100, 10, seed=0)
+    assert len(rows) == 10 and (np.diff(rows) > 0).all()
+    assert select_rows(5, None).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_beam_must_cover_k():
+    ds = shared_title_dataset()
+    task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="beam"):
+        evaluate(LLMPolicy.from_config("tiny", task.items, device="cpu"), task, beam=5)

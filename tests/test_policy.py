@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from agents.policy import LLMPolicy, make_rollout_env
+from recgym.data import make_synthetic
+from recgym.envs import RecGenTask
+
+
+@pytest.fixture(scope="module", params=["title", "sid"])
+def setup(request):
+    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
+    task = RecGenTask(ds, split="train", representation=request.param, vocab_size=400)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    policy.model.eval()
+    return task, policy
+
+
+def brute_force_scores(policy, task, row):
+    """Constrained log-prob of every item for one request, by teacher forcing."""
+    n = task.dataset.catalogue.num_items
+    prompts, lens = task.prompt_tokens(np.full(n, row))
+    with torch.no_grad():
+        logp, _, _ = policy.sequence_logprobs(prompts, lens, policy.item_responses(np.arange(n)))
+    nodes = np.array([task.tree.walk(s.tolist()) for s in task.items.sequences])
+    return dict(zip(nodes.tolist(), logp.sum(dim=1).numpy().tolist()))
+
+
+def test_samples_and_beams_are_always_catalogue_items(setup):
+    task, policy = setup
+    envs = make_rollout_env(task, 250)
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(4):  # 1,000 samples
+        ro = policy.rollout(envs, group_size=5, generator=gen, seed=seed, temperature=1.5)
+        assert (ro.terminal >= 0).all()
+        for node in ro.terminal.tolist():
+            assert len(task.tree.items(node)) >= 1
+    prompts, lens = task.prompt_tokens(np.arange(50))
+    terminals, scores = policy.beam_search(prompts, lens, width=20)  # 1,000 beam items
+    assert (terminals >= 0).all() and np.isfinite(scores).all()
+    assert all(task.tree.is_complete(terminals.reshape(-1)))
+    assert all(len(set(row)) == 20 for row in terminals.tolist())  # distinct items per request
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_beam_search_returns_exactly_the_k_most_probable_items(setup):
+    task, policy = setup
+    prompts, lens = task.prompt_tokens(np.arange(3))
+    terminals, scores = policy.beam_search(prompts, lens, width=64, k=10)
+    for row in range(3):
+        brute = sorted(brute_force_scores(policy, task, row).items(), key=lambda kv: -kv[1])[:10]
+        assert terminals[row].tolist() == [node for node, _ in brute]
+        np.testing.assert_allclose(scores[row], [s for _, s in brute], atol=1e-4)
+
+
+def test_rollout_logprobs_equal_teacher_forced_logprobs(setup):
+    task, policy = setup
+    envs = make_rollout_env(task, 12)
+    ro = policy.rollout(envs, group_size=4, generator=torch.Generator().manual_seed(1), seed=3)
+    assert (ro.rows[:4] == ro.rows[0]).all()
+    prompts, lens = task.prompt_tokens(ro.rows)
+    responses = np.where(ro.mask.numpy(), ro.tokens.numpy(), -1)
+    with torch.no_grad():
+        logp, entropy, mask = policy.sequence_logprobs(prompts, lens, responses)
+    torch.testing.assert_close(logp, ro.logprobs, atol=1e-5, rtol=0)
+    assert (mask == ro.mask).all() and (entropy[mask] >= -1e-6).all()
+    # The env's rewards are hits on the sampled items.
+    for i in range(12):
+        assert ro.rewards[i].item() == float(ro.targets[i] in task.tree.items(int(ro.terminal[i])))
+
+
+def test_sparse_head_equals_the_full_softmax_restricted_to_allowed_tokens(setup):
+    task, policy = setup
+    hidden = torch.randn(5, policy.model.config.hidden_size)
+    states = torch.as_tensor([0, 0, 1, 2, 3])
+    states = torch.where(policy.tables.is_complete(states), torch.zeros_like(states), states)
+    tokens, logits = policy.allowed_logits(hidden, states)
+    full = policy.model.lm_head(hidden)  # all vocabulary logits
+    for i in range(5):
+        valid = tokens[i] >= 0
+        expect = torch.log_softmax(full[i, tokens[i][valid]], dim=0)
+        torch.testing.assert_close(torch.log_softmax(logits[i][valid], dim=0), expect, atol=1e-5, rtol=0)
+
+
+def test_sampling_is_reproducible_and_top_k_restricts(setup):
+    task, policy = setup
+    envs = make_rollout_env(task, 8)
+    a = policy.rollout(envs, generator=torch.Generator().manual_seed(5), seed=1)
+    b = policy.rollout(envs, generator=torch.Generator().manual_seed(5), seed=1)
+    assert torch.equal(a.tokens, b.tokens)
+    greedy = policy.rollout(envs, top_k=1, rows=np.zeros(8, np.int64), seed=0,
+                            generator=torch.Generator().manual_seed(0))
+    assert (greedy.tokens == greedy.tokens[0]).all() and (greedy.logprobs == 0).all()
+
+
+def test_save_and_load_round_trip(setup, tmp_path):
+    task, policy = setup
+    policy.save_pretrained(tmp_path / "p")
+    back = LLMPolicy.from_pretrained(tmp_path / "p", device="cpu")
+    assert back.items.representation == task.representation
+    assert back.tree.num_nodes == task.tree.num_nodes
+    prompts, lens = task.prompt_tokens(np.arange(2))
+    np.testing.assert_array_equal(back.beam_search(prompts, lens, width=5)[0],
+                                  policy.beam_search(prompts, lens, width=5)[0])
+
+
+def test_bad_arguments(setup):
+    task, policy = setup
+    with pytest.raises(ValueError, match="width"):
+        policy.beam_search(*task.prompt_tokens(np.arange(1)), width=5, k=10)
+    from recgym.envs.vector import RecGenVectorEnv
+
+    with pytest.raises(ValueError, match="disabled"):
+        policy.rollout(RecGenVectorEnv(2, task))
