@@ -1,7 +1,10 @@
 """The ``recgym`` console command.
 
-``recgym data list | describe NAME | download NAME`` work with datasets; training and evaluation
-commands join as the learners land. Heavy imports (torch, transformers) happen inside commands.
+* ``recgym data list | describe NAME | download NAME``: datasets.
+* ``recgym sft --env RecGen-Synthetic-v0 --out runs/sft``: fine-tune an LLM policy, evaluate on test.
+* ``recgym eval --env ... (--policy DIR | --agent popularity|transition|sasrec)``: HR/NDCG@K.
+
+Heavy imports (torch, transformers) happen inside commands.
 """
 
 from __future__ import annotations
@@ -63,6 +66,137 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_task(env_id: str, split: str, overrides: dict[str, Any], tokenizer: Any = None) -> Any:
+    """The RecGenTask behind a registered env id (its registered kwargs, then ``overrides``)."""
+    import gymnasium as gym
+
+    import recgym  # noqa: F401  (registers the ids)
+    from recgym.envs.task import RecGenTask
+
+    kwargs = {**gym.spec(env_id).kwargs, **overrides, "split": split}
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    return RecGenTask(**kwargs)
+
+
+def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = _dataset_kwargs(args.set)
+    if args.dataset:
+        out["dataset"] = args.dataset
+    if args.representation:
+        out["representation"] = args.representation
+    if args.dataset_set:
+        out["dataset_kwargs"] = _dataset_kwargs(args.dataset_set)
+    return out
+
+
+def _write_results(path: str | None, results: dict[str, Any]) -> None:
+    if path:
+        from pathlib import Path
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
+        print(f"wrote {out}")
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    import torch
+
+    from agents.evaluate import evaluate
+    from agents.policy import LLMPolicy
+    from agents.sft import SFTConfig, train_sft
+    from recgym.metrics import format_table
+
+    torch.manual_seed(args.seed)
+    overrides = _task_overrides(args)
+    train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
+    valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
+    test = make_task(args.env, "test", overrides, tokenizer=train.items)
+    if args.model:
+        policy = LLMPolicy.from_pretrained(args.model, items=train.items, device=args.device)
+    else:
+        policy = LLMPolicy.from_config(args.preset, train.items, seed=args.seed, device=args.device)
+    config = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                       eval_requests=args.eval_requests, beam=args.beam, patience=args.patience,
+                       max_steps=args.max_steps, seed=args.seed)
+    summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out)
+    metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
+    results = {"env": args.env, "task": overrides, "representation": train.representation,
+               "model": args.model or args.preset, "sft": summary, "test": metrics}
+    print(format_table({f"sft ({args.model or args.preset})": metrics}))
+    _write_results(f"{args.out}/results.json", results)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from recgym.metrics import format_table
+
+    overrides = _task_overrides(args)
+    if args.policy:
+        from agents.evaluate import evaluate
+        from agents.policy import LLMPolicy
+
+        policy = LLMPolicy.from_pretrained(args.policy, device=args.device)
+        task = make_task(args.env, args.split, overrides, tokenizer=policy.items)
+        name = f"policy {args.policy}"
+        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
+    else:
+        from agents.evaluate import evaluate_ranker
+        from recgym.data import load
+
+        dataset_name = overrides.get("dataset") or make_dataset_name(args.env)
+        dataset = load(dataset_name, **overrides.get("dataset_kwargs", {}))
+        model = make_ranker(args.agent, seed=args.seed)
+        if args.agent == "sasrec":  # early stopping on the valid split
+            model.fit(dataset.train, dataset.catalogue.num_items, valid=dataset.valid)
+        else:
+            model.fit(dataset.train, dataset.catalogue.num_items)
+        name = args.agent
+        metrics = evaluate_ranker(model, dataset.split(args.split), max_requests=args.max_requests,
+                                  seed=args.seed)
+    print(format_table({name: metrics}))
+    _write_results(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
+    return 0
+
+
+def make_dataset_name(env_id: str) -> str:
+    import gymnasium as gym
+
+    import recgym  # noqa: F401
+
+    return gym.spec(env_id).kwargs.get("dataset", "synthetic")
+
+
+def make_ranker(name: str, seed: int = 0) -> Any:
+    """A classic recommender by name."""
+    from agents.baselines import PopularityRecommender, TransitionRecommender
+
+    if name == "popularity":
+        return PopularityRecommender()
+    if name == "transition":
+        return TransitionRecommender()
+    if name == "sasrec":
+        from agents.baselines.sasrec import SASRecConfig, SASRecRecommender
+
+        return SASRecRecommender(SASRecConfig(seed=seed))
+    raise ValueError(f"unknown agent {name!r}: choose popularity, transition or sasrec")
+
+
+def _add_task_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", default="RecGen-Synthetic-v0", help="a registered RecGen env id")
+    p.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
+    p.add_argument("--representation", choices=["title", "sid"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra RecGenTask option, e.g. --set vocab_size=2048 (repeatable)")
+    p.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +213,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra loader option, e.g. --set num_items=500 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(func=cmd_data)
+
+    sft = sub.add_parser("sft", help="fine-tune an LLM policy on next-item prediction, then test it")
+    _add_task_arguments(sft)
+    sft.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="offline model size")
+    sft.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
+    sft.add_argument("--train-split", default="train", choices=["train", "valid"],
+                     help="which split trains (D3 folders publish only valid and test)")
+    sft.add_argument("--epochs", type=int, default=3)
+    sft.add_argument("--batch-size", type=int, default=32)
+    sft.add_argument("--lr", type=float, default=3e-3)
+    sft.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: per epoch)")
+    sft.add_argument("--eval-requests", type=int, default=256)
+    sft.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
+    sft.add_argument("--beam", type=int, default=20)
+    sft.add_argument("--patience", type=int, default=2)
+    sft.add_argument("--max-steps", type=int, default=None)
+    sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
+    sft.set_defaults(func=cmd_sft)
+
+    ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20} of a saved policy or a classic recommender")
+    _add_task_arguments(ev)
+    who = ev.add_mutually_exclusive_group(required=True)
+    who.add_argument("--policy", help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
+    who.add_argument("--agent", choices=["popularity", "transition", "sasrec"])
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--beam", type=int, default=20)
+    ev.add_argument("--max-requests", type=int, default=None)
+    ev.add_argument("--out", help="write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
