@@ -179,7 +179,7 @@ def make_ranker(name: str, seed: int = 0) -> Any:
     if name == "transition":
         return TransitionRecommender()
     if name == "sasrec":
-        from agents.baselines.sasrec import SASRecConfig, SASRecRecommender
+        from agents.baselines import SASRecConfig, SASRecRecommender
 
         return SASRecRecommender(SASRecConfig(seed=seed))
     raise ValueError(f"unknown agent {name!r}: choose popularity, transition or sasrec")
