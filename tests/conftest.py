@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The project's real-data folder (``<repo>/../shared/data``, or ``$RECGYM_SHARED_DATA``).
-
-    Tests that use it are skipped when the folder is absent.
-    """
+def shared_data_folder() -> Path | None:
+    """The project's real-data folder (``<repo>/../shared/data``, or ``$RECGYM_SHARED_DATA``), or None."""
     override = os.environ.get("RECGYM_SHARED_DATA")
     path = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder; tests that use it are skipped when it is absent."""
+    path = shared_data_folder()
+    if path is None:
         pytest.skip("../shared/data not present: real-data tests need the project's shared data folder")
     return path

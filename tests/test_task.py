@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import shared_data_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,9 +80,14 @@ def real_item_tokenizers(shared_data):
 
 
 @pytest.fixture(scope="module")
-def real_trees(request):
-    shared_data = request.getfixturevalue("shared_data")
-    return {k: (it, it.build_tree()) for k, it in real_item_tokenizers(shared_data).items()}
+def real_trees():
+    """Synthetic catalogues (titles and SIDs) always; the real ones when shared data is present."""
+    ds = make_synthetic(num_items=800, num_users=300, seed=2)
+    found = {f"synthetic-{rep}": ItemTokenizer.train(ds, rep, vocab_size=1000) for rep in ("title", "sid")}
+    shared = shared_data_folder()
+    if shared is not None:
+        found.update(real_item_tokenizers(shared))
+    return {k: (it, it.build_tree()) for k, it in found.items()}
 
 
 def test_every_real_item_is_reachable_and_denoted(real_trees):
