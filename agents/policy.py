@@ -122,14 +122,19 @@ class LLMPolicy(nn.Module):
     @classmethod
     def from_config(
         cls, preset: str | dict[str, int], items: ItemTokenizer, *, seed: int = 0,
-        max_position_embeddings: int = 2048, **kwargs: Any,
+        max_position_embeddings: int = 2048, vocab_size: int | None = None, **kwargs: Any,
     ) -> LLMPolicy:
-        """A freshly initialised Qwen2-architecture model of a named size over ``items``' vocabulary."""
+        """A freshly initialised Qwen2-architecture model of a named size over ``items``' vocabulary.
+
+        ``vocab_size`` pads the embedding matrix beyond the tokenizer (e.g. 151,936 rows, as Qwen2)
+        to measure what a full-vocabulary output layer costs.
+        """
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         sizes = PRESETS[preset] if isinstance(preset, str) else dict(preset)
         config = Qwen2Config(
-            vocab_size=items.vocab_size, max_position_embeddings=max_position_embeddings,
+            vocab_size=max(vocab_size or 0, items.vocab_size),
+            max_position_embeddings=max_position_embeddings,
             tie_word_embeddings=True, bos_token_id=items.eos_token_id, eos_token_id=items.eos_token_id,
             pad_token_id=items.pad_token_id, **sizes,
         )
