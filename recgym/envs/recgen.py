@@ -149,25 +149,9 @@ class RecGenEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = options or {}
         task = self.task
-        if "history" in options or "target" in options:
-            if "history" not in options or "target" not in options:
-                raise ValueError("options need both 'history' and 'target' for a custom request")
-            self._request = task.validate_request(options["history"], options["target"])
-            ids, lens = task.custom_prompt_tokens([self._request.history])
-        else:
-            if task.num_requests == 0:
-                raise ValueError(f"the {task.split!r} split of {task.dataset.name!r} has no requests")
-            row = options.get("row")
-            if row is None:
-                row = int(self.np_random.integers(task.num_requests))
-            elif not 0 <= int(row) < task.num_requests:
-                raise ValueError(f"options['row'] must be in 0..{task.num_requests - 1}, got {row}")
-            self._request = task.request(int(row))
-            ids, lens = task.prompt_tokens(np.array([row]))
-        self._prompt = ids[0]
-        self._prompt_len = int(lens[0])
+        self._request, self._prompt, self._prompt_len = task.request_from_options(options or {},
+                                                                                  self.np_random)
         self._generated = []
         self._state = self.tree.root
         self._done = False

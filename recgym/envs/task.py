@@ -172,6 +172,30 @@ class RecGenTask:
             out[np.arange(self.max_prompt_len) < lens[:, None]] = np.concatenate(seqs)
         return out, lens
 
+    def request_from_options(
+        self, options: dict[str, Any], np_random: np.random.Generator
+    ) -> tuple[Request, np.ndarray, int]:
+        """The request a single-request env's ``reset(options=...)`` asks for, with its prompt ids.
+
+        ``{"history": [...], "target": t}`` is a request of the caller's own; ``{"row": i}`` is row
+        i of the split; otherwise a row is drawn uniformly with ``np_random``.
+        """
+        if "history" in options or "target" in options:
+            if "history" not in options or "target" not in options:
+                raise ValueError("options need both 'history' and 'target' for a custom request")
+            request = self.validate_request(options["history"], options["target"])
+            ids, lens = self.custom_prompt_tokens([request.history])
+            return request, ids[0], int(lens[0])
+        if self.num_requests == 0:
+            raise ValueError(f"the {self.split!r} split of {self.dataset.name!r} has no requests")
+        row = options.get("row")
+        if row is None:
+            row = int(np_random.integers(self.num_requests))
+        elif not 0 <= int(row) < self.num_requests:
+            raise ValueError(f"options['row'] must be in 0..{self.num_requests - 1}, got {row}")
+        ids, lens = self.prompt_tokens(np.array([row]))
+        return self.request(int(row)), ids[0], int(lens[0])
+
     def validate_request(self, history: Sequence[int], target: int) -> Request:
         """Check a request given through reset options; ids must be catalogue items."""
         n = self.dataset.catalogue.num_items
