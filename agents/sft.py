@@ -31,8 +31,8 @@ from agents.checkpoint import (
     write_folder_atomically,
 )
 from agents.evaluate import evaluate
-from agents.logging import MetricLogger
 from agents.policy import LLMPolicy
+from agents.tracking import MetricLogger
 from recgym.envs.task import RecGenTask
 from recgym.metrics import KS
 
