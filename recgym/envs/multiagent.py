@@ -10,7 +10,7 @@ from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
 from recgym.envs.recgen import as_action, observation_space
-from recgym.envs.task import RecGenTask, Request
+from recgym.envs.task import RecGenTask, Request, resolve_task
 
 MODES = ("competitive", "cooperative")
 
@@ -108,8 +108,6 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
-        if task is not None and task_kwargs:
-            raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
         if num_agents < 1:
             raise ValueError(f"num_agents must be >= 1, got {num_agents}")
         if mode not in MODES:
@@ -117,7 +115,7 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             modes = self.metadata["render_modes"]
             raise ValueError(f"render_mode must be one of {modes}, got {render_mode!r}")
-        self.task = task if task is not None else RecGenTask(**task_kwargs)
+        self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.mode = mode
         self.duplicate_penalty = float(duplicate_penalty)

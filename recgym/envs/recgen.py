@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from recgym.envs.task import RecGenTask, Request
+from recgym.envs.task import RecGenTask, Request, resolve_task
 
 
 def observation_space(task: RecGenTask) -> spaces.Dict:
@@ -125,12 +125,10 @@ class RecGenEnv(gym.Env):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
-        if task is not None and task_kwargs:
-            raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             modes = self.metadata["render_modes"]
             raise ValueError(f"render_mode must be one of {modes}, got {render_mode!r}")
-        self.task = task if task is not None else RecGenTask(**task_kwargs)
+        self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.strict = strict
         self.render_mode = render_mode

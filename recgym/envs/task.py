@@ -226,6 +226,19 @@ class RecGenTask:
         return rewards, hits
 
 
+def resolve_task(task: RecGenTask | None, task_kwargs: dict[str, Any]) -> RecGenTask:
+    """The task an env was given, or one built from its task keywords (never both).
+
+    Example:
+        >>> resolve_task(None, {"representation": "sid", "vocab_size": 500,
+        ...                     "dataset_kwargs": {"num_items": 200, "num_users": 50}}).representation
+        'sid'
+    """
+    if task is not None and task_kwargs:
+        raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
+    return task if task is not None else RecGenTask(**task_kwargs)
+
+
 def _load_dataset(name: str | os.PathLike[str], max_history: int, kwargs: dict[str, Any]) -> Dataset:
     from recgym.data import load
 

@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from recgym.envs.recgen import observation_space
-from recgym.envs.task import RecGenTask, Request
+from recgym.envs.task import RecGenTask, Request, resolve_task
 
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
 
@@ -83,8 +83,6 @@ class RecGenVectorEnv(VectorEnv):
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if task is not None and task_kwargs:
-            raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
         if render_mode is not None:
             raise ValueError("the vector env does not render; render a single RecGenEnv instead")
         if isinstance(autoreset_mode, str):
@@ -94,7 +92,7 @@ class RecGenVectorEnv(VectorEnv):
             autoreset_mode = AUTORESET_MODES[autoreset_mode]
         if autoreset_mode not in AUTORESET_MODES.values():
             raise ValueError(f"autoreset_mode {autoreset_mode} is not supported")
-        self.task = task if task is not None else RecGenTask(**task_kwargs)
+        self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.num_envs = num_envs
         self.autoreset_mode = autoreset_mode
