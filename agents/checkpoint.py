@@ -91,3 +91,39 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
         if (candidate / STATE_FILE).exists():
             return candidate
     return None
+
+
+def save_training(
+    path: str | os.PathLike[str], policy: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+    state: dict[str, Any], config: dict[str, Any],
+) -> Path:
+    """Atomic checkpoint of a training loop: weights, optimizer, scheduler, RNG states, loop state."""
+    return save_checkpoint(path, policy, {
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        "state": state, "config": config})
+
+
+def restore_training(
+    path: str | os.PathLike[str], policy: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+) -> dict[str, Any] | None:
+    """Resume from :func:`save_training`'s folder if one is there: returns the loop state, or None.
+
+    Example:
+        >>> # state = restore_training(run / "checkpoint", policy, optimizer, scheduler) or fresh_state
+    """
+    found = find_checkpoint(path)
+    if found is None:
+        return None
+    saved = load_trainer_state(found)
+    load_weights(policy, found)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return saved["state"]
+
+
+def load_weights(policy: Any, folder: str | os.PathLike[str]) -> None:
+    """Copy the weights saved in ``folder`` (``save_pretrained``) into ``policy.model`` in place."""
+    fresh = type(policy.model).from_pretrained(folder)
+    policy.model.load_state_dict(fresh.state_dict())
+

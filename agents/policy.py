@@ -387,20 +387,19 @@ class LLMPolicy(nn.Module):
 
     def sequence_logprobs(
         self, prompt_ids: Any, prompt_len: Any, responses: torch.Tensor | np.ndarray,
-        temperature: float = 1.0,
+        temperature: float = 1.0, *, full_vocab: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Constrained log-probs and entropies of given responses, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
-        One forward over ``[left-padded prompt; response]`` per row.
+        One forward over ``[left-padded prompt; response]`` per row: the straightforward way.
+        :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
+        ``full_vocab=True`` normalises over the whole vocabulary instead (as TRL / ReRe train).
 
         Returns:
             ``(logprobs [B, T], entropies [B, T], mask [B, T])``; zeros on padding.
         """
-        resp = torch.as_tensor(np.asarray(responses) if not torch.is_tensor(responses) else responses,
-                               device=self.device).long()
-        states = torch.as_tensor(self.tree.path_states(resp.cpu().numpy()), device=self.device)
-        mask = states >= 0
+        resp, states, mask = self._responses(responses)
         ids, attn = self._left_pad(prompt_ids, prompt_len)
         full_ids = torch.cat([ids, resp.clamp(min=0)], dim=1)
         full_attn = torch.cat([attn, mask.long()], dim=1)
@@ -410,14 +409,83 @@ class LLMPolicy(nn.Module):
         # The hidden state before token t predicts token t: positions P-1 .. P+T-2.
         p = ids.shape[1]
         h = hidden[:, p - 1: p - 1 + resp.shape[1]]
-        tokens, logits = self.allowed_logits(h[mask], states[mask], temperature)
+        return self._scatter_token_logprobs(h, states, resp, mask, temperature, full_vocab)
+
+    def group_logprobs(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor | np.ndarray,
+        prompt_index: torch.Tensor | np.ndarray, temperature: float = 1.0, *, full_vocab: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sequence_logprobs` with a **shared prompt**: one prompt forward per request.
+
+        ``prompt_ids``/``prompt_mask`` (R, P) are left-padded prompts (as in :class:`Rollout`);
+        response row b belongs to prompt ``prompt_index[b]``. Each prompt runs once, its KV cache
+        is expanded to its responses by an index (gradients flow back through the expansion), and
+        the first token's distribution, which depends on the prompt alone, is computed once per
+        prompt. Only the responses run per row; logits are computed for allowed tokens only.
+
+        Example:
+            >>> # logp, ent, mask = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses,
+            >>> #                                         np.repeat(np.arange(R), n))
+        """
+        resp, states, mask = self._responses(responses)
+        index = _as_long(prompt_index, self.device)
+        hidden, cache = self._forward(prompt_ids, prompt_mask)
+        # Token 0: its distribution depends on the prompt alone (every row starts at the root), so
+        # it is computed once per prompt (R rows, not B) and gathered for each response.
+        root = torch.zeros(len(hidden), dtype=torch.long, device=self.device)
+        logp0_all, ent0 = self._token_logprobs(hidden[:, -1], root, None, temperature, full_vocab)
+        first = resp[:, 0].clamp(min=0)
+        col0 = first if full_vocab else _column_of(self.tables.allowed_padded(root[:1])[0], first)
+        logp0 = torch.where(mask[:, 0], logp0_all[index, col0], 0.0)[:, None]
+        ent0 = torch.where(mask[:, 0], ent0[index], 0.0)[:, None]
+        if resp.shape[1] == 1:
+            return logp0, ent0, mask
+        # Tokens 1..T-1: the prompt's KV cache is expanded to the responses by an index
+        # (index_select: gradients flow back into the shared prompt), then only responses run.
+        cache.reorder_cache(index)
+        attn = torch.cat([prompt_mask[index], mask[:, :-1].long()], dim=1)
+        h, _ = self._forward(resp[:, :-1].clamp(min=0), attn, cache)  # h[:, t-1] predicts token t
+        logp, ent, _ = self._scatter_token_logprobs(
+            h, states[:, 1:], resp[:, 1:], mask[:, 1:], temperature, full_vocab)
+        return torch.cat([logp0, logp], dim=1), torch.cat([ent0, ent], dim=1), mask
+
+    def _responses(self, responses: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Responses as a device tensor, their tree states (-1 on padding) and mask."""
+        resp = _as_long(responses, self.device)
+        states = torch.as_tensor(self.tree.path_states(resp.cpu().numpy()), device=self.device)
+        return resp, states, states >= 0
+
+    def _token_logprobs(
+        self, h: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor | None, temperature: float,
+        full_vocab: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position: log-prob of ``tokens`` (or all allowed ones when None) and the entropy.
+
+        Constrained: the sparse head over the allowed tokens of ``states``; ``full_vocab``: the
+        whole output layer.
+        """
+        if full_vocab:
+            logits = (h.to(self.head_weight.dtype) @ self.head_weight.T).float() / temperature
+            logp_all = torch.log_softmax(logits, dim=-1)
+            ent = -(logp_all.exp() * logp_all).sum(dim=1)
+            return (logp_all if tokens is None else logp_all.gather(1, tokens[:, None]).squeeze(1)), ent
+        allowed, logits = self.allowed_logits(h, states, temperature)
         logp_all = torch.log_softmax(logits, dim=-1)
-        chosen = (tokens == resp[mask][:, None]).float().argmax(dim=1)
-        logp = torch.zeros(mask.shape, device=self.device, dtype=logp_all.dtype)
+        ent = -(logp_all.exp() * logp_all.masked_fill(~torch.isfinite(logp_all), 0)).sum(dim=1)
+        if tokens is None:
+            return logp_all, ent
+        return logp_all.gather(1, _column_of(allowed, tokens)[:, None]).squeeze(1), ent
+
+    def _scatter_token_logprobs(
+        self, h: torch.Tensor, states: torch.Tensor, resp: torch.Tensor, mask: torch.Tensor,
+        temperature: float, full_vocab: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs / entropies of ``resp`` (hidden states ``h`` (B, T, H)) at ``mask``, zeros elsewhere."""
+        logp_m, ent_m = self._token_logprobs(h[mask], states[mask], resp[mask], temperature, full_vocab)
+        logp = torch.zeros(mask.shape, device=self.device, dtype=logp_m.dtype)
         ent = torch.zeros_like(logp)
-        logp[mask] = logp_all.gather(1, chosen[:, None]).squeeze(1)
-        probs = logp_all.exp()
-        ent[mask] = -(probs * logp_all.masked_fill(~torch.isfinite(logp_all), 0)).sum(dim=1)
+        logp[mask] = logp_m
+        ent[mask] = ent_m
         return logp, ent, mask
 
     def item_responses(self, item_ids: Any) -> np.ndarray:
@@ -428,6 +496,16 @@ class LLMPolicy(nn.Module):
         for i, s in enumerate(seqs):  # per item (not a hot path): building padded targets
             out[i, : len(s)] = s
         return out
+
+
+def _as_long(values: Any, device: torch.device) -> torch.Tensor:
+    """An int64 tensor on ``device`` from a tensor, array or list."""
+    return torch.as_tensor(values if torch.is_tensor(values) else np.asarray(values), device=device).long()
+
+
+def _column_of(allowed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Column of each token in its row of padded allowed tokens (``allowed`` (N, K), or (1, K) shared)."""
+    return (allowed == tokens[:, None]).float().argmax(dim=1)
 
 
 def _top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:

@@ -22,19 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.checkpoint import (
-    find_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_folder_atomically,
-)
-from agents.evaluate import evaluate
+from agents.checkpoint import load_weights, restore_training, save_training
+from agents.evaluate import validate
 from agents.policy import LLMPolicy
 from agents.tracking import MetricLogger
 from recgym.envs.task import RecGenTask
-from recgym.metrics import KS
 
 
 @dataclass
@@ -122,14 +114,8 @@ def train_sft(
     run = Path(run_dir) if run_dir is not None else None
     logger = MetricLogger(run) if run is not None else None
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
-    found = find_checkpoint(run / "checkpoint") if run is not None else None
-    if found is not None:
-        saved = load_trainer_state(found)
-        _load_weights(policy, found)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
-        state = saved["state"]
+    if run is not None:
+        state = restore_training(run / "checkpoint", policy, optimizer, scheduler) or state
     start_time = time.time()
     bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress)
     stop = state["step"] >= total
@@ -153,17 +139,15 @@ def train_sft(
                             "lr": scheduler.get_last_lr()[0], "tokens": tokens}, state["step"])
             last = state["step"] >= total
             if valid_task is not None and (state["step"] % eval_every == 0 or last):
-                stop = _validate(policy, valid_task, cfg, state, logger, run) or last
+                stop = validate(policy, valid_task, cfg, state, logger, run) or last
             if run is not None and (state["step"] % eval_every == 0 or last):
-                save_checkpoint(run / "checkpoint", policy, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "state": state, "config": asdict(cfg)})
+                save_training(run / "checkpoint", policy, optimizer, scheduler, state, asdict(cfg))
             if stop or last:
                 stop = True
                 break
     bar.close()
     if run is not None and (run / "best").exists():
-        _load_weights(policy, run / "best")
+        load_weights(policy, run / "best")
     if logger is not None:
         logger.close()
     policy.model.eval()
@@ -178,31 +162,3 @@ def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[tor
     logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
     tokens = int(mask.sum())
     return -(logp * mask).sum() / tokens, tokens
-
-
-def _validate(
-    policy: LLMPolicy, task: RecGenTask, cfg: SFTConfig, state: dict[str, Any],
-    logger: MetricLogger | None, run: Path | None,
-) -> bool:
-    """Evaluate, keep the best weights, and say whether patience has run out."""
-    policy.model.eval()
-    ks = tuple(k for k in KS if k <= cfg.beam)
-    metrics = evaluate(policy, task, beam=cfg.beam, ks=ks, max_requests=cfg.eval_requests, seed=cfg.seed,
-                       progress=cfg.progress)
-    policy.model.train()
-    value = metrics[cfg.metric]
-    state["history"].append({"step": state["step"], **{k: v for k, v in metrics.items() if "@" in k}})
-    if logger is not None:
-        logger.log({f"valid/{k}": v for k, v in metrics.items()}, state["step"])
-    if value > state["best"]:
-        state.update(best=value, best_step=state["step"], bad_evals=0)
-        if run is not None:
-            write_folder_atomically(run / "best", policy.save_pretrained)
-        return False
-    state["bad_evals"] += 1
-    return cfg.patience > 0 and state["bad_evals"] >= cfg.patience
-
-
-def _load_weights(policy: LLMPolicy, folder: Path) -> None:
-    fresh = type(policy.model).from_pretrained(folder)
-    policy.model.load_state_dict(fresh.state_dict())

@@ -380,6 +380,27 @@ class PrefixTree:
             node = int(self.parent[node])
         return path
 
+    def paths(self, nodes: Any, pad: int = -1) -> np.ndarray:
+        """Token sequences from the root to ``nodes``, right-padded with ``pad``: ``[B, max_depth]``.
+
+        Vectorized over nodes (one pass per depth level, up the parent pointers).
+
+        Example:
+            >>> tree = PrefixTree([[5, 1, 0], [5, 2, 0], [7, 0]], vocab_size=8)
+            >>> tree.paths([tree.walk([5, 2, 0]), tree.walk([7])]).tolist()
+            [[5, 2, 0], [7, -1, -1]]
+        """
+        nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        depth = self.depth[nodes]
+        out = np.full((len(nodes), self.max_depth), pad, dtype=np.int64)
+        current = nodes.copy()
+        for up in range(int(depth.max()) if len(nodes) else 0):
+            col = depth - 1 - up
+            here = col >= 0
+            out[here, col[here]] = self.token_in[current[here]]
+            current[here] = self.parent[current[here]]
+        return out
+
     def path_states(self, tokens: Any, pad: int = -1) -> np.ndarray:
         """The node each token was generated from, for ``[B, T]`` (or ``[T]``) token sequences.
 

@@ -112,3 +112,40 @@ def test_bad_arguments(setup):
 
     with pytest.raises(ValueError, match="disabled"):
         policy.rollout(RecGenVectorEnv(2, task))
+
+
+@pytest.mark.parametrize("full_vocab", [False, True])
+def test_shared_prompt_logprobs_equal_full_recompute_with_gradients(setup, full_vocab):
+    """group_logprobs (one prompt forward per request) == sequence_logprobs (one per row)."""
+    task, policy = setup
+    envs = make_rollout_env(task, 12)
+    ro = policy.rollout(envs, group_size=4, generator=torch.Generator().manual_seed(2), seed=5)
+    responses = torch.where(ro.mask, ro.tokens, -1)
+    # Some rows of group 0 replaced by other (longer / shorter) items: mixed lengths in a group.
+    responses = torch.nn.functional.pad(responses, (0, 4), value=-1)
+    items = policy.item_responses([0, 7])
+    responses[1] = -1
+    responses[1, : items.shape[1]] = torch.as_tensor(items[0])
+    index = np.repeat(np.arange(3), 4)
+
+    def run(fn):
+        policy.model.zero_grad()
+        logp, ent, mask = fn()
+        (logp.sum() + 0.3 * ent.sum()).backward()
+        return logp.detach(), ent.detach(), mask, [p.grad.clone() for p in policy.model.parameters()]
+
+    shared = run(lambda: policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses, index,
+                                               full_vocab=full_vocab))
+    prompts, lens = task.prompt_tokens(ro.rows)
+    full = run(lambda: policy.sequence_logprobs(prompts, lens, responses, full_vocab=full_vocab))
+    assert torch.equal(shared[2], full[2])
+    torch.testing.assert_close(shared[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1], full[1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared[3], full[3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    if not full_vocab:  # and both equal the sampling-time log-probs
+        torch.testing.assert_close(shared[0][[0, 2, 3], : ro.tokens.shape[1]], ro.logprobs[[0, 2, 3]],
+                                   atol=1e-5, rtol=1e-5)
+    else:  # the full-vocabulary distribution gives lower log-probs than the constrained one
+        constrained = policy.sequence_logprobs(prompts, lens, responses)[0].detach()
+        assert (shared[0] <= constrained + 1e-6).all() and (shared[0] < constrained - 1e-3).any()

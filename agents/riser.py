@@ -1,0 +1,209 @@
+"""RISER (Ding et al. 2026, "Towards Sample-Efficient and Stable RL for LLM-based Recommendation").
+
+GRPO with four additions, each switchable so the paper's ablations are configuration:
+
+1. **Oversampling with de-duplication**: m rollouts per request (m = 20); the distinct items among
+   them, in sampling order, form the group of n (n = 16); items repeat (cyclically) only when fewer
+   than n are distinct. The number of distinct items per group is logged.
+2. **SimPO on failed groups**: a group where every rollout missed has A_i = 0 for all i and teaches
+   GRPO nothing; there the ground-truth item y_w is preferred over each distinct failed item y_l:
+
+       L = L_GRPO + w * L_SimPO,   L_SimPO = mean -log sigmoid(r(y_w) - r(y_l) - gamma),
+       r(y) = beta / |y| * sum_t w_t log pi(y_t | x, y_<t)
+
+3. **Certainty-aware token mask**: w_t = 1 where token t's prefix-tree node branches (>= 2
+   children) and d (= 0.7) where the next token is forced, in both losses.
+4. **KL-Cov** (Cui et al. 2025): over the (mini)batch's valid tokens,
+
+       Cov_t = (A_t - mean A) * (log pi_t - mean log pi)       (detached)
+
+   and the top k fraction of tokens by Cov (k = 2e-3, at least one) get coef * |log pi_t - log
+   pi_old,t| added to their loss (coef = 1). It acts once the policy has moved since the rollout
+   (``RLConfig.mu * minibatches > 1``); on the very first step log pi = log pi_old.
+
+With ``oversample = group_size``, ``simpo_weight = 0``, ``certainty_d = 1`` and ``kl_cov_k = 0``
+RISER is exactly GRPO (a test checks loss and gradients).
+
+Note on the constrained policy: under the constrained distribution (our default) a forced token has
+pi = 1, so its log-prob and gradient are 0 whatever its weight, and the certainty mask changes
+nothing: the constrained policy never spends gradient on forced tokens in the first place. The mask
+matters with ``full_vocab=True`` (log-probs over the whole vocabulary, as the paper's TRL-based
+training computes them), where forced tokens do carry gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.grpo import GRPO, GRPOConfig
+from agents.policy import LLMPolicy, Rollout
+from agents.rl import RLBatch, masked_mean
+from agents.simpo import first_in_group, preference_loss
+from recgym.tree import TorchPrefixTree
+
+
+@dataclass
+class RISERConfig(GRPOConfig):
+    """RISER settings (GRPO's, plus the four components). Defaults: the paper's m = 20, n = 16,
+    d = 0.7, k = 2e-3, coef = 1; ``simpo_weight`` w = 1, ``simpo_beta`` = 2 and ``simpo_gamma`` = 1
+    are our choice (the paper leaves them open).
+
+    Args:
+        oversample: m rollouts per request before de-duplication (None or ``group_size``: off).
+        simpo_weight: w of the SimPO loss on failed groups (0: off).
+        simpo_beta, simpo_gamma: SimPO's beta and gamma.
+        certainty_d: d, the weight of forced tokens (1: mask off).
+        kl_cov_k: k, the fraction of tokens KL-Cov penalises (0: off).
+        kl_cov_coef: coef of |log pi - log pi_old| on those tokens.
+    """
+
+    oversample: int | None = 20
+    simpo_weight: float = 1.0
+    simpo_beta: float = 2.0
+    simpo_gamma: float = 1.0
+    certainty_d: float = 0.7
+    kl_cov_k: float = 2e-3
+    kl_cov_coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.oversample is not None and self.oversample < self.group_size:
+            raise ValueError(f"oversample={self.oversample} must be at least group_size={self.group_size}")
+
+
+def unique_group_selection(terminal: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that form groups of n from (R, m) sampled items: distinct items first, in sampling order,
+    repeated cyclically when fewer than n are distinct.
+
+    Returns ``(select [R * n] flat row indices, distinct [R])``.
+
+    Example:
+        >>> select, distinct = unique_group_selection(np.array([[3, 3, 5, 3], [1, 2, 3, 4]]), 3)
+        >>> select.reshape(2, 3).tolist(), distinct.tolist()
+        ([[0, 2, 0], [4, 5, 6]], [2, 4])
+    """
+    r, m = terminal.shape
+    order = np.argsort(terminal, axis=1, kind="stable")
+    ordered = np.take_along_axis(terminal, order, axis=1)
+    first_sorted = np.ones((r, m), dtype=bool)
+    first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    is_first = np.zeros((r, m), dtype=bool)
+    np.put_along_axis(is_first, order, first_sorted, axis=1)  # first occurrence of each item
+    distinct = is_first.sum(axis=1)
+    firsts = np.argsort(~is_first, axis=1, kind="stable")  # first occurrences, in sampling order
+    cols = np.take_along_axis(firsts, np.arange(n)[None, :] % distinct[:, None], axis=1)
+    return (np.arange(r)[:, None] * m + cols).reshape(-1), distinct
+
+
+def certainty_weights(
+    tables: TorchPrefixTree, states: torch.Tensor, mask: torch.Tensor, d: float
+) -> torch.Tensor:
+    """w_t = 1 where the token's tree node branches, d where the token is forced; 0 on padding.
+
+    Example:
+        >>> from recgym.tree import PrefixTree
+        >>> tables = PrefixTree([[5, 1, 0], [5, 2, 0], [7, 0]], vocab_size=8).torch_tables("cpu")
+        >>> states = torch.tensor([[0, 1, 3]])  # root: 5 or 7; "5": 1 or 2; "5 1": only 0
+        >>> certainty_weights(tables, states, torch.ones(1, 3, dtype=torch.bool), 0.7).tolist()
+        [[1.0, 1.0, 0.699999988079071]]
+    """
+    branches = tables.branching(states.clamp(min=0))
+    return torch.where(branches, 1.0, d) * mask
+
+
+def kl_cov_penalty(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k: float,
+    coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL-Cov: coef * |log pi - log pi_old| on the top-k fraction of valid tokens by Cov_t.
+
+    Returns ``(penalty [B, T], selected [B, T] bool)``.
+
+    Example:
+        >>> lp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]]); adv = torch.tensor([1.0, -1.0])
+        >>> _, sel = kl_cov_penalty(lp, lp, adv, torch.ones(2, 2, dtype=torch.bool), 0.25, 1.0)
+        >>> sel.tolist()   # Cov = (A - 0) * (log pi + 2): [[1, -1], [0, 0]]
+        [[True, False], [False, False]]
+    """
+    a = advantages[:, None].expand_as(logp)[mask]
+    lp = logp.detach()[mask]
+    cov = (a - a.mean()) * (lp - lp.mean())  # Cov_t
+    count = max(1, int(k * len(cov)))
+    chosen = torch.zeros_like(cov, dtype=torch.bool)
+    chosen[cov.topk(min(count, len(cov))).indices] = True
+    selected = torch.zeros_like(mask)
+    selected[mask] = chosen
+    return coef * (logp - old_logp).abs() * selected, selected
+
+
+class RISER(GRPO):
+    """GRPO + oversampling/de-duplication + SimPO on failed groups + certainty mask + KL-Cov.
+
+    Example:
+        >>> learner = RISER(RISERConfig(group_size=8, oversample=12))
+        >>> learner.rollouts_per_request
+        12
+    """
+
+    name = "riser"
+    config: RISERConfig
+
+    def __init__(self, config: RISERConfig | None = None) -> None:
+        super().__init__(config or RISERConfig())
+
+    @property
+    def rollouts_per_request(self) -> int:
+        return self.config.oversample or self.config.group_size
+
+    def make_batch(self, policy: LLMPolicy, rollout: Rollout) -> RLBatch:
+        n, m = self.config.group_size, rollout.group_size
+        if m == n:
+            return super().make_batch(policy, rollout)
+        select, _ = unique_group_selection(rollout.terminal.reshape(-1, m).cpu().numpy(), n)
+        return self.batch_from_rollout(policy, rollout, select, n)
+
+    def loss(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        b, t = batch.responses.shape
+        failed = torch.nonzero(~batch.hits.reshape(batch.num_groups, -1).any(dim=1)).squeeze(1)
+        use_simpo = c.simpo_weight > 0 and len(failed) > 0
+        # One shared-prompt forward for the group's responses and the failed groups' chosen items.
+        extra = batch.chosen[failed] if use_simpo else None
+        logp_all, entropy = self.logprobs(policy, batch, extra=extra, extra_index=failed)
+        logp = logp_all[:b, :t]
+        weights = None  # w_t
+        if c.certainty_d != 1:
+            weights = certainty_weights(policy.tables, batch.states, batch.mask, c.certainty_d)
+        penalty, stats = None, {}
+        if c.kl_cov_k > 0:
+            old = batch.old_logp if batch.old_logp is not None else logp.detach()
+            penalty, selected = kl_cov_penalty(logp, old, batch.advantages, batch.mask, c.kl_cov_k,
+                                               c.kl_cov_coef)
+            stats["kl_cov_tokens"] = float(selected.sum())
+        loss, grpo_stats = self.policy_loss(policy, batch, logp, weights=weights, extra=penalty)
+        stats.update(grpo_stats)
+        stats["failed_groups"] = float(len(failed)) / batch.num_groups
+        if use_simpo:
+            chosen = batch.chosen[failed]
+            chosen_mask = chosen >= 0
+            chosen_states = torch.as_tensor(policy.tree.path_states(chosen.cpu().numpy()),
+                                            device=chosen.device)
+            chosen_weights = (certainty_weights(policy.tables, chosen_states, chosen_mask, c.certainty_d)
+                              if weights is not None else None)
+            # Rejected: each distinct item of a failed group (all of them missed).
+            in_failed = torch.zeros(batch.num_groups, dtype=torch.bool, device=logp.device)
+            in_failed[failed] = True
+            rejected = in_failed[batch.group_index] & first_in_group(batch.terminal, batch.group_index)
+            simpo, simpo_stats = preference_loss(
+                batch, logp, logp_all[b:, :chosen.shape[1]], chosen_mask, failed, rejected, c.simpo_beta,
+                c.simpo_gamma, weights, chosen_weights)
+            loss = loss + c.simpo_weight * simpo  # L = L_GRPO + w * L_SimPO
+            stats.update(simpo_stats)
+        stats["entropy"] = masked_mean(entropy[:b, :t].detach(), batch.mask)
+        return loss, stats
+
+
+__all__ = ["RISER", "RISERConfig", "certainty_weights", "kl_cov_penalty", "unique_group_selection"]
