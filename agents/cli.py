@@ -2,6 +2,8 @@
 
 * ``recgym data list | describe NAME | download NAME``: datasets.
 * ``recgym sft --env RecGen-Synthetic-v0 --out runs/sft``: fine-tune an LLM policy, evaluate on test.
+* ``recgym train --env RecGen-Synthetic-v0 --agent riser --out runs/riser``: SFT (or ``--sft DIR``),
+  then RL with GRPO / SimPO / RISER, test before and after, results.json and curves.png.
 * ``recgym eval --env ... (--policy DIR | --agent popularity|transition|sasrec)``: HR/NDCG@K.
 
 Heavy imports (torch, transformers) happen inside commands.
@@ -106,7 +108,6 @@ def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
     from agents.evaluate import evaluate
-    from agents.policy import LLMPolicy
     from agents.sft import SFTConfig, train_sft
     from recgym.metrics import format_table
 
@@ -115,10 +116,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
     valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
     test = make_task(args.env, "test", overrides, tokenizer=train.items)
-    if args.model:
-        policy = LLMPolicy.from_pretrained(args.model, items=train.items, device=args.device)
-    else:
-        policy = LLMPolicy.from_config(args.preset, train.items, seed=args.seed, device=args.device)
+    policy = _build_policy(args, train.items)
     config = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                        eval_requests=args.eval_requests, beam=args.beam, patience=args.patience,
                        max_steps=args.max_steps, seed=args.seed)
@@ -127,6 +125,65 @@ def cmd_sft(args: argparse.Namespace) -> int:
     results = {"env": args.env, "task": overrides, "representation": train.representation,
                "model": args.model or args.preset, "sft": summary, "test": metrics}
     print(format_table({f"sft ({args.model or args.preset})": metrics}))
+    _write_results(f"{args.out}/results.json", results)
+    return 0
+
+
+def _build_policy(args: argparse.Namespace, items: Any) -> Any:
+    from agents.policy import LLMPolicy
+
+    if args.model:
+        return LLMPolicy.from_pretrained(args.model, items=items, device=args.device)
+    return LLMPolicy.from_config(args.preset, items, seed=args.seed, device=args.device)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from agents.evaluate import evaluate
+    from agents.plots import plot_training_curves
+    from agents.policy import LLMPolicy
+    from agents.rl import RLConfig, make_learner, train_rl
+    from agents.sft import SFTConfig, train_sft
+    from agents.tracking import MetricLogger
+    from recgym.metrics import format_table
+
+    torch.manual_seed(args.seed)
+    learner_settings = _dataset_kwargs(args.learner_set)
+    for key in ("group_size", "oversample"):
+        if getattr(args, key) is not None:
+            learner_settings[key] = getattr(args, key)
+    learner = make_learner(args.agent, **learner_settings)  # bad settings fail before any training
+    overrides = _task_overrides(args)
+    # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
+    policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
+    train = make_task(args.env, args.train_split, overrides,
+                      tokenizer=policy.items if policy is not None else args.model)
+    valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
+    test = make_task(args.env, "test", overrides, tokenizer=train.items)
+    valid_or_none = valid if valid.num_requests else None
+    results: dict[str, Any] = {"env": args.env, "task": overrides, "representation": train.representation,
+                               "agent": learner.describe()}
+    if policy is not None:
+        results["sft"] = {"loaded": args.sft}
+    else:
+        policy = _build_policy(args, train.items)
+        sft_config = SFTConfig(epochs=args.sft_epochs, batch_size=args.sft_batch_size, lr=args.sft_lr,
+                               eval_requests=args.eval_requests, beam=args.beam, patience=0,
+                               max_steps=args.sft_steps or None, seed=args.seed)
+        results["sft"] = train_sft(policy, train, valid_or_none, sft_config, run_dir=f"{args.out}/sft")
+    results["model"] = args.sft or args.model or args.preset
+    table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)}
+    rl_config = RLConfig(steps=args.steps, requests_per_step=args.requests_per_step, lr=args.lr, mu=args.mu,
+                         minibatches=args.minibatches, eval_every=args.eval_every,
+                         eval_requests=args.eval_requests, beam=args.beam, seed=args.seed)
+    results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=f"{args.out}/rl")
+    table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
+                                             seed=args.seed)
+    results["test"] = table
+    print(format_table(table))
+    curves = plot_training_curves({args.agent: MetricLogger.read(f"{args.out}/rl")}, f"{args.out}/curves.png")
+    print(f"wrote {curves}")
     _write_results(f"{args.out}/results.json", results)
     return 0
 
@@ -231,6 +288,33 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-steps", type=int, default=None)
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
     sft.set_defaults(func=cmd_sft)
+
+    tr = sub.add_parser("train", help="SFT (or load an SFT policy), then RL (GRPO/SimPO/RISER), then test")
+    _add_task_arguments(tr)
+    tr.add_argument("--agent", default="riser", choices=["grpo", "simpo", "riser"])
+    tr.add_argument("--sft", help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="offline model size")
+    tr.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
+    tr.add_argument("--train-split", default="train", choices=["train", "valid"])
+    tr.add_argument("--sft-steps", type=int, default=300, help="SFT optimizer steps (0: all epochs)")
+    tr.add_argument("--sft-epochs", type=int, default=3)
+    tr.add_argument("--sft-batch-size", type=int, default=32)
+    tr.add_argument("--sft-lr", type=float, default=3e-3)
+    tr.add_argument("--steps", type=int, default=100, help="RL steps (batches of rollouts)")
+    tr.add_argument("--requests-per-step", type=int, default=16)
+    tr.add_argument("--group-size", type=int, help="n, rollouts per request in a group")
+    tr.add_argument("--oversample", type=int, help="RISER's m, rollouts before de-duplication")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--mu", type=int, default=1, help="optimizer passes over each batch of rollouts")
+    tr.add_argument("--minibatches", type=int, default=2, help="optimizer steps per pass")
+    tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
+    tr.add_argument("--eval-every", type=int, default=25)
+    tr.add_argument("--eval-requests", type=int, default=256)
+    tr.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
+    tr.add_argument("--beam", type=int, default=20)
+    tr.add_argument("--out", default="runs/train", help="run folder (sft/, rl/, results.json, curves.png)")
+    tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20} of a saved policy or a classic recommender")
     _add_task_arguments(ev)

@@ -184,7 +184,7 @@ class LLMPolicy(nn.Module):
 
     # -- model pieces ----------------------------------------------------------------------------
 
-    def _left_pad(self, prompt_ids: Any, prompt_len: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompt_ids: Any, prompt_len: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded env prompts -> left-padded (ids, attention mask) trimmed to the longest."""
         ids = torch.as_tensor(np.asarray(prompt_ids), device=self.device)
         lens = torch.as_tensor(np.asarray(prompt_len), device=self.device)
@@ -248,7 +248,7 @@ class LLMPolicy(nn.Module):
             options["rows"] = rows
         obs, info = envs.reset(seed=seed, options=options)
         n, b = group_size, envs.num_envs
-        prompt_ids, prompt_mask = self._left_pad(obs["prompt_ids"][::n], obs["prompt_len"][::n])
+        prompt_ids, prompt_mask = self.left_pad(obs["prompt_ids"][::n], obs["prompt_len"][::n])
         hidden, cache = self._forward(prompt_ids, prompt_mask)
         # First token: its distribution depends on the prompt only -> computed once per group.
         root = torch.zeros(len(prompt_ids), dtype=torch.long, device=self.device)
@@ -328,7 +328,7 @@ class LLMPolicy(nn.Module):
         self, prompt_ids: np.ndarray, prompt_len: np.ndarray, w: int, k: int, normalize: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
-        ids, attn = self._left_pad(prompt_ids, prompt_len)
+        ids, attn = self.left_pad(prompt_ids, prompt_len)
         hidden, cache = self._forward(ids, attn)
         h = hidden[:, -1]
         # Beams: (R, W) states and scores; start with one live beam per request at the root.
@@ -400,7 +400,7 @@ class LLMPolicy(nn.Module):
             ``(logprobs [B, T], entropies [B, T], mask [B, T])``; zeros on padding.
         """
         resp, states, mask = self._responses(responses)
-        ids, attn = self._left_pad(prompt_ids, prompt_len)
+        ids, attn = self.left_pad(prompt_ids, prompt_len)
         full_ids = torch.cat([ids, resp.clamp(min=0)], dim=1)
         full_attn = torch.cat([attn, mask.long()], dim=1)
         positions = (full_attn.cumsum(dim=1) - 1).clamp(min=0)

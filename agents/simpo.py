@@ -183,7 +183,7 @@ def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, wid
     paths = task.tree.paths(terminal)
     states = task.tree.path_states(paths)
     dev = policy.device
-    ids, mask = policy._left_pad(prompt_ids, prompt_len)
+    ids, mask = policy.left_pad(prompt_ids, prompt_len)
 
     def tensor(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(a, device=dev, dtype=dtype)

@@ -36,6 +36,29 @@ def test_sft_then_eval_write_results(tmp_path, capsys):
     assert "| transition |" in capsys.readouterr().out
 
 
+def test_train_runs_sft_then_rl_and_writes_results_and_curves(tmp_path, capsys):
+    run = tmp_path / "train"
+    args = ["train", "--agent", "riser", "--representation", "sid", *SMALL, "--sft-steps", "3",
+            "--sft-batch-size", "16", "--steps", "2", "--requests-per-step", "3", "--group-size", "4",
+            "--oversample", "6", "--eval-every", "1", "--eval-requests", "8", "--test-requests", "8",
+            "--learner-set", "simpo_weight=0.5", "--out", str(run)]
+    assert main(args) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["agent"]["name"] == "riser" and results["agent"]["simpo_weight"] == 0.5
+    assert results["rl"]["steps"] == 2 and results["rl"]["rollouts"] == 2 * 3 * 6
+    assert set(results["test"]) == {"sft", "sft -> riser"}
+    assert (run / "curves.png").stat().st_size > 1000
+    assert "| sft -> riser |" in capsys.readouterr().out
+    # RL from a saved SFT policy, another learner.
+    again = tmp_path / "grpo"
+    assert main(["train", "--agent", "grpo", *SMALL, "--sft", str(run / "sft" / "best"), "--steps", "1",
+                 "--requests-per-step", "2", "--group-size", "3", "--eval-requests", "4",
+                 "--test-requests", "4", "--out", str(again)]) == 0
+    assert json.loads((again / "results.json").read_text())["sft"] == {"loaded": str(run / "sft" / "best")}
+    assert main(["train", "--agent", "grpo", "--learner-set", "nonsense=1", "--out", str(again)]) == 2
+    assert "unknown setting" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(capsys):
     assert main(["data", "describe", "no-such-dataset"]) == 2
     assert "recgym: error:" in capsys.readouterr().err
