@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sft-epochs", type=int, default=3)
     tr.add_argument("--sft-batch-size", type=int, default=32)
     tr.add_argument("--sft-lr", type=float, default=3e-3)
-    tr.add_argument("--steps", type=int, default=100, help="RL steps (batches of rollouts)")
+    tr.add_argument("--steps", type=int, default=60, help="RL steps (batches of rollouts)")
     tr.add_argument("--requests-per-step", type=int, default=16)
     tr.add_argument("--group-size", type=int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=int, help="RISER's m, rollouts before de-duplication")
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--minibatches", type=int, default=2, help="optimizer steps per pass")
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
                     help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
-    tr.add_argument("--eval-every", type=int, default=25)
+    tr.add_argument("--eval-every", type=int, default=20)
     tr.add_argument("--eval-requests", type=int, default=256)
     tr.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
     tr.add_argument("--beam", type=int, default=20)

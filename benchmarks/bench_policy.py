@@ -104,7 +104,7 @@ def main() -> None:
     policy.model.eval()
     rows = np.arange(args.requests)
     prompt_ids, prompt_len = task.prompt_tokens(rows)
-    left, mask = policy._left_pad(prompt_ids, prompt_len)
+    left, mask = policy.left_pad(prompt_ids, prompt_len)
     envs = make_rollout_env(task, args.requests * args.group)
     resp_len = [len(s) for s in task.items.sequences]
     out: dict = {
