@@ -173,11 +173,25 @@ class Learner(ABC):
     """
 
     name: str = "learner"
-    rollouts_per_request: int = 4
-    temperature: float = 1.0
-    full_vocab: bool = False
+    config: Any = None  # a dataclass of settings (group_size, temperature, full_vocab, ...), if any
     needs_reference: bool = False  # keep a frozen copy of the starting policy (ref_logp)
     needs_old_logprobs: bool = True  # fill old_logp when the policy moves within a batch
+
+    @property
+    def rollouts_per_request(self) -> int:
+        """Samples drawn per request (the config's ``group_size``; 4 without a config)."""
+        return getattr(self.config, "group_size", 4)
+
+    @property
+    def temperature(self) -> float:
+        """Sampling temperature, used by the update too."""
+        return getattr(self.config, "temperature", 1.0)
+
+    @property
+    def full_vocab(self) -> bool:
+        """Normalise the update's log-probs over the whole vocabulary instead of the allowed tokens."""
+        return getattr(self.config, "full_vocab", False)
+
 
     def collect(
         self, policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, *, generator: torch.Generator,

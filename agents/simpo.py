@@ -128,18 +128,6 @@ class SimPO(Learner):
     def __init__(self, config: SimPOConfig | None = None) -> None:
         self.config = config or SimPOConfig()
 
-    @property
-    def rollouts_per_request(self) -> int:
-        return self.config.group_size
-
-    @property
-    def temperature(self) -> float:
-        return self.config.temperature
-
-    @property
-    def full_vocab(self) -> bool:
-        return self.config.full_vocab
-
     def collect(
         self, policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, *, generator: torch.Generator,
         seed: int,

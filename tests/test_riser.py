@@ -3,20 +3,11 @@ import pytest
 import torch
 
 from agents.grpo import GRPO, GRPOConfig
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.policy import make_rollout_env
 from agents.riser import RISER, RISERConfig, certainty_weights, kl_cov_penalty, unique_group_selection
 from agents.simpo import first_in_group, preference_loss
-from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 from recgym.tree import PrefixTree
-
-
-@pytest.fixture(scope="module")
-def setup():
-    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
-    task = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
-    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
-    return task, policy
 
 
 def rollout(task, policy, requests=4, m=8, seed=0, temperature=2.0):
@@ -66,8 +57,8 @@ def _loss_and_grads(policy, learner, batch):
     return loss.detach(), [p.grad.clone() for p in policy.model.parameters()], stats
 
 
-def test_riser_with_every_component_off_is_exactly_grpo(setup):
-    task, policy = setup
+def test_riser_with_every_component_off_is_exactly_grpo(tiny_sid):
+    task, policy = tiny_sid
     # A graded reward from the env's reward function, so that every group has non-zero advantages.
     graded = RecGenTask(task.dataset, split="train", tokenizer=task.items,
                         reward_fn=lambda items, target, example: float(items[0] % 3))
@@ -91,8 +82,8 @@ def test_riser_with_every_component_off_is_exactly_grpo(setup):
         assert torch.equal(a, b)
 
 
-def test_riser_components(setup):
-    task, policy = setup
+def test_riser_components(tiny_sid):
+    task, policy = tiny_sid
     ro = rollout(task, policy, m=12, seed=1)
     base = dict(group_size=6, oversample=12, certainty_d=1.0, kl_cov_k=0.0)
     off = RISER(RISERConfig(**base, simpo_weight=0.0))
@@ -124,9 +115,9 @@ def test_riser_components(setup):
     assert (loss_on - loss_off).item() == pytest.approx(0.5 * simpo.item(), rel=1e-4, abs=1e-6)
 
 
-def test_certainty_mask_acts_only_where_forced_tokens_carry_gradient(setup):
+def test_certainty_mask_acts_only_where_forced_tokens_carry_gradient(tiny_sid):
     """Constrained log-probs: a forced token has pi = 1, so d changes nothing; full vocabulary: it does."""
-    task, policy = setup
+    task, policy = tiny_sid
     ro = rollout(task, policy, m=6, seed=2)
     losses = {}
     for full_vocab in (False, True):

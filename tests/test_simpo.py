@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.policy import make_rollout_env
 from agents.simpo import (
     SimPO,
     SimPOConfig,
@@ -10,16 +10,6 @@ from agents.simpo import (
     length_normalized_reward,
     simpo_loss,
 )
-from recgym.data import make_synthetic
-from recgym.envs import RecGenTask
-
-
-@pytest.fixture(scope="module")
-def setup():
-    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
-    task = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
-    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
-    return task, policy
 
 
 def test_reward_and_loss_by_hand():
@@ -41,8 +31,8 @@ def test_first_in_group():
     assert first_in_group(terminal, groups).tolist() == [True, False, True, False, True, False, True, False]
 
 
-def test_simpo_learner_loss_equals_pairs_by_hand(setup):
-    task, policy = setup
+def test_simpo_learner_loss_equals_pairs_by_hand(tiny_sid):
+    task, policy = tiny_sid
     learner = SimPO(SimPOConfig(group_size=6, beta=2.0, gamma=0.5))
     envs = make_rollout_env(task, 4 * 6)
     batch = learner.collect(policy, envs, np.arange(4), generator=torch.Generator().manual_seed(0), seed=0)
@@ -70,8 +60,8 @@ def test_simpo_learner_loss_equals_pairs_by_hand(setup):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.model.parameters())
 
 
-def test_beam_negatives_are_distinct_items_with_env_rewards(setup):
-    task, policy = setup
+def test_beam_negatives_are_distinct_items_with_env_rewards(tiny_sid):
+    task, policy = tiny_sid
     learner = SimPO(SimPOConfig(group_size=5, negatives="beam"))
     envs = make_rollout_env(task, 3 * 5)
     rows = np.array([0, 4, 9])
