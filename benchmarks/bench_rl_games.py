@@ -31,6 +31,8 @@ from agents.tracking import MetricLogger
 from recgym.envs import RecGenTask
 from recgym.metrics import format_table
 
+CURVE_KEYS = ("step", "rollouts", "hit_rate", "entropy", "zero_adv_frac", "unique_per_group")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,8 +81,7 @@ def main() -> None:
         runs[name] = {"summary": summary, "train_seconds": round(seconds, 1),
                       "entropy_first_last": [steps[0]["entropy"], steps[-1]["entropy"]],
                       "hit_rate_first_last": [steps[0]["hit_rate"], steps[-1]["hit_rate"]],
-                      "curves": [{k: r[k] for k in ("step", "rollouts", "hit_rate", "entropy", "zero_adv_frac",
-                                                    "unique_per_group") if k in r} for r in steps]}
+                      "curves": [{k: r[k] for k in CURVE_KEYS if k in r} for r in steps]}
     print(format_table(table))
     png = plot_training_curves(curves, Path(args.out).with_suffix(".png"))
     out = {
