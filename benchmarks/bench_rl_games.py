@@ -7,7 +7,8 @@ the same optimizer settings. Test HR/NDCG@{1,3,5,10,20} on a seeded sample of te
 the SFT start, the best-on-valid weights and the final weights of each run; hit rate, entropy and
 valid HR@10 curves in a PNG. Writes ``benchmarks/results/rl-games.json`` and ``rl-games.png``.
 
-    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_rl_games.py --sft runs/sft-games-5k/best
+    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_rl_games.py --sft runs/sft-games-5k/checkpoint \
+        --steps 300 --eval-every 100 --eval-requests 1000   # add --lr 5e-4 --out ...-lr5e-4.json
 """
 
 from __future__ import annotations
