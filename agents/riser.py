@@ -40,8 +40,8 @@ import torch
 
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import RLBatch, masked_mean
-from agents.simpo import first_in_group, preference_loss
+from agents.rl import RLBatch, first_in_group, masked_mean
+from agents.simpo import preference_loss
 from recgym.tree import TorchPrefixTree
 
 
@@ -86,12 +86,8 @@ def unique_group_selection(terminal: np.ndarray, n: int) -> tuple[np.ndarray, np
         ([[0, 2, 0], [4, 5, 6]], [2, 4])
     """
     r, m = terminal.shape
-    order = np.argsort(terminal, axis=1, kind="stable")
-    ordered = np.take_along_axis(terminal, order, axis=1)
-    first_sorted = np.ones((r, m), dtype=bool)
-    first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    is_first = np.zeros((r, m), dtype=bool)
-    np.put_along_axis(is_first, order, first_sorted, axis=1)  # first occurrence of each item
+    groups = torch.arange(r).repeat_interleave(m)
+    is_first = first_in_group(torch.as_tensor(terminal).reshape(-1), groups).reshape(r, m).numpy()
     distinct = is_first.sum(axis=1)
     firsts = np.argsort(~is_first, axis=1, kind="stable")  # first occurrences, in sampling order
     cols = np.take_along_axis(firsts, np.arange(n)[None, :] % distinct[:, None], axis=1)

@@ -94,8 +94,8 @@ class RLBatch:
         sel = torch.as_tensor(select, device=dev)
         mask = rollout.mask[sel]
         hits_all = rollout.hits.float()
-        terminal = rollout.terminal.reshape(r, m)
-        unique = (terminal.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
+        rollout_groups = torch.arange(r, device=dev).repeat_interleave(m)
+        unique = first_in_group(rollout.terminal, rollout_groups).reshape(r, m).sum(dim=1)
         targets = rollout.targets[::m]
         return cls(
             prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
@@ -234,6 +234,21 @@ class Learner(ABC):
 
 def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=-1)
+
+
+def first_in_group(terminal: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """True for the first response of each distinct item within its group (rollout order).
+
+    Example:
+        >>> first_in_group(torch.tensor([4, 4, 7, 4, 7]), torch.tensor([0, 0, 0, 1, 1])).tolist()
+        [True, False, True, True, True]
+    """
+    key = group_index * (int(terminal.max()) + 2) + terminal + 1
+    _, inverse = torch.unique(key, return_inverse=True)
+    positions = torch.arange(len(key), device=key.device)
+    first = torch.full((int(inverse.max()) + 1,), len(key), device=key.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first[inverse] == positions
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -465,5 +480,5 @@ def _reference(policy: LLMPolicy, run: Path | None) -> LLMPolicy:
     return reference
 
 
-__all__ = ["EpochSampler", "Learner", "RLBatch", "RLConfig", "RequestSampler", "make_learner", "masked_mean",
-           "train_rl"]
+__all__ = ["EpochSampler", "Learner", "RLBatch", "RLConfig", "RequestSampler", "first_in_group",
+           "make_learner", "masked_mean", "train_rl"]

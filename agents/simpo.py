@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import Learner, RLBatch, masked_mean
+from agents.rl import Learner, RLBatch, first_in_group, masked_mean
 from recgym.envs.vector import RecGenVectorEnv
 
 
@@ -74,21 +74,6 @@ def simpo_loss(
     """
     margin = chosen_reward - rejected_reward
     return -F.logsigmoid(margin - gamma).mean(), margin
-
-
-def first_in_group(terminal: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
-    """True for the first response of each distinct item within its group (rollout order).
-
-    Example:
-        >>> first_in_group(torch.tensor([4, 4, 7, 4, 7]), torch.tensor([0, 0, 0, 1, 1])).tolist()
-        [True, False, True, True, True]
-    """
-    key = group_index * (int(terminal.max()) + 2) + terminal + 1
-    _, inverse = torch.unique(key, return_inverse=True)
-    positions = torch.arange(len(key), device=key.device)
-    first = torch.full((int(inverse.max()) + 1,), len(key), device=key.device, dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return first[inverse] == positions
 
 
 def preference_loss(
@@ -183,5 +168,5 @@ def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, wid
         rows=np.repeat(rows, width), targets=targets, group_size=width)
 
 
-__all__ = ["SimPO", "SimPOConfig", "beam_rollout", "first_in_group", "length_normalized_reward",
+__all__ = ["SimPO", "SimPOConfig", "beam_rollout", "length_normalized_reward",
            "preference_loss", "simpo_loss"]

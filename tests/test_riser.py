@@ -5,7 +5,8 @@ import torch
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import make_rollout_env
 from agents.riser import RISER, RISERConfig, certainty_weights, kl_cov_penalty, unique_group_selection
-from agents.simpo import first_in_group, preference_loss
+from agents.rl import first_in_group
+from agents.simpo import preference_loss
 from recgym.envs import RecGenTask
 from recgym.tree import PrefixTree
 

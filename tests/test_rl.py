@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.policy import LLMPolicy, make_rollout_env
-from agents.rl import EpochSampler, Learner, RLBatch, RLConfig, make_learner, train_rl
+from agents.rl import EpochSampler, Learner, RLBatch, RLConfig, first_in_group, make_learner, train_rl
 from agents.sft import SFTConfig, train_sft
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
@@ -27,6 +27,12 @@ def test_epoch_sampler_covers_every_row_once_per_epoch():
     assert (s.rows(7) == EpochSampler(np.arange(100, 110), 3, seed=4).rows(7)).all()  # pure function
     with pytest.raises(ValueError, match="empty"):
         EpochSampler(np.zeros(0, np.int64), 3)
+
+
+def test_first_in_group():
+    terminal = torch.tensor([9, 9, 3, 9, 3, 3, 5, 5])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert first_in_group(terminal, groups).tolist() == [True, False, True, False, True, False, True, False]
 
 
 def test_batch_split_keeps_groups_whole(data):

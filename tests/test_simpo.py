@@ -6,7 +6,6 @@ from agents.policy import make_rollout_env
 from agents.simpo import (
     SimPO,
     SimPOConfig,
-    first_in_group,
     length_normalized_reward,
     simpo_loss,
 )
@@ -23,12 +22,6 @@ def test_reward_and_loss_by_hand():
     assert margin.tolist() == [9.0, -1.0]
     expected = -(np.log(1 / (1 + np.exp(-8.0))) + np.log(1 / (1 + np.exp(2.0)))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_first_in_group():
-    terminal = torch.tensor([9, 9, 3, 9, 3, 3, 5, 5])
-    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    assert first_in_group(terminal, groups).tolist() == [True, False, True, False, True, False, True, False]
 
 
 def test_simpo_learner_loss_equals_pairs_by_hand(tiny_sid):
