@@ -95,9 +95,8 @@ def request_embeddings(
     parts = []
     for start in tqdm(range(0, len(rows), batch_size), desc="embeddings", disable=not progress, leave=False):
         ids, mask = policy.left_pad(*task.prompt_tokens(rows[start:start + batch_size]))
-        out = policy.model.model(input_ids=ids, attention_mask=mask,
-                                 position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=False)
-        parts.append(out.last_hidden_state[:, -1].float().cpu().numpy())
+        hidden, _ = policy._forward(ids, mask, use_cache=False)
+        parts.append(hidden[:, -1].float().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, policy.model.config.hidden_size), np.float32)
 
 

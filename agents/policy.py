@@ -195,12 +195,16 @@ class LLMPolicy(nn.Module):
         return left, mask.long()
 
     def _forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None, *,
+        use_cache: bool = True,
     ) -> tuple[torch.Tensor, Any]:
-        """Decoder hidden states for ``input_ids`` given the full ``attention_mask`` (cache + new)."""
+        """Decoder hidden states for ``input_ids`` given the full ``attention_mask`` (cache + new).
+
+        Position ids count real tokens only, so left padding does not shift them.
+        """
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         out = self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                               past_key_values=cache, use_cache=True)
+                               past_key_values=cache, use_cache=use_cache)
         return out.last_hidden_state, out.past_key_values
 
     def allowed_logits(
@@ -403,9 +407,7 @@ class LLMPolicy(nn.Module):
         ids, attn = self.left_pad(prompt_ids, prompt_len)
         full_ids = torch.cat([ids, resp.clamp(min=0)], dim=1)
         full_attn = torch.cat([attn, mask.long()], dim=1)
-        positions = (full_attn.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = self.model.model(input_ids=full_ids, attention_mask=full_attn, position_ids=positions,
-                                  use_cache=False).last_hidden_state
+        hidden, _ = self._forward(full_ids, full_attn, use_cache=False)
         # The hidden state before token t predicts token t: positions P-1 .. P+T-2.
         p = ids.shape[1]
         h = hidden[:, p - 1: p - 1 + resp.shape[1]]
