@@ -9,7 +9,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
-from recgym.envs.recgen import as_action, observation_space
+from recgym.envs.recgen import as_action, check_render_mode, observation_space
 from recgym.envs.task import RecGenTask, Request, resolve_task
 
 MODES = ("competitive", "cooperative")
@@ -112,9 +112,7 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
             raise ValueError(f"num_agents must be >= 1, got {num_agents}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode must be one of {modes}, got {render_mode!r}")
+        check_render_mode(render_mode, self.metadata["render_modes"])
         self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.mode = mode

@@ -11,6 +11,16 @@ from gymnasium import spaces
 from recgym.envs.task import RecGenTask, Request, resolve_task
 
 
+def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
+    """Raise a ValueError naming the supported modes unless ``render_mode`` is None or one of them.
+
+    Example:
+        >>> check_render_mode("ansi", ["ansi"])
+    """
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be one of {modes}, got {render_mode!r}")
+
+
 def observation_space(task: RecGenTask) -> spaces.Dict:
     """The observation space shared by the single and the vector env (one request's arrays)."""
     v, p, d, h = task.vocab_size, task.max_prompt_len, task.max_response_len, task.max_history
@@ -125,9 +135,7 @@ class RecGenEnv(gym.Env):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode must be one of {modes}, got {render_mode!r}")
+        check_render_mode(render_mode, self.metadata["render_modes"])
         self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.strict = strict
