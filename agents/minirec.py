@@ -6,9 +6,10 @@ reward. Then
     L_i = minmax(exp(-(r_bar_i - mu)^2 / (2 sigma^2)))       learnability (mu = 0.5, sigma = std r_bar)
     V_i = D_i * (alpha * L_i + R_i)                           value given the selected set S
 
-with R_i the representativeness (alignment of request i's update direction with the pool's mean;
-computed elsewhere and passed in) and D_i the distance from request i to S in the policy's
-embedding space, divided by the largest such distance. Selection is greedy: the request of
+with R_i = minmax((1 + cos(u_i, u_mean)) / 2) the representativeness (alignment of request i's
+update direction u_i with the pool's mean; two variants, see :func:`representativeness`) and D_i
+the distance from request i to S in the policy's embedding space (final hidden state), divided by
+the largest such distance. Selection is greedy: the request of
 highest V joins S, distances are updated, and so on (the first pick is the highest alpha L + R).
 The curriculum cuts the selection into groups (default 64) in pick order and orders each group
 easy -> hard (high r_bar first); training follows that order.
@@ -19,12 +20,16 @@ max-min distance alone).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from agents.grpo import group_advantages
 from agents.policy import LLMPolicy, make_rollout_env
 from recgym.envs.task import RecGenTask
 
@@ -57,18 +62,42 @@ def learnability(mean_rewards: np.ndarray, mu: float = 0.5, sigma: float | None 
     return minmax(np.exp(-((r - mu) ** 2) / (2 * s**2)))
 
 
-@torch.no_grad()
-def proxy_rewards(
-    policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, *, rollouts: int = 4, requests_per_batch: int = 64,
-    temperature: float = 1.0, seed: int = 0, progress: bool = True,
-) -> np.ndarray:
-    """r_bar per request of ``rows``: the mean env reward of ``rollouts`` constrained samples each.
+@dataclass
+class ProxyRollouts:
+    """What a proxy policy did on a pool: ``rewards`` (n, N) and ``responses`` (n, N, T) int32, -1 padded.
 
     Example:
-        >>> # r_bar = proxy_rewards(sft_policy, train_task, np.arange(train_task.num_requests))
+        >>> p = ProxyRollouts(np.array([[1.0, 0.0], [0.0, 0.0]]), np.zeros((2, 2, 3), np.int32))
+        >>> p.mean_rewards.tolist()
+        [0.5, 0.0]
+    """
+
+    rewards: np.ndarray
+    responses: np.ndarray
+
+    @property
+    def mean_rewards(self) -> np.ndarray:
+        """r_bar per request."""
+        return self.rewards.mean(axis=1)
+
+
+@torch.no_grad()
+def proxy_rollouts(
+    policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, *, rollouts: int = 4, requests_per_batch: int = 64,
+    temperature: float = 1.0, seed: int = 0, progress: bool = True,
+) -> ProxyRollouts:
+    """``rollouts`` constrained samples of the proxy policy per request of ``rows``, with env rewards.
+
+    r_bar (``.mean_rewards``) feeds :func:`learnability`; the responses feed
+    :func:`representativeness`. Seeded: the same call gives the same rollouts.
+
+    Example:
+        >>> # proxy = proxy_rollouts(sft_policy, train_task, np.arange(train_task.num_requests))
+        >>> # L = learnability(proxy.mean_rewards)
     """
     rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty(len(rows))
+    rewards = np.empty((len(rows), rollouts))
+    responses = np.full((len(rows), rollouts, task.max_response_len), -1, dtype=np.int32)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     envs = make_rollout_env(task, requests_per_batch * rollouts)
     starts = range(0, len(rows), requests_per_batch)
@@ -78,8 +107,10 @@ def proxy_rewards(
             envs = make_rollout_env(task, len(batch) * rollouts)
         rollout = policy.rollout(envs, group_size=rollouts, rows=batch, temperature=temperature,
                                  generator=generator, seed=seed + i)
-        out[start:start + len(batch)] = rollout.rewards.reshape(-1, rollouts).mean(dim=1).cpu().numpy()
-    return out
+        rewards[start:start + len(batch)] = rollout.rewards.reshape(-1, rollouts).cpu().numpy()
+        tokens = rollout.tokens.masked_fill(~rollout.mask, -1).cpu().numpy()
+        responses[start:start + len(batch), :, : tokens.shape[1]] = tokens.reshape(len(batch), rollouts, -1)
+    return ProxyRollouts(rewards, responses)
 
 
 @torch.no_grad()
@@ -98,6 +129,237 @@ def request_embeddings(
         hidden, _ = policy._forward(ids, mask, use_cache=False)
         parts.append(hidden[:, -1].float().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, policy.model.config.hidden_size), np.float32)
+
+
+# -- representativeness ---------------------------------------------------------------------------
+#
+# Each request's RL loss is the on-policy GRPO loss (rho = 1) of a group made of its N proxy
+# rollouts plus the user's real next item, which gets the hit reward (our choice: without it a
+# request whose rollouts all failed has A_i = 0 for every member and no update direction at all):
+#
+#     l_i = -(1/G) sum_j A_j (1/|y_j|) sum_t log pi(y_jt),   A_j = (r_j - mean r) / (std r + eps)
+#
+# u_i is the update direction of l_i, in one of two spaces:
+#   "hidden" (the authors'): u_i = H_i g_i, the Hessian-vector product of l_i with respect to the
+#       final hidden states h (g_i = dl_i/dh, H_i = d^2 l_i/dh^2, by double backprop), summed over
+#       the group's positions; projected to ``dim`` when the hidden size is larger;
+#   "params" (LESS-style): u_i = P vec(dl_i/dW) for the Linear weights W of the last ``layers``
+#       decoder blocks, with a Kronecker Gaussian projection P = P_out (x) P_in per layer, so the
+#       per-request gradient is never materialised: P vec(sum_t d_t x_t^T) = sum_t (P_out d_t)(P_in x_t)^T.
+# R_i = minmax((1 + cos(u_i, u_mean)) / 2), u_mean the mean direction over the pool.
+
+
+def _gaussian(rows: int, cols: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, cols) Gaussian random projection scaled by 1/sqrt(rows): inner products kept on average.
+
+    On ``like``'s device, in its dtype promoted to at least float32.
+    """
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    matrix = torch.randn(rows, cols, generator=generator, dtype=torch.float64) / rows**0.5
+    return matrix.to(like.device, dtype)
+
+
+@dataclass
+class _Groups:
+    """A batch of request groups (proxy rollouts + the target) ready for teacher forcing."""
+
+    ids: torch.Tensor  # (b * G, P) left-padded prompts and their mask
+    attn: torch.Tensor
+    resp: torch.Tensor  # (b * G, T) responses, their tree states and mask
+    states: torch.Tensor
+    mask: torch.Tensor
+    weight: torch.Tensor  # (b * G,) A_j / |y_j| / G
+    owner: torch.Tensor  # (b * G,) request of each row
+    size: int  # b
+
+    @classmethod
+    def build(cls, policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, responses: np.ndarray,
+              rewards: np.ndarray, eps: float = 1e-4) -> _Groups:
+        b, n, _ = responses.shape
+        targets = policy.item_responses(task.examples.target[rows])
+        width = max(responses.shape[2], targets.shape[1])
+        group = np.full((b, n + 1, width), -1, dtype=np.int64)
+        group[:, :n, : responses.shape[2]] = responses
+        group[:, n, : targets.shape[1]] = targets
+        r = torch.as_tensor(np.concatenate([rewards, np.full((b, 1), task.hit_reward)], axis=1),
+                            dtype=torch.float32, device=policy.device)
+        adv = group_advantages(r.reshape(-1), n + 1, eps=eps)  # A_j
+        resp, states, mask = policy._responses(group.reshape(b * (n + 1), width))
+        ids, attn = policy.left_pad(*task.prompt_tokens(np.repeat(rows, n + 1)))
+        weight = adv / mask.sum(dim=1).clamp(min=1) / (n + 1)
+        owner = torch.arange(b, device=policy.device).repeat_interleave(n + 1)
+        return cls(ids, attn, resp, states, mask, weight, owner, b)
+
+    def hidden(self, policy: LLMPolicy) -> torch.Tensor:
+        """Final hidden states of the response positions (b * G, T, H); h[:, t] predicts token t."""
+        full, _ = policy._forward(torch.cat([self.ids, self.resp.clamp(min=0)], dim=1),
+                                  torch.cat([self.attn, self.mask.long()], dim=1), use_cache=False)
+        p = self.ids.shape[1]
+        return full[:, p - 1: p - 1 + self.resp.shape[1]]
+
+    def losses(self, policy: LLMPolicy, h: torch.Tensor) -> torch.Tensor:
+        """l_i per request (b,) from the response hidden states ``h``."""
+        logp, _, _ = policy._scatter_token_logprobs(h, self.states, self.resp, self.mask, 1.0, False)
+        per_row = -self.weight.to(logp.dtype) * logp.sum(dim=1)
+        return per_row.new_zeros(self.size).index_add(0, self.owner, per_row)
+
+
+def hidden_directions(
+    policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, responses: np.ndarray, rewards: np.ndarray,
+) -> torch.Tensor:
+    """u_i = H_i g_i with respect to the final hidden states, summed over positions: (b, hidden).
+
+    Double backprop: g = dl/dh with a graph, then d(g . stopgrad(g))/dh = H g. Requests are
+    independent (l_i reads only its own rows), so one pass serves the batch.
+
+    Example:
+        >>> # u = hidden_directions(policy, task, rows, proxy.responses[:8], proxy.rewards[:8])
+    """
+    groups = _Groups.build(policy, task, rows, responses, rewards)
+    with torch.no_grad():
+        h0 = groups.hidden(policy)
+    h = h0.to(torch.promote_types(h0.dtype, torch.float32)).requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(groups.losses(policy, h).sum(), h, create_graph=True)  # g = dl/dh
+        (hvp,) = torch.autograd.grad((g * g.detach()).sum(), h)  # H g
+    return hvp.sum(dim=1).new_zeros(groups.size, h.shape[-1]).index_add(0, groups.owner, hvp.sum(dim=1))
+
+
+class GradientProjector:
+    """LESS-style projected per-request gradients of the last decoder blocks' Linear weights.
+
+    Each Linear weight W (out x in) gets Gaussian matrices P_out (d_out x out) and P_in (d_in x in)
+    scaled by 1/sqrt(d); the projected gradient of a request is sum_t (P_out delta_t)(P_in x_t)^T,
+    computed from forward/backward hooks (x_t the layer input, delta_t the gradient at its output),
+    so no per-request gradient of W is ever stored. Output: (b, layers' count * d_out * d_in).
+
+    Example:
+        >>> # proj = GradientProjector(policy, layers=1, d_out=16, d_in=16, seed=0)
+        >>> # u = proj(policy, task, rows, proxy.responses[:8], proxy.rewards[:8])
+    """
+
+    def __init__(self, policy: LLMPolicy, *, layers: int = 1, d_out: int = 16, d_in: int = 16,
+                 seed: int = 0) -> None:
+        blocks = policy.model.model.layers
+        if not 1 <= layers <= len(blocks):
+            raise ValueError(f"layers={layers}: the model has {len(blocks)} decoder blocks")
+        self.modules: list[tuple[str, nn.Linear]] = [
+            (f"layers.{len(blocks) - layers + i}.{name}", m)
+            for i, block in enumerate(blocks[len(blocks) - layers:])
+            for name, m in block.named_modules() if isinstance(m, nn.Linear)
+        ]
+        gen = torch.Generator().manual_seed(seed)
+        self.p_out: dict[str, torch.Tensor] = {}
+        self.p_in: dict[str, torch.Tensor] = {}
+        for name, m in self.modules:
+            self.p_out[name] = _gaussian(d_out, m.out_features, gen, m.weight)
+            self.p_in[name] = _gaussian(d_in, m.in_features, gen, m.weight)
+
+    def __call__(
+        self, policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, responses: np.ndarray,
+        rewards: np.ndarray,
+    ) -> torch.Tensor:
+        groups = _Groups.build(policy, task, rows, responses, rewards)
+        b, owner = groups.size, groups.owner
+        inputs: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def capture(name: str) -> Any:
+            def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                p_in = self.p_in[name]
+                inputs[name] = args[0].detach().to(p_in.dtype) @ p_in.T  # P_in x_t: (rows, L, d_in)
+
+                def backward_hook(delta: torch.Tensor) -> None:
+                    p_out = self.p_out[name]
+                    a = delta.to(p_out.dtype) @ p_out.T  # P_out delta_t: (rows, L, d_out)
+                    per_row = torch.einsum("rld,rle->rde", a, inputs.pop(name)).flatten(1)
+                    out[name] = per_row.new_zeros(b, per_row.shape[1]).index_add(0, owner, per_row)
+
+                output.register_hook(backward_hook)
+            return forward_hook
+
+        trainable = {p: p.requires_grad for p in policy.parameters()}
+        try:
+            for p in policy.parameters():
+                p.requires_grad_(False)
+            for name, m in self.modules:
+                m.weight.requires_grad_(True)
+                handles.append(m.register_forward_hook(capture(name)))
+            with torch.enable_grad():
+                groups.losses(policy, groups.hidden(policy)).sum().backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+                p.grad = None
+        return torch.cat([out[name] for name, _ in self.modules], dim=1)
+
+
+def representativeness(
+    policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, proxy: ProxyRollouts, *, variant: str = "hidden",
+    batch_size: int = 16, dim: int = 1024, layers: int = 1, seed: int = 0, progress: bool = True,
+) -> np.ndarray:
+    """R_i = minmax((1 + cos(u_i, u_mean)) / 2) over the pool ``rows`` (see the module notes for u_i).
+
+    ``variant``: "hidden" (HVP with respect to the final hidden state, the authors') or "params"
+    (projected gradients of the last ``layers`` blocks, LESS-style). Memory is bounded: the pool's
+    directions are kept as float16 unit vectors of at most ``dim`` numbers (100k requests x 1024 =
+    205 MB) plus their float64 sum; one batch of ``batch_size`` requests is differentiated at a time.
+
+    Example:
+        >>> # R = representativeness(sft_policy, train_task, rows, proxy, variant="params")
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if variant == "hidden":
+        hidden = policy.model.config.hidden_size
+        gen = torch.Generator().manual_seed(seed)
+        project = None if hidden <= dim else _gaussian(dim, hidden, gen, policy.head_weight).T
+
+        def directions(*args: Any) -> torch.Tensor:
+            u = hidden_directions(policy, *args)
+            return u if project is None else u @ project
+    elif variant == "params":
+        side = max(1, int((dim / (7 * layers)) ** 0.5))  # about dim numbers over ~7 Linear layers per block
+        projector = GradientProjector(policy, layers=layers, d_out=side, d_in=side, seed=seed)
+        directions = partial(projector, policy)
+    else:
+        raise ValueError(f"unknown representativeness variant {variant!r}: choose hidden or params")
+    unit: np.ndarray | None = None  # float16 unit vectors; the pool's mean comes from the float64 sum
+    total: np.ndarray | None = None
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc=f"representativeness ({variant})", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        u = directions(task, rows[sl], proxy.responses[sl], proxy.rewards[sl]).double().cpu().numpy()
+        if unit is None:
+            unit = np.zeros((len(rows), u.shape[1]), dtype=np.float16)
+            total = np.zeros(u.shape[1])
+        norm = np.linalg.norm(u, axis=1, keepdims=True)
+        unit[sl] = np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
+        total += u.sum(axis=0)
+    assert unit is not None and total is not None
+    return alignment(unit, total)
+
+
+def alignment(directions: np.ndarray, total: np.ndarray | None = None) -> np.ndarray:
+    """R = minmax((1 + cos(u_i, u_mean)) / 2) for the rows u_i of ``directions``.
+
+    ``total`` is the sum of the raw u_i when ``directions`` holds them already normalised (as
+    :func:`representativeness` stores them); zero rows get cos = 0.
+
+    Example:
+        >>> alignment(np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [2.0, 0.0]])).round(3).tolist()
+        [1.0, 0.971, 0.0, 1.0]
+    """
+    u = np.asarray(directions, dtype=np.float64)
+    if total is None:
+        total = u.sum(axis=0)
+    norm = np.linalg.norm(u, axis=1, keepdims=True)
+    unit = np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
+    mean_norm = np.linalg.norm(total)
+    cos = unit @ (total / mean_norm) if mean_norm > 0 else np.zeros(len(u))
+    return minmax((1 + cos) / 2)
 
 
 def greedy_select(
@@ -223,4 +485,5 @@ def describe_subset(rows: np.ndarray, mean_rewards: np.ndarray, learn: np.ndarra
 
 
 __all__ = ["CurriculumSampler", "curriculum", "describe_subset", "greedy_select", "learnability", "minmax",
-           "proxy_rewards", "request_embeddings", "select"]
+           "GradientProjector", "ProxyRollouts", "hidden_directions", "proxy_rollouts",
+           "representativeness", "request_embeddings", "select"]

@@ -220,7 +220,7 @@ class LLMPolicy(nn.Module):
         dense = hidden.to(self.head_weight.dtype) @ self.head_weight[union].T  # (N, |U|)
         col = torch.zeros_like(tokens)
         col[valid] = inverse
-        logits = dense.gather(1, col).float() / temperature
+        logits = _at_least_float32(dense.gather(1, col)) / temperature
         return tokens, logits.masked_fill(~valid, float("-inf"))
 
     # -- rollouts --------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ class LLMPolicy(nn.Module):
             pick = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
             token = cand.gather(1, pick[:, None]).squeeze(1)
             out_tokens[alive, t] = token
-            out_logp[alive, t] = logp.gather(1, pick[:, None]).squeeze(1)
+            out_logp[alive, t] = logp.gather(1, pick[:, None]).squeeze(1).float()
             out_states[alive, t] = states[alive]
             states[alive] = self.tables.step(states[alive], token)
             actions = np.zeros(b, dtype=np.int64)
@@ -467,7 +467,7 @@ class LLMPolicy(nn.Module):
         whole output layer.
         """
         if full_vocab:
-            logits = (h.to(self.head_weight.dtype) @ self.head_weight.T).float() / temperature
+            logits = _at_least_float32(h.to(self.head_weight.dtype) @ self.head_weight.T) / temperature
             logp_all = torch.log_softmax(logits, dim=-1)
             ent = -(logp_all.exp() * logp_all).sum(dim=1)
             return (logp_all if tokens is None else logp_all.gather(1, tokens[:, None]).squeeze(1)), ent
@@ -503,6 +503,11 @@ class LLMPolicy(nn.Module):
 def _as_long(values: Any, device: torch.device) -> torch.Tensor:
     """An int64 tensor on ``device`` from a tensor, array or list."""
     return torch.as_tensor(values if torch.is_tensor(values) else np.asarray(values), device=device).long()
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go to float32 for the softmax; float64 (gradient checks) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _column_of(allowed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

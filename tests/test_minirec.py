@@ -1,16 +1,24 @@
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 from agents.minirec import (
     CurriculumSampler,
     curriculum,
     describe_subset,
     greedy_select,
+    GradientProjector,
+    alignment,
+    hidden_directions,
     learnability,
-    proxy_rewards,
+    proxy_rollouts,
+    representativeness,
     request_embeddings,
     select,
 )
+from agents.minirec import _Groups
 
 
 def test_learnability_prefers_moderate_difficulty():
@@ -79,11 +87,99 @@ def test_curriculum_orders_each_group_easy_to_hard():
 def test_proxy_rewards_and_embeddings_from_a_policy(tiny_sid):
     task, policy = tiny_sid
     rows = np.arange(10)
-    r_bar = proxy_rewards(policy, task, rows, rollouts=4, requests_per_batch=4, progress=False, seed=2)
+    proxy = proxy_rollouts(policy, task, rows, rollouts=4, requests_per_batch=4, progress=False, seed=2)
+    r_bar = proxy.mean_rewards
     assert r_bar.shape == (10,) and ((r_bar >= 0) & (r_bar <= 1)).all()
-    assert np.array_equal(r_bar, proxy_rewards(policy, task, rows, rollouts=4, requests_per_batch=4,
-                                                progress=False, seed=2))
+    again = proxy_rollouts(policy, task, rows, rollouts=4, requests_per_batch=4, progress=False, seed=2)
+    assert np.array_equal(proxy.rewards, again.rewards) and np.array_equal(proxy.responses, again.responses)
+    # Every response is a real catalogue item: its tokens walk the tree to a complete state.
+    ends = [task.tree.walk(r[r >= 0].tolist()) for r in proxy.responses.reshape(-1, proxy.responses.shape[2])]
+    assert task.tree.is_complete(np.array(ends)).all()
     emb = request_embeddings(policy, task, rows, batch_size=3, progress=False)
     alone = request_embeddings(policy, task, rows[4:5], batch_size=1, progress=False)
     assert emb.shape == (10, policy.model.config.hidden_size)
     np.testing.assert_allclose(emb[4], alone[0], atol=1e-5)  # left padding does not change it
+
+
+def test_alignment_of_hand_built_directions():
+    u = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
+    # u_mean = (2, 4) / 5: cos = [.447, .894, .949, -.447, 0] -> R order: row 2 > 1 > 0 > 4 > 3.
+    R = alignment(u)
+    assert np.argsort(-R).tolist() == [2, 1, 0, 4, 3] and R[2] == 1.0 and R[3] == 0.0
+    unit = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(alignment(unit, total=u.sum(0)), R)  # stored unit rows + raw sum
+
+
+@pytest.fixture(scope="module")
+def double_pool(tiny_sid):
+    """A float64 copy of the tiny policy and proxy rollouts that include hits (targets forced in)."""
+    task, policy = tiny_sid
+    policy = copy.deepcopy(policy).double()
+    rows = np.arange(6)
+    proxy = proxy_rollouts(policy, task, rows, rollouts=3, requests_per_batch=6, progress=False, seed=0)
+    targets = policy.item_responses(task.examples.target[rows])
+    proxy.responses[::2, 0, :] = -1
+    proxy.responses[::2, 0, : targets.shape[1]] = targets[::2]  # some groups have a hit
+    proxy.rewards[::2, 0] = 1.0
+    return task, policy, rows, proxy
+
+
+def test_hidden_directions_match_finite_differences(double_pool):
+    task, policy, rows, proxy = double_pool
+    u = hidden_directions(policy, task, rows, proxy.responses, proxy.rewards)
+    groups = _Groups.build(policy, task, rows, proxy.responses, proxy.rewards)
+    with torch.no_grad():
+        h0 = groups.hidden(policy)
+
+    def grad_at(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone().requires_grad_(True)
+        return torch.autograd.grad(groups.losses(policy, h).sum(), h)[0]
+
+    g0 = grad_at(h0)
+    eps = 1e-3  # H g ~ (g(h + eps g) - g(h - eps g)) / (2 eps)
+    fd = (grad_at(h0 + eps * g0) - grad_at(h0 - eps * g0)) / (2 * eps)
+    fd_u = torch.zeros_like(u).index_add(0, groups.owner, fd.sum(dim=1))
+    assert u.abs().max() > 0
+    big = fd_u.abs() > 1e-3 * fd_u.abs().max()
+    assert torch.equal(torch.sign(u[big]), torch.sign(fd_u[big]))
+    torch.testing.assert_close(u, fd_u, rtol=1e-4, atol=1e-9 * float(fd_u.abs().max()))
+
+
+def test_projected_gradients_match_finite_differences(double_pool):
+    task, policy, rows, proxy = double_pool
+    projector = GradientProjector(policy, layers=1, d_out=3, d_in=2, seed=0)
+    u = projector(policy, task, rows, proxy.responses, proxy.rewards)
+    assert u.shape == (len(rows), len(projector.modules) * 3 * 2)
+    groups = _Groups.build(policy, task, rows, proxy.responses, proxy.rewards)
+    eps = 1e-3  # Qwen2's RMSNorm computes in float32 even for a float64 model: no smaller eps
+    checked = 0
+    for m_index in (0, len(projector.modules) - 1):  # the first and the last Linear of the block
+        name, module = projector.modules[m_index]
+        for a, b in ((0, 0), (2, 1)):
+            # Component (a, b) of layer m is the derivative of l_i along W + eps * P_out[a] P_in[b]^T.
+            direction = torch.outer(projector.p_out[name][a], projector.p_in[name][b])
+            losses = []
+            with torch.no_grad():
+                for sign in (1.0, -1.0):
+                    module.weight += sign * eps * direction
+                    losses.append(groups.losses(policy, groups.hidden(policy)))
+                    module.weight -= sign * eps * direction
+            fd = (losses[0] - losses[1]) / (2 * eps)
+            col = m_index * 6 + a * 2 + b
+            assert torch.equal(torch.sign(u[:, col]), torch.sign(fd))
+            torch.testing.assert_close(u[:, col], fd, rtol=1e-3, atol=1e-3 * float(fd.abs().max()))
+            checked += 1
+    assert checked == 4
+    # The policy is left as it was: no gradients stored, trainable flags restored.
+    assert all(p.grad is None and p.requires_grad for p in policy.parameters())
+
+
+def test_representativeness_both_variants(double_pool):
+    task, policy, rows, proxy = double_pool
+    for variant in ("hidden", "params"):
+        R = representativeness(policy, task, rows, proxy, variant=variant, batch_size=4, progress=False)
+        assert R.shape == (6,) and R.min() == 0.0 and R.max() == 1.0
+        again = representativeness(policy, task, rows, proxy, variant=variant, batch_size=6, progress=False)
+        np.testing.assert_allclose(R, again, atol=2e-3)  # batching does not matter (float16 storage)
+    with pytest.raises(ValueError, match="variant"):
+        representativeness(policy, task, rows, proxy, variant="grad")
