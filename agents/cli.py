@@ -5,6 +5,9 @@
 * ``recgym train --env RecGen-Synthetic-v0 --agent riser --out runs/riser``: SFT (or ``--sft DIR``),
   then RL with GRPO / SimPO / RISER, test before and after, results.json and curves.png.
 * ``recgym eval --env ... (--policy DIR | --agent popularity|transition|sasrec)``: HR/NDCG@K.
+* ``recgym select --env ... --policy DIR --method minirec --size 0.1 --out sel.json``: pick a subset of
+  training requests (MiniRec, learnability, K-center or random); ``recgym train --subset sel.json``
+  trains on it (in its curriculum order for MiniRec).
 
 Heavy imports (torch, transformers) happen inside commands.
 """
@@ -177,7 +180,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     rl_config = RLConfig(steps=args.steps, requests_per_step=args.requests_per_step, lr=args.lr, mu=args.mu,
                          minibatches=args.minibatches, eval_every=args.eval_every,
                          eval_requests=args.eval_requests, beam=args.beam, seed=args.seed)
-    results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=f"{args.out}/rl")
+    sampler = None
+    if args.subset:
+        from agents.minirec import CurriculumSampler
+        from agents.rl import EpochSampler
+
+        order, ordered = load_subset(args.subset, train.num_requests)
+        sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
+                   else EpochSampler(order, args.requests_per_step, seed=args.seed))
+        results["subset"] = {"file": args.subset, "requests": len(order), "curriculum": ordered}
+    results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=f"{args.out}/rl",
+                             sampler=sampler)
     table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
                                              seed=args.seed)
     results["test"] = table
@@ -186,6 +199,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"wrote {curves}")
     _write_results(f"{args.out}/results.json", results)
     return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from agents.evaluate import select_rows
+    from agents.minirec import run_selection
+    from agents.policy import LLMPolicy
+
+    torch.manual_seed(args.seed)
+    size = float(args.size) if "." in args.size else int(args.size)
+    if size <= 0:
+        raise ValueError(f"--size must be a count or a fraction in (0, 1), got {args.size!r}")
+    policy = LLMPolicy.from_pretrained(args.policy, device=args.device) if args.policy else None
+    if policy is None and args.method != "random":
+        raise ValueError(f"--method {args.method} needs a proxy policy: pass --policy DIR "
+                         "(e.g. an SFT run's best/)")
+    task = make_task(args.env, args.train_split, _task_overrides(args),
+                     tokenizer=policy.items if policy is not None else None)
+    pool = select_rows(task.num_requests, args.pool, seed=args.seed)
+    selection = run_selection(policy, task, pool, args.method, size, rollouts=args.rollouts,
+                              variant=args.variant, alpha=args.alpha, mu=args.mu, sigma=args.sigma,
+                              group=args.group, use_curriculum=args.curriculum, seed=args.seed)
+    selection.update(env=args.env, split=args.train_split, policy=args.policy)
+    stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                      for k, v in selection["stats"].items())
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in selection["seconds"].items())
+    print(f"{args.method}: {selection['selected']} of {len(pool)} requests "
+          f"({'curriculum order' if selection['curriculum'] else 'pick order'}); {stats}")
+    print(f"time: {timing}")
+    assert np.all(np.asarray(selection["order"]) < task.num_requests)
+    _write_results(args.out, selection)
+    return 0
+
+
+def load_subset(path: str, num_requests: int) -> tuple[Any, bool]:
+    """``(rows in training order, curriculum?)`` from a ``recgym select`` file, checked against the split."""
+    from pathlib import Path
+
+    import numpy as np
+
+    try:
+        selection = json.loads(Path(path).read_text())
+        order = np.asarray(selection["order"], dtype=np.int64)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--subset {path}: not a selection written by `recgym select` ({err})") from err
+    if len(order) == 0 or order.min() < 0 or order.max() >= num_requests:
+        raise ValueError(f"--subset {path}: rows must be in 0..{num_requests - 1} of the training split")
+    return order, bool(selection.get("curriculum", False))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -313,8 +376,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-requests", type=int, default=256)
     tr.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
     tr.add_argument("--beam", type=int, default=20)
+    tr.add_argument("--subset", help="train RL on the requests of a `recgym select` file (in its order)")
     tr.add_argument("--out", default="runs/train", help="run folder (sft/, rl/, results.json, curves.png)")
     tr.set_defaults(func=cmd_train)
+
+    se = sub.add_parser("select", help="choose a subset of training requests for RL (MiniRec and baselines)")
+    _add_task_arguments(se)
+    se.add_argument("--policy", help="the proxy policy folder (e.g. an SFT run's best/); random needs none")
+    se.add_argument("--method", default="minirec", choices=["minirec", "learnability", "kcenter", "random"])
+    se.add_argument("--size", default="0.1", help="a count (e.g. 256) or a fraction of the pool (e.g. 0.1)")
+    se.add_argument("--pool", type=int, help="select from a seeded sample of this many requests")
+    se.add_argument("--train-split", default="train", choices=["train", "valid"])
+    se.add_argument("--rollouts", type=int, default=4, help="N, proxy rollouts per request (for r_bar)")
+    se.add_argument("--variant", default="hidden", choices=["hidden", "params"],
+                    help="representativeness: HVP w.r.t. the final hidden state, or projected gradients")
+    se.add_argument("--alpha", type=float, default=1.0, help="weight of learnability against R")
+    se.add_argument("--mu", type=float, default=0.5, help="the r_bar of highest learnability")
+    se.add_argument("--sigma", type=float, help="learnability width (default: std of r_bar over the pool)")
+    se.add_argument("--group", type=int, default=64, help="curriculum group size")
+    se.add_argument("--curriculum", action=argparse.BooleanOptionalAction, default=None,
+                    help="order groups easy -> hard (default: on for minirec)")
+    se.add_argument("--out", default="runs/selection.json", help="the selection file (JSON)")
+    se.set_defaults(func=cmd_select)
 
     ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20} of a saved policy or a classic recommender")
     _add_task_arguments(ev)

@@ -475,15 +475,80 @@ class CurriculumSampler:
         return self.order[positions % len(self.order)]
 
 
-def describe_subset(rows: np.ndarray, mean_rewards: np.ndarray, learn: np.ndarray) -> dict[str, Any]:
-    """Statistics of a selected subset (indices into the pool), for logs and results files."""
+def describe_subset(rows: np.ndarray, mean_rewards: np.ndarray | None = None,
+                    learn: np.ndarray | None = None) -> dict[str, Any]:
+    """Statistics of a selected subset (indices into the pool), for logs and results files.
+
+    Example:
+        >>> describe_subset(np.array([0, 2]), np.array([0.0, 1.0, 0.5]), np.array([0.0, 0.0, 1.0]))
+        {'size': 2, 'reward_mean': 0.25, 'solved_never': 0.5, 'solved_always': 0.0, 'learnability_mean': 0.5}
+    """
     rows = np.asarray(rows)
-    r = np.asarray(mean_rewards)[rows]
-    return {"size": len(rows), "reward_mean": float(r.mean()), "solved_never": float((r == 0).mean()),
-            "solved_always": float((r == 1).mean()),
-            "learnability_mean": float(np.asarray(learn)[rows].mean())}
+    out: dict[str, Any] = {"size": len(rows)}
+    if mean_rewards is not None:
+        r = np.asarray(mean_rewards)[rows]
+        out.update(reward_mean=float(r.mean()), solved_never=float((r == 0).mean()),
+                   solved_always=float((r == 1).mean()))
+    if learn is not None:
+        out["learnability_mean"] = float(np.asarray(learn)[rows].mean())
+    return out
 
 
-__all__ = ["CurriculumSampler", "curriculum", "describe_subset", "greedy_select", "learnability", "minmax",
-           "GradientProjector", "ProxyRollouts", "hidden_directions", "proxy_rollouts",
-           "representativeness", "request_embeddings", "select"]
+def run_selection(
+    policy: LLMPolicy, task: RecGenTask, pool: np.ndarray, method: str, size: int | float, *,
+    rollouts: int = 4, variant: str = "hidden", alpha: float = 1.0, mu: float = 0.5,
+    sigma: float | None = None, group: int = 64, use_curriculum: bool | None = None, seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole selection: what ``method`` needs from the proxy ``policy``, the picks, the training order.
+
+    ``pool`` holds request rows of ``task``. Only what the method uses is computed (random needs
+    nothing, K-center the embeddings, learnability the proxy rollouts, MiniRec all three and R),
+    and each part is timed. ``use_curriculum`` (default: on for MiniRec) orders the picks by
+    :func:`curriculum`. Returns a JSON-ready dict whose ``order`` (task rows, training order)
+    :class:`CurriculumSampler` walks.
+
+    Example:
+        >>> # sel = run_selection(sft_policy, train_task, np.arange(2560), "minirec", 0.1)
+        >>> # sampler = CurriculumSampler(np.array(sel["order"]), batch_size=16)
+    """
+    import time
+
+    pool = np.asarray(pool, dtype=np.int64)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds[name] = round(time.perf_counter() - start, 2)
+        return out
+
+    r_bar = learn = represent = embeddings = None
+    if method in ("minirec", "learnability"):
+        proxy = timed("proxy_rollouts", proxy_rollouts, policy, task, pool, rollouts=rollouts, seed=seed,
+                      progress=progress)
+        r_bar = proxy.mean_rewards
+        learn = learnability(r_bar, mu=mu, sigma=sigma)
+        if method == "minirec":
+            represent = timed("representativeness", representativeness, policy, task, pool, proxy,
+                              variant=variant, seed=seed, progress=progress)
+    if method in ("minirec", "kcenter"):
+        embeddings = timed("embeddings", request_embeddings, policy, task, pool, progress=progress)
+    picks = timed("select", select, method, size, embeddings=embeddings,
+                  learn=learn if learn is not None else np.zeros(len(pool)), represent=represent, alpha=alpha,
+                  seed=seed)
+    ordered = use_curriculum if use_curriculum is not None else method == "minirec"
+    if ordered and r_bar is None:
+        raise ValueError(f"a curriculum needs proxy rewards, which the {method!r} selector does not compute")
+    order = curriculum(picks, r_bar, group) if ordered else picks
+    seconds["total"] = round(sum(seconds.values()), 2)
+    return {"method": method, "size": size, "pool": len(pool), "selected": len(picks),
+            "curriculum": bool(ordered), "order": pool[order].tolist(),
+            "stats": describe_subset(picks, r_bar, learn), "seconds": seconds,
+            "config": {"rollouts": rollouts, "variant": variant, "alpha": alpha, "mu": mu, "sigma": sigma,
+                       "group": group, "seed": seed}}
+
+
+__all__ = ["CurriculumSampler", "GradientProjector", "ProxyRollouts", "alignment", "curriculum",
+           "describe_subset", "greedy_select", "hidden_directions", "learnability", "minmax",
+           "proxy_rollouts", "representativeness", "request_embeddings", "run_selection", "select"]

@@ -59,6 +59,39 @@ def test_train_runs_sft_then_rl_and_writes_results_and_curves(tmp_path, capsys):
     assert "unknown setting" in capsys.readouterr().err
 
 
+def test_select_then_train_on_the_subset(tmp_path, capsys):
+    sft = tmp_path / "sft"
+    assert main(["sft", "--representation", "sid", *SMALL, "--max-steps", "2", "--batch-size", "8",
+                 "--eval-requests", "4", "--test-requests", "4", "--out", str(sft)]) == 0
+    selection = tmp_path / "minirec.json"
+    assert main(["select", "--representation", "sid", *SMALL, "--policy", str(sft / "best"), "--method",
+                 "minirec", "--size", "0.25", "--pool", "40", "--rollouts", "2", "--group", "4",
+                 "--out", str(selection)]) == 0
+    out = capsys.readouterr().out
+    assert "minirec: 10 of 40 requests (curriculum order)" in out and "time: proxy_rollouts" in out
+    sel = json.loads(selection.read_text())
+    assert sel["selected"] == len(sel["order"]) == len(set(sel["order"])) == 10 and sel["curriculum"]
+    assert set(sel["seconds"]) == {"proxy_rollouts", "representativeness", "embeddings", "select", "total"}
+    assert {"reward_mean", "learnability_mean", "solved_never"} <= set(sel["stats"])
+    # Random needs no policy and no rollouts; a fraction or a count.
+    rand = tmp_path / "random.json"
+    assert main(["select", "--representation", "sid", *SMALL, "--method", "random", "--size", "7",
+                 "--pool", "40", "--out", str(rand)]) == 0
+    assert len(json.loads(rand.read_text())["order"]) == 7
+    run = tmp_path / "train"
+    assert main(["train", "--agent", "grpo", *SMALL, "--sft", str(sft / "best"), "--subset", str(selection),
+                 "--steps", "2", "--requests-per-step", "4", "--group-size", "3", "--eval-every", "0",
+                 "--eval-requests", "4", "--test-requests", "4", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["subset"] == {"file": str(selection), "requests": 10, "curriculum": True}
+    assert main(["select", *SMALL, "--method", "minirec", "--out", str(rand)]) == 2
+    assert "needs a proxy policy" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["train", "--agent", "grpo", *SMALL, "--sft", str(sft / "best"), "--subset",
+                 str(tmp_path / "bad.json"), "--out", str(run)]) == 2
+    assert "not a selection" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(capsys):
     assert main(["data", "describe", "no-such-dataset"]) == 2
     assert "recgym: error:" in capsys.readouterr().err
