@@ -8,6 +8,9 @@
 * ``recgym select --env ... --policy DIR --method minirec --size 0.1 --out sel.json``: pick a subset of
   training requests (MiniRec, learnability, K-center or random); ``recgym train --subset sel.json``
   trains on it (in its curriculum order for MiniRec).
+* ``recgym bench --preset ci --agents popularity,sasrec,sft,grpo,riser,maskable_ppo --seeds 0,1 --out DIR``:
+  every agent on one env from one SFT start with one rollout budget; results.json/.md, metrics.png,
+  curves.png (see :mod:`agents.bench`).
 
 Heavy imports (torch, transformers) happen inside commands.
 """
@@ -282,6 +285,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agents import bench
+
+    for plugin in args.plugin:  # before --agents is read: plug-ins add agent names
+        bench.load_plugin(plugin)
+    knobs = {"sft_steps": args.sft_steps, "rl_steps": args.rl_steps,
+             "requests_per_step": args.requests_per_step,
+             "rollouts_per_request": args.rollouts, "test_requests": args.test_requests,
+             "eval_requests": args.eval_requests, "sasrec_epochs": args.sasrec_epochs, "model": args.model}
+    overrides = {**_dataset_kwargs(args.preset_set), **{k: v for k, v in knobs.items() if v is not None}}
+    if args.env:
+        overrides["env"] = args.env
+    preset = bench.get_preset(args.preset, **overrides)
+    learner_settings: dict[str, dict[str, Any]] = {}
+    for key, value in _dataset_kwargs(args.learner_set).items():
+        agent, dot, setting = key.rpartition(".")
+        if not dot or not agent:
+            raise SystemExit(f"recgym: --learner-set expects AGENT.KEY=VALUE, got {key!r}")
+        learner_settings.setdefault(agent, {})[setting] = value
+    agents = bench.parse_agents(args.agents, preset, learner_settings)
+    seeds = bench.parse_seeds(args.seeds)
+    bench.run_bench(preset, agents, seeds, args.out, task_overrides=_task_overrides(args), sft=args.sft,
+                    device=args.device, progress=not args.quiet)
+    return 0
+
+
 def make_dataset_name(env_id: str) -> str:
     import gymnasium as gym
 
@@ -409,6 +438,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-requests", type=int, default=None)
     ev.add_argument("--out", help="write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
+
+    be = sub.add_parser("bench", help="benchmark agents on one env: same SFT start, rollout budget and test")
+    be.add_argument("--preset", default="ci", choices=["ci", "cpu", "paper"],
+                    help="scale: ci (synthetic, minutes), cpu (real Games, < 1 h on 2 cores), paper (GPU)")
+    be.add_argument("--agents", default="popularity,transition,sasrec,sft,simpo,grpo,riser,maskable_ppo",
+                    help="comma list; 'ablation' expands into RISER's ablation variants; plug-ins add more")
+    be.add_argument("--seeds", default="0", help="comma list of training seeds, e.g. 0,1")
+    be.add_argument("--out", default="runs/bench", help="output folder (results.json/.md, metrics.png, ...)")
+    be.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                    help="a .py file or module that registers learners when imported (repeatable)")
+    be.add_argument("--sft", help="start RL from this saved policy folder instead of training SFT")
+    be.add_argument("--model", help="a local folder or hub name of a causal LM (instead of the preset's)")
+    be.add_argument("--env", help="a registered RecGen env id (default: the preset's)")
+    be.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
+    be.add_argument("--representation", choices=["title", "sid"])
+    be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra RecGenTask option")
+    be.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
+    be.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    for flag, text in (("--sft-steps", "SFT optimizer steps"), ("--rl-steps", "RL steps of every RL agent"),
+                       ("--requests-per-step", "requests per RL step"),
+                       ("--rollouts", "rollouts per request (RISER: m)"),
+                       ("--test-requests", "size of the seeded test sample"),
+                       ("--eval-requests", "size of the validation sample"),
+                       ("--sasrec-epochs", "SASRec's maximum epochs")):
+        be.add_argument(flag, type=int, help=f"{text} (default: the preset's)")
+    be.add_argument("--preset-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any preset field, e.g. --preset-set rl_lr=5e-4 (repeatable)")
+    be.add_argument("--learner-set", action="append", default=[], metavar="AGENT.KEY=VALUE",
+                    help="a learner setting of one agent, e.g. riser.simpo_weight=0.5 (repeatable)")
+    be.add_argument("--quiet", action="store_true", help="no progress bars")
+    be.set_defaults(func=cmd_bench)
     return parser
 
 

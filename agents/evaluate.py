@@ -38,6 +38,11 @@ def evaluate(
     an output that denotes several items (shared title / SID) is a hit when the target is among
     them.
 
+    ``policy`` may also be any agent that searches the prefix tree from the request itself rather
+    than from its prompt: one with ``beam_search_rows(task, rows, width=..., k=...) -> (terminals,
+    scores)`` (e.g. :class:`~agents.baselines.maskable_ppo.MaskablePPOAgent`); it is scored the
+    same way.
+
     Example:
         >>> # evaluate(policy, RecGenTask(dataset, split="test", tokenizer=policy.items), beam=20)
     """
@@ -49,8 +54,11 @@ def evaluate(
     for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task.split}", disable=not progress,
                       leave=False):
         batch = rows[start:start + batch_size]
-        terminals, _ = policy.beam_search(*task.prompt_tokens(batch), width=beam, k=k,
-                                          length_normalize=length_normalize)
+        if hasattr(policy, "beam_search_rows"):
+            terminals, _ = policy.beam_search_rows(task, batch, width=beam, k=k)
+        else:
+            terminals, _ = policy.beam_search(*task.prompt_tokens(batch), width=beam, k=k,
+                                              length_normalize=length_normalize)
         # Missing entries (-1) read as the root, which denotes no item.
         offsets, values = task.tree.items_batch(np.maximum(terminals, task.tree.root).reshape(-1))
         hits[start:start + len(batch)] = hits_from_item_sets(
@@ -79,7 +87,8 @@ def validate(
     """One validation of a training loop: evaluate, log, keep the best weights; True when patience ran out.
 
     ``cfg`` supplies ``beam``, ``eval_requests``, ``metric``, ``patience``, ``seed`` and ``progress``;
-    ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` and is updated.
+    ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` (and, in RL,
+    ``rollouts``, logged beside the metrics) and is updated.
     The best weights go to ``<run>/best`` (atomically).
 
     Example:
@@ -95,8 +104,9 @@ def validate(
     policy.model.train(training)
     value = metrics[cfg.metric]
     state["history"].append({"step": state["step"], **{k: v for k, v in metrics.items() if "@" in k}})
-    if logger is not None:
-        logger.log({f"valid/{k}": v for k, v in metrics.items()}, state["step"])
+    if logger is not None:  # RL runs also count rollouts, so curves can be drawn against them
+        extra = {"rollouts": state["rollouts"]} if "rollouts" in state else {}
+        logger.log({**{f"valid/{k}": v for k, v in metrics.items()}, **extra}, state["step"])
     if value > state["best"]:
         state.update(best=value, best_step=state["step"], bad_evals=0)
         if run is not None:

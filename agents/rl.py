@@ -21,6 +21,7 @@ import copy
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -261,13 +262,81 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum().clamp(min=1))
 
 
+LearnerFactory = Callable[..., Learner]
+"""``factory(**settings) -> Learner``: how a plug-in learner is built from settings (e.g. ``group_size``)."""
+
+BUILTIN_LEARNERS = ("grpo", "simpo", "riser")
+_PLUGIN_LEARNERS: dict[str, LearnerFactory] = {}
+
+
+def register_learner(name: str, factory: LearnerFactory) -> None:
+    """Make a learner available by name to :func:`make_learner` and so to ``recgym bench``.
+
+    A plug-in module calls this when imported (``recgym bench --plugin my_learner.py``), so user code
+    adds a learner without editing the package. ``factory(**settings)`` must return a
+    :class:`Learner`; the bench passes ``group_size`` (rollouts per request, its rollout budget).
+
+    Example:
+        >>> class Mine(Learner):
+        ...     name = "mine"
+        ...     def make_batch(self, policy, rollout): ...
+        ...     def loss(self, policy, batch): ...
+        >>> register_learner("mine", lambda **settings: Mine())
+        >>> make_learner("mine").name
+        'mine'
+        >>> register_learner("mine", lambda **settings: Mine())
+        Traceback (most recent call last):
+        ...
+        ValueError: a learner named 'mine' is already registered
+        >>> unregister_learner("mine")
+    """
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"learner names are letters, digits, '_' and '-', got {name!r}")
+    if name in BUILTIN_LEARNERS or name in _PLUGIN_LEARNERS:
+        raise ValueError(f"a learner named {name!r} is already registered")
+    if not callable(factory):
+        raise TypeError(f"the factory of learner {name!r} must be callable, got {type(factory).__name__}")
+    _PLUGIN_LEARNERS[name] = factory
+
+
+def unregister_learner(name: str) -> None:
+    """Forget a registered plug-in learner (built-in learners stay).
+
+    Example:
+        >>> unregister_learner("grpo")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: 'grpo' is not a registered plug-in learner; registered: [...]
+    """
+    if name not in _PLUGIN_LEARNERS:
+        raise ValueError(f"{name!r} is not a registered plug-in learner; "
+                         f"registered: {sorted(_PLUGIN_LEARNERS)}")
+    del _PLUGIN_LEARNERS[name]
+
+
+def learner_names() -> list[str]:
+    """Names :func:`make_learner` knows: the built-in learners, then registered plug-ins.
+
+    Example:
+        >>> learner_names()[:3]
+        ['grpo', 'simpo', 'riser']
+    """
+    return [*BUILTIN_LEARNERS, *_PLUGIN_LEARNERS]
+
+
 def make_learner(name: str, **overrides: Any) -> Learner:
-    """A built-in learner by name (``grpo``, ``simpo``, ``riser``) with config overrides.
+    """A learner by name (built-in ``grpo``, ``simpo``, ``riser`` or a registered plug-in) with settings.
 
     Example:
         >>> make_learner("riser", group_size=8, oversample=12).config.oversample
         12
     """
+    if name in _PLUGIN_LEARNERS:
+        learner = _PLUGIN_LEARNERS[name](**overrides)
+        if not isinstance(learner, Learner):
+            raise TypeError(f"the factory of learner {name!r} returned {type(learner).__name__}, "
+                            "not a Learner")
+        return learner
     from agents.grpo import GRPO, GRPOConfig
     from agents.riser import RISER, RISERConfig
     from agents.simpo import SimPO, SimPOConfig
@@ -275,7 +344,7 @@ def make_learner(name: str, **overrides: Any) -> Learner:
     table: dict[str, tuple[type, type]] = {"grpo": (GRPO, GRPOConfig), "simpo": (SimPO, SimPOConfig),
                                            "riser": (RISER, RISERConfig)}
     if name not in table:
-        raise ValueError(f"unknown learner {name!r}: choose one of {sorted(table)}")
+        raise ValueError(f"unknown learner {name!r}: choose one of {learner_names()}")
     learner_cls, config_cls = table[name]
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(overrides) - known)
@@ -480,5 +549,6 @@ def _reference(policy: LLMPolicy, run: Path | None) -> LLMPolicy:
     return reference
 
 
-__all__ = ["EpochSampler", "Learner", "RLBatch", "RLConfig", "RequestSampler", "first_in_group",
-           "make_learner", "masked_mean", "train_rl"]
+__all__ = ["BUILTIN_LEARNERS", "EpochSampler", "Learner", "LearnerFactory", "RLBatch", "RLConfig",
+           "RequestSampler", "first_in_group", "learner_names", "make_learner", "masked_mean",
+           "register_learner", "train_rl", "unregister_learner"]

@@ -10,3 +10,34 @@ def test_random_agent_example_runs(monkeypatch, capsys):
     runpy.run_path(str(EXAMPLES / "random_agent.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "single_env_hit_rate" in out and "target:" in out
+
+
+def test_reinforce_plugin_is_benchmarked_without_editing_the_package(tmp_path, monkeypatch):
+    import json
+
+    from agents.cli import main
+    from agents.rl import learner_names
+
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench-plugin"
+    # The documented command (examples/reinforce_plugin.py's docstring), at a smaller scale.
+    assert main(["bench", "--plugin", str(EXAMPLES / "reinforce_plugin.py"), "--agents", "sft,grpo,reinforce",
+                 "--preset", "ci", "--seeds", "0,1", "--sft-steps", "10", "--rl-steps", "3",
+                 "--requests-per-step", "4", "--test-requests", "40", "--eval-requests", "20", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "reinforce" in learner_names()
+    results = json.loads((out / "results.json").read_text())
+    runs = results["agents"]["reinforce"]["runs"]
+    assert sorted(runs) == ["0", "1"]
+    for seed, run in runs.items():
+        assert run["rollouts"] == results["budget"]["rollouts"] == 3 * 4 * 8
+        assert run["config"]["name"] == "reinforce" and run["config"]["group_size"] == 8
+        assert run["config"]["rl"]["seed"] == int(seed)
+        records = [json.loads(x) for x in (out / "runs" / f"reinforce-seed{seed}" / "metrics.jsonl")
+                   .read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+        assert all("baseline" in r and "entropy" in r for r in records if "loss" in r)
+    assert "| reinforce | " in (out / "results.md").read_text()
+    # Loading the plug-in again (e.g. a second bench in one process) does not register it twice.
+    assert main(["bench", "--plugin", str(EXAMPLES / "reinforce_plugin.py"), "--agents", "bogus",
+                 "--out", str(out)]) == 2

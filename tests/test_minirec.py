@@ -6,11 +6,12 @@ import torch
 
 from agents.minirec import (
     CurriculumSampler,
+    GradientProjector,
+    _Groups,
+    alignment,
     curriculum,
     describe_subset,
     greedy_select,
-    GradientProjector,
-    alignment,
     hidden_directions,
     learnability,
     proxy_rollouts,
@@ -18,7 +19,6 @@ from agents.minirec import (
     request_embeddings,
     select,
 )
-from agents.minirec import _Groups
 
 
 def test_learnability_prefers_moderate_difficulty():

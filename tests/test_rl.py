@@ -5,7 +5,18 @@ import pytest
 import torch
 
 from agents.policy import LLMPolicy, make_rollout_env
-from agents.rl import EpochSampler, Learner, RLBatch, RLConfig, first_in_group, make_learner, train_rl
+from agents.rl import (
+    EpochSampler,
+    Learner,
+    RLBatch,
+    RLConfig,
+    first_in_group,
+    learner_names,
+    make_learner,
+    register_learner,
+    train_rl,
+    unregister_learner,
+)
 from agents.sft import SFTConfig, train_sft
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
@@ -105,6 +116,24 @@ def test_a_plugged_in_learner_trains_through_the_same_loop(data):
     summary = train_rl(policy, Reinforce(), train, None, RLConfig(steps=2, requests_per_step=3,
                                                                     progress=False))
     assert summary["steps"] == 2 and summary["rollouts"] == 2 * 3 * 4
+
+
+def test_registered_learners_are_built_by_name_and_checked():
+    register_learner("not-a-learner", lambda **settings: settings)
+    try:
+        assert learner_names()[-1] == "not-a-learner"
+        with pytest.raises(TypeError, match="returned dict, not a Learner"):
+            make_learner("not-a-learner", group_size=4)
+    finally:
+        unregister_learner("not-a-learner")
+    assert "not-a-learner" not in learner_names()
+    with pytest.raises(ValueError, match="unknown learner 'not-a-learner': choose one of"):
+        make_learner("not-a-learner")
+    for bad in ("", "a b", "x.y"):
+        with pytest.raises(ValueError, match="learner names"):
+            register_learner(bad, lambda **settings: settings)
+    with pytest.raises(TypeError, match="callable"):
+        register_learner("fine", 3)
 
 
 @pytest.mark.slow

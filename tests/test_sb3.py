@@ -31,7 +31,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"history_items": 3}, {"item_tokens": False}])
+@pytest.mark.parametrize("kwargs", [{}, {"history_items": 3}, {"item_tokens": False}, {"item_ids": False}])
 def test_check_env_passes_without_warnings(task, kwargs):
     env = make_sb3_env(task, **kwargs)
     with warnings.catch_warnings():
@@ -87,8 +87,37 @@ def test_observation_contents(task):
     assert (obs[: 2 * d + 2] == 0).all()
     with pytest.raises(ValueError, match="history_items"):
         CompactObservation(RecGenEnv(task), history_items=0)
+    with pytest.raises(ValueError, match="ids, their tokens or both"):
+        CompactObservation(RecGenEnv(task), item_ids=False, item_tokens=False)
+    tokens_only = make_sb3_env(task, history_items=2, item_ids=False)
+    obs, _ = tokens_only.reset(options={"history": [4, 7], "target": 9})
+    assert np.array_equal(obs, np.delete(env.reset(options={"history": [4, 7], "target": 9})[0], [0, d + 1]))
     with pytest.raises(TypeError, match="RecGenEnv"):
         CompactActions(gym.make("CartPole-v1"))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"item_tokens": False}, {"item_ids": False}])
+def test_encode_matches_observation_for_batches_of_states(task, kwargs):
+    env = make_sb3_env(task, history_items=3, **kwargs)
+    to_token = env.get_wrapper_attr("compact_to_token")
+    ex, d = task.examples, task.max_response_len
+    rng = np.random.default_rng(0)
+    rows, observed, prefixes, counts = [], [], [], []
+    for row in range(6):
+        obs, _ = env.reset(options={"row": row})
+        actions, done = [], False
+        while True:
+            rows.append(row)
+            observed.append(obs)
+            prefixes.append(np.pad(to_token[actions], (0, d - len(actions)), constant_values=-1))
+            counts.append(len(actions))
+            if done:
+                break
+            actions.append(int(rng.choice(np.flatnonzero(get_action_masks(env)))))
+            obs, _, done, _, _ = env.step(actions[-1])
+    encoded = env.encode(ex.history[rows], ex.history_len[rows], np.array(prefixes), counts)
+    assert np.array_equal(encoded, np.array(observed))
+    assert env.observation_space.contains(encoded[0])
 
 
 def test_invalid_compact_action_ends_the_episode(task):

@@ -130,6 +130,9 @@ class CompactObservation(gym.ObservationWrapper):
         history_items: ``k``, how many of the most recent history items to observe.
         item_tokens: also observe the history items' tokens (``D * (C + 1)`` one-hot inputs per
             item: keep it for SID catalogues, consider turning it off for long titles).
+        item_ids: observe the history items' ids (``N + 1`` one-hot inputs per item). With SIDs
+            the tokens already name the item, and on a large catalogue the ids dominate the input
+            (Games: 16,860 of 26,640 inputs): ``item_ids=False`` keeps only the tokens.
 
     Example:
         >>> env = CompactObservation(RecGenEnv(representation="sid",
@@ -140,13 +143,18 @@ class CompactObservation(gym.ObservationWrapper):
         [8, 0, 0, 0, 0]
     """
 
-    def __init__(self, env: gym.Env, history_items: int = 1, item_tokens: bool = True) -> None:
+    def __init__(
+        self, env: gym.Env, history_items: int = 1, item_tokens: bool = True, item_ids: bool = True
+    ) -> None:
         super().__init__(env)
         base = _recgen(env)
         if not 1 <= history_items <= base.task.max_history:
             raise ValueError(f"history_items must be in 1..{base.task.max_history}, got {history_items}")
+        if not (item_tokens or item_ids):
+            raise ValueError("observe the history items by their ids, their tokens or both")
         self.history_items = history_items
         self.item_tokens = item_tokens
+        self.item_ids = item_ids
         tree = base.tree
         self.num_items = base.task.dataset.catalogue.num_items
         _, self.token_to_compact = compact_token_maps(tree)
@@ -160,33 +168,66 @@ class CompactObservation(gym.ObservationWrapper):
             d, n = tree.depth[node[deep]], node[deep]
             self.item_table[tree.item_ids[deep] + 1, d - 1] = self.token_to_compact[tree.token_in[n]] + 1
             node[deep] = tree.parent[n]
-        per_item = [self.num_items + 1] + ([num_compact + 1] * depth if item_tokens else [])
+        per_item = [self.num_items + 1] if item_ids else []
+        per_item += [num_compact + 1] * depth if item_tokens else []
         nvec = per_item * history_items + [num_compact + 1] * depth
         self.observation_space = spaces.MultiDiscrete(np.array(nvec, dtype=np.int64))
 
     def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        k = self.history_items
-        history, length = observation["history"], int(observation["history_len"])
-        recent = np.zeros(k, dtype=np.int64)
-        n = min(k, length)
-        recent[:n] = history[length - n : length][::-1] + 1  # most recent first; 0 = no item
-        if self.item_tokens:
-            per_item = np.concatenate([recent[:, None], self.item_table[recent]], axis=1).reshape(-1)
-        else:
-            per_item = recent
-        generated, count = observation["generated_ids"], int(observation["generated_len"])
-        prefix = np.where(np.arange(len(generated)) < count, self.token_to_compact[generated] + 1, 0)
-        return np.concatenate([per_item, prefix])
+        return self.encode(observation["history"][None], np.atleast_1d(observation["history_len"]),
+                           observation["generated_ids"][None], np.atleast_1d(observation["generated_len"]))[0]
+
+    def encode(
+        self, history: Any, history_len: Any, generated: Any, generated_len: Any
+    ) -> np.ndarray:
+        """Observations of a batch of (request, prefix) states at once: ``(B, len(nvec))`` int64.
+
+        What :meth:`observation` returns for one env, vectorized over rows, so that an agent can
+        score many requests and beams in one forward (e.g. a beam search over the prefix tree).
+
+        Args:
+            history: ``(B, H)`` history item ids, oldest first, padded after ``history_len``.
+            history_len: ``(B,)`` history lengths.
+            generated: ``(B, T)`` generated token ids (``T <= max_response_len``), anything (e.g.
+                -1) after ``generated_len``.
+            generated_len: ``(B,)`` number of tokens generated.
+
+        Example:
+            >>> env = CompactObservation(RecGenEnv(representation="sid",
+            ...                                    dataset_kwargs={"num_items": 300, "num_users": 100}),
+            ...                          item_tokens=False)
+            >>> env.encode([[4, 7, -1], [2, -1, -1]], [2, 1], np.full((2, 4), -1), [0, 0]).tolist()
+            [[8, 0, 0, 0, 0], [3, 0, 0, 0, 0]]
+        """
+        history = np.asarray(history, dtype=np.int64)
+        length = np.asarray(history_len, dtype=np.int64)
+        generated = np.asarray(generated, dtype=np.int64)
+        count = np.asarray(generated_len, dtype=np.int64)
+        # The k most recent items, most recent first; 0 = no item.
+        position = length[:, None] - 1 - np.arange(self.history_items)
+        picked = np.take_along_axis(history, np.maximum(position, 0), axis=1)
+        recent = np.where(position >= 0, picked + 1, 0)
+        parts = [recent[:, :, None]] if self.item_ids else []
+        parts += [self.item_table[recent]] if self.item_tokens else []  # (B, k, D)
+        per_item = np.concatenate(parts, axis=2).reshape(len(recent), -1)
+        depth = self.item_table.shape[1]
+        if generated.shape[1] < depth:
+            generated = np.pad(generated, ((0, 0), (0, depth - generated.shape[1])), constant_values=-1)
+        written = np.arange(depth) < count[:, None]
+        prefix = np.where(written, self.token_to_compact[np.maximum(generated[:, :depth], 0)] + 1, 0)
+        return np.concatenate([per_item, prefix], axis=1)
 
 
 def make_sb3_env(
-    task: RecGenTask | None = None, *, history_items: int = 1, item_tokens: bool = True, **env_kwargs: Any
+    task: RecGenTask | None = None, *, history_items: int = 1, item_tokens: bool = True,
+    item_ids: bool = True, **env_kwargs: Any,
 ) -> CompactObservation:
     """A :class:`~recgym.envs.recgen.RecGenEnv` with compact actions and observations, for SB3.
 
     Args:
         task: a prebuilt task to share (e.g. between a training and an evaluation env).
-        history_items, item_tokens: what to observe of the history (see :class:`CompactObservation`).
+        history_items, item_tokens, item_ids: what to observe of the history (see
+            :class:`CompactObservation`).
         env_kwargs: keywords of :class:`~recgym.envs.recgen.RecGenEnv` (``strict``,
             ``render_mode``) and, without ``task``, of :class:`~recgym.envs.task.RecGenTask`.
 
@@ -201,4 +242,4 @@ def make_sb3_env(
         :meth:`CompactActions.action_masks` through the wrapper.
     """
     env = CompactActions(RecGenEnv(task, **env_kwargs))
-    return CompactObservation(env, history_items=history_items, item_tokens=item_tokens)
+    return CompactObservation(env, history_items=history_items, item_tokens=item_tokens, item_ids=item_ids)

@@ -1,0 +1,575 @@
+"""``recgym bench``: every agent on one shared environment, one SFT start, one budget, one protocol.
+
+What is shared, so that rows of the table compare:
+
+* **Data**: one env (a registered id plus task overrides); every agent trains on its train split,
+  validates on valid, and is tested on the *same* seeded sample of test requests
+  (``test_requests`` drawn with ``test_seed``, whatever the training seed).
+* **Start**: one SFT checkpoint, trained once (with the first seed) or loaded with ``--sft``;
+  every RL agent, every seed, starts from a fresh copy of it.
+* **Budget**: every RL agent samples ``rl_steps x requests_per_step x rollouts_per_request``
+  rollouts (GRPO's and SimPO's group is ``rollouts_per_request``; RISER oversamples m =
+  ``rollouts_per_request`` and keeps groups of n = ``riser_group``; plug-ins get
+  ``group_size=rollouts_per_request``). MaskablePPO plays the same number of episodes.
+* **Protocol**: HR/NDCG@{1,3,5,10,20}; LLM policies and MaskablePPO rank by constrained beam
+  search (width ``beam``) over the prefix tree (:func:`agents.evaluate.evaluate`), classic
+  rankers by their own scores (:func:`agents.evaluate.evaluate_ranker`). Trained agents are tested
+  with their best-on-valid weights (for RL agents the SFT start competes, as in ``recgym train``).
+
+Seeds: each RL agent, SASRec and MaskablePPO train once per seed. Agents that have nothing to seed
+(popularity, transition) or that are shared by design (sft) run once; their result is recorded
+under every seed with ``"shared_across_seeds": true`` (so their std is 0).
+
+Outputs in ``--out``: ``results.json`` (per agent and seed: metrics, wall time, rollouts, config,
+plus env / preset / machine), ``results.md`` (mean +- std over seeds), ``metrics.png`` (HR@10 and
+NDCG@10 bars with std error bars), ``curves.png`` (rollout hit rate, entropy and valid HR@10
+against rollouts for the RL agents and MaskablePPO; see :mod:`agents.bench_report`), and ``sft/``,
+``runs/<agent>-seed<s>/`` with each run's ``metrics.jsonl`` and checkpoints (a rerun into the same
+folder resumes them).
+
+Plug-ins: a Python file or module that calls :func:`agents.rl.register_learner` when imported
+(``--plugin``) adds an RL agent; see ``examples/reinforce_plugin.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from recgym.metrics import KS
+
+CLASSIC = ("popularity", "transition", "sasrec")
+
+# --agents ablation: RISER's components one at a time on top of oversampling. Every
+# variant trains with full_vocab=True: under the constrained distribution a forced token has
+# probability 1, so the certainty mask would change nothing (see agents/riser.py).
+ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("grpo", {}),
+    "+oversample": ("riser", {"simpo_weight": 0.0, "certainty_d": 1.0, "kl_cov_k": 0.0}),
+    "+simpo": ("riser", {"certainty_d": 1.0, "kl_cov_k": 0.0}),
+    "+certainty": ("riser", {"simpo_weight": 0.0, "kl_cov_k": 0.0}),
+    "+kl_cov": ("riser", {"simpo_weight": 0.0, "certainty_d": 1.0}),
+    "riser": ("riser", {}),
+}
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """A scale of the benchmark: env, model, SFT, the RL budget, evaluation and baselines' sizes.
+
+    Args:
+        name: the preset's name (``ci``, ``cpu``, ``paper``).
+        env: a registered RecGen env id; ``task``: RecGenTask overrides (``representation``,
+            ``vocab_size``, ``dataset_kwargs``, ...).
+        model_preset: offline model size (``tiny``, ``small``) unless ``model`` (a local folder
+            or hub name of a causal LM) is given.
+        sft_steps, sft_batch_size, sft_lr, sft_eval_every: SFT optimizer steps, batch, learning
+            rate and steps between validations.
+        rl_steps, requests_per_step, rollouts_per_request: the RL rollout budget (their product).
+        riser_group: RISER's n (groups kept after de-duplicating ``rollouts_per_request``).
+        rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
+        eval_requests: validation sample size; ``test_requests`` / ``test_seed``: the test sample
+            (None: every test request); ``beam``: beam width (>= 20 for HR@20).
+        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_threads: SASRec's size (early
+            stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU).
+        ppo_envs, ppo_episodes_per_update, ppo_epochs, ppo_hidden, ppo_item_tokens, ppo_item_ids:
+            MaskablePPO's settings (see :class:`~agents.baselines.maskable_ppo.MaskablePPOConfig`;
+            on titles the one-hot prefix grows with item length x token count, so MaskablePPO is
+            practical on SID catalogues).
+
+    Example:
+        >>> PRESETS["ci"].rollout_budget
+        5120
+    """
+
+    name: str
+    env: str
+    task: dict[str, Any] = field(default_factory=dict)
+    model_preset: str = "tiny"
+    model: str | None = None
+    sft_steps: int = 300
+    sft_batch_size: int = 32
+    sft_lr: float = 3e-3
+    sft_eval_every: int = 100
+    rl_steps: int = 60
+    requests_per_step: int = 16
+    rollouts_per_request: int = 16
+    riser_group: int = 12
+    rl_lr: float = 1e-4
+    mu: int = 1
+    minibatches: int = 2
+    rl_eval_every: int = 20
+    eval_requests: int | None = 256
+    test_requests: int | None = 1000
+    test_seed: int = 0
+    beam: int = 20
+    sasrec_epochs: int = 20
+    sasrec_hidden: int = 64
+    sasrec_batch_size: int = 128
+    sasrec_threads: int | None = 1
+    ppo_envs: int = 8
+    ppo_episodes_per_update: int = 64
+    ppo_epochs: int = 4
+    ppo_hidden: int = 128
+    ppo_item_tokens: bool = True
+    ppo_item_ids: bool = True
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.riser_group <= self.rollouts_per_request:
+            raise ValueError(f"riser_group={self.riser_group} must be in 2..rollouts_per_request="
+                             f"{self.rollouts_per_request}")
+        if self.beam < max(KS):
+            raise ValueError(f"beam={self.beam} must be at least {max(KS)} (HR@{max(KS)})")
+        for name in ("sft_steps", "rl_steps", "requests_per_step", "sft_batch_size", "sasrec_epochs",
+                     "ppo_envs", "ppo_episodes_per_update"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def rollout_budget(self) -> int:
+        """Rollouts (episodes) every RL agent and MaskablePPO sample in training."""
+        return self.rl_steps * self.requests_per_step * self.rollouts_per_request
+
+
+PRESETS: dict[str, BenchPreset] = {
+    # Offline synthetic SIDs, tiny model: the whole bench in a few minutes on one CPU thread.
+    "ci": BenchPreset(
+        name="ci", env="RecGen-Synthetic-v0",
+        task={"representation": "sid", "vocab_size": 400,
+              "dataset_kwargs": {"num_items": 300, "num_users": 400}},
+        model_preset="tiny", sft_steps=300, sft_batch_size=32, sft_lr=5e-3, sft_eval_every=100,
+        rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
+        rl_eval_every=10, eval_requests=200, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
+        ppo_episodes_per_update=16, ppo_hidden=64),
+    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: under an hour on 2 CPU cores
+    # for popularity, sasrec, sft, simpo, grpo, riser and maskable_ppo with 2 seeds. Measured on
+    # one thread (the other core busy): SFT 0.65-0.87 s/step, RL 1.4-1.9 s/step, beam-20 test
+    # 0.03-0.045 s/request, SASRec 47 s/epoch, MaskablePPO 6.5 s per 1,024 episodes; about
+    # 12 + 16 + 3 + 6 + 6 + 6 min (SFT, RL, validation, tests, SASRec, MaskablePPO) = ~49 min.
+    "cpu": BenchPreset(
+        name="cpu", env="RecGen-Games-v0", task={}, model_preset="small", sft_steps=800,
+        sft_batch_size=32, sft_lr=2e-3, sft_eval_every=400, rl_steps=100, requests_per_step=16,
+        rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=200,
+        test_requests=1000, sasrec_epochs=3, sasrec_hidden=64, sasrec_batch_size=256,
+        ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
+    # The papers' scale: a pretrained Qwen2-1.5B-class model (--model PATH), titles, a GPU.
+    "paper": BenchPreset(
+        name="paper", env="RecGen-Games-v0", task={"dataset": "games", "representation": "title"},
+        sft_steps=3000, sft_batch_size=64, sft_lr=3e-5, sft_eval_every=500, rl_steps=500,
+        requests_per_step=32, rollouts_per_request=20, riser_group=16, rl_lr=1e-6, rl_eval_every=100,
+        eval_requests=1000, test_requests=None, sasrec_epochs=200, sasrec_hidden=64,
+        sasrec_batch_size=256, sasrec_threads=None, ppo_episodes_per_update=64, ppo_hidden=256,
+        ppo_item_tokens=False),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> BenchPreset:
+    """A preset by name with field overrides (unknown names are a ValueError naming the choices).
+
+    Example:
+        >>> get_preset("ci", rl_steps=2).rl_steps
+        2
+        >>> get_preset("huge")
+        Traceback (most recent call last):
+        ...
+        ValueError: --preset: unknown preset 'huge'; choose one of ['ci', 'cpu', 'paper']
+    """
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in fields(BenchPreset)} - {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"--preset-set: unknown preset field(s) {unknown}; known: {sorted(known)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# -- agents ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One row of the benchmark: a name, its kind and, for RL agents, the learner and its settings.
+
+    ``kind`` is ``classic`` (popularity, transition, sasrec), ``sft``, ``rl`` (a learner trained by
+    :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``.
+
+    Example:
+        >>> AgentSpec("+simpo", "rl", "riser", {"full_vocab": True}).learner
+        'riser'
+    """
+
+    name: str
+    kind: str
+    learner: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def agent_choices() -> list[str]:
+    """Every name ``--agents`` accepts: built-in agents, registered plug-in learners, ``ablation``.
+
+    Example:
+        >>> agent_choices()[:4]
+        ['popularity', 'transition', 'sasrec', 'sft']
+    """
+    from agents.rl import learner_names
+
+    return [*CLASSIC, "sft", *learner_names(), "maskable_ppo", "ablation"]
+
+
+def budget_settings(learner: str, preset: BenchPreset) -> dict[str, Any]:
+    """The settings that give ``learner`` the preset's rollouts per request.
+
+    Example:
+        >>> budget_settings("riser", PRESETS["ci"])
+        {'group_size': 6, 'oversample': 8}
+    """
+    if learner == "riser":
+        return {"group_size": preset.riser_group, "oversample": preset.rollouts_per_request}
+    return {"group_size": preset.rollouts_per_request}
+
+
+def parse_agents(
+    text: str, preset: BenchPreset, learner_settings: dict[str, dict[str, Any]] | None = None
+) -> list[AgentSpec]:
+    """``--agents`` (a comma list) as specs; ``ablation`` expands into RISER's ablation variants.
+
+    ``learner_settings`` maps an agent name to extra learner settings (``--learner-set``).
+
+    Example:
+        >>> [s.name for s in parse_agents("sft,ablation", PRESETS["ci"])]
+        ['sft', 'grpo', '+oversample', '+simpo', '+certainty', '+kl_cov', 'riser']
+        >>> parse_agents("sft,ppo", PRESETS["ci"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --agents: unknown agent 'ppo'; choose from popularity, transition, ...
+    """
+    from agents.rl import learner_names
+
+    extra = learner_settings or {}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--agents: expected a comma-separated list, got {text!r}")
+    specs: list[AgentSpec] = []
+    for name in names:
+        if name == "ablation":
+            for variant, (learner, settings) in ABLATION.items():
+                merged = {**budget_settings(learner, preset), **settings, "full_vocab": True,
+                          **extra.get(variant, {})}
+                specs.append(AgentSpec(variant, "rl", learner, merged))
+        elif name in CLASSIC or name in ("sft", "maskable_ppo"):
+            kind = "classic" if name in CLASSIC else name
+            specs.append(AgentSpec(name, kind))
+        elif name in learner_names():
+            merged = {**budget_settings(name, preset), **extra.get(name, {})}
+            specs.append(AgentSpec(name, "rl", name, merged))
+        else:
+            raise ValueError(f"--agents: unknown agent {name!r}; choose from {', '.join(agent_choices())}")
+    seen = [s.name for s in specs]
+    duplicates = sorted({n for n in seen if seen.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"--agents: {duplicates} listed twice (ablation already holds grpo and riser)")
+    unknown = sorted(set(extra) - set(seen))
+    if unknown:
+        raise ValueError(f"--learner-set: {unknown} are not RL agents of this bench ({seen})")
+    return specs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` (comma-separated non-negative integers, distinct) as a list.
+
+    Example:
+        >>> parse_seeds("0,1")
+        [0, 1]
+        >>> parse_seeds("0,x")
+        Traceback (most recent call last):
+        ...
+        ValueError: --seeds: expected distinct non-negative integers like 0,1, got '0,x'
+    """
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds: expected distinct non-negative integers like 0,1, got {text!r}")
+    return seeds
+
+
+def load_plugin(spec: str) -> ModuleType:
+    """Import a plug-in (a ``.py`` file path or an importable module name) once; it registers agents.
+
+    Example:
+        >>> load_plugin("json").__name__  # any module; a real plug-in calls register_learner
+        'json'
+    """
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"--plugin: no such file {spec!r}")
+        resolved = path.resolve()
+        name = f"recgym_plugin_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+        if name in sys.modules:  # imported already: it has registered its agents
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, resolved)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ImportError as err:
+        raise ValueError(f"--plugin: cannot import {spec!r} ({err}); pass a .py file or a module name") \
+            from err
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+def run_bench(
+    preset: BenchPreset,
+    agents: Sequence[AgentSpec],
+    seeds: Sequence[int],
+    out: str | os.PathLike[str],
+    *,
+    task_overrides: dict[str, Any] | None = None,
+    sft: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and test every agent for every seed; write results.json/.md, metrics.png, curves.png.
+
+    Returns the results dict written to ``results.json``.
+
+    Example:
+        >>> # run_bench(PRESETS["ci"], parse_agents("popularity,sft,grpo", PRESETS["ci"]), [0], "runs/b")
+    """
+    import torch
+
+    from agents.bench_report import machine_info, write_atomically, write_report
+    from agents.checkpoint import write_folder_atomically
+    from agents.cli import _build_policy, _write_results, make_task
+    from agents.evaluate import select_rows
+    from agents.policy import LLMPolicy
+
+    out = Path(out)
+    seeds = list(seeds)
+    if not progress:  # also the bars transformers shows while saving and loading weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    task = {**preset.task, **(task_overrides or {})}
+    if "dataset_kwargs" in preset.task and "dataset_kwargs" in (task_overrides or {}):
+        task["dataset_kwargs"] = {**preset.task["dataset_kwargs"], **task_overrides["dataset_kwargs"]}
+    _check_learners(agents)
+    if any(a.kind == "maskable_ppo" for a in agents):
+        from agents.baselines.maskable_ppo import import_maskable_ppo
+
+        import_maskable_ppo()  # fail before any training when sb3-contrib is missing
+    needs_llm = any(a.kind in ("sft", "rl") for a in agents)
+    if needs_llm and preset.name == "paper" and not (preset.model or sft):
+        raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
+                         "or --sft DIR")
+    policy = LLMPolicy.from_pretrained(sft, device=device) if sft and needs_llm else None
+    train = make_task(preset.env, "train", task,
+                      tokenizer=policy.items if policy is not None else preset.model)
+    valid = make_task(preset.env, "valid", task, tokenizer=train.items)
+    test = make_task(preset.env, "test", task, tokenizer=train.items)
+    tasks = SimpleNamespace(train=train, valid=valid if valid.num_requests else None, test=test)
+    test_requests = len(select_rows(test.num_requests, preset.test_requests))
+    results: dict[str, Any] = {
+        "env": preset.env, "task": task, "representation": train.representation,
+        "preset": asdict(preset), "seeds": seeds, "agents_order": [a.name for a in agents],
+        "budget": {"rl_steps": preset.rl_steps, "requests_per_step": preset.requests_per_step,
+                   "rollouts_per_request": preset.rollouts_per_request, "rollouts": preset.rollout_budget},
+        "test_protocol": {"split": "test", "sample_seed": preset.test_seed, "beam": preset.beam,
+                          "ks": list(KS), "requests": test_requests},
+        "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "agents": {},
+    }
+    sft_dir: Path | None = None
+    if needs_llm:
+        if policy is None:  # the one SFT start, trained with the first seed
+            policy = _build_policy(SimpleNamespace(model=preset.model, device=device, seed=seeds[0],
+                                                   preset=preset.model_preset), train.items)
+            results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress)
+            sft_dir = out / "sft" / "final"  # the best-on-valid weights train_sft ends with
+            write_folder_atomically(sft_dir, policy.save_pretrained)
+        else:
+            results["sft"] = {"loaded": sft, "config": {"loaded": sft}, "train_seconds": 0.0}
+            sft_dir = Path(sft)
+    jobs = [(a, s) for a in agents for s in (seeds if _per_seed(a) else seeds[:1])]
+    bar = tqdm(jobs, desc="bench", disable=not progress)
+    for spec, seed in bar:
+        bar.set_description(f"bench {spec.name} seed {seed}")
+        torch.manual_seed(seed)
+        tick = time.time()
+        run_dir = out / "runs" / f"{_slug(spec.name)}-seed{seed}"
+        if spec.kind == "classic":
+            record = _run_classic(spec, seed, tasks, preset, device, progress)
+        elif spec.kind == "sft":  # trained (or loaded) above, once: its time counts here
+            tick -= results["sft"]["train_seconds"]
+            record = {"metrics": _test(policy, tasks, preset, progress), "rollouts": 0,
+                      "train_seconds": results["sft"]["train_seconds"], "config": results["sft"]["config"]}
+        elif spec.kind == "maskable_ppo":
+            record = _run_maskable_ppo(seed, tasks, preset, run_dir, progress)
+        else:
+            assert sft_dir is not None
+            record = _run_rl(spec, seed, tasks, preset, sft_dir, run_dir, device, progress)
+        if spec.kind in ("rl", "maskable_ppo"):  # its metrics.jsonl: the curves
+            record["run_dir"] = str(run_dir)
+        record["wall_seconds"] = round(time.time() - tick, 3)
+        runs = results["agents"].setdefault(spec.name, {"kind": spec.kind, "runs": {}})["runs"]
+        for s in (seeds if not _per_seed(spec) else [seed]):
+            runs[str(s)] = {"seed": s, **record, "shared_across_seeds": not _per_seed(spec)}
+        write_atomically(out / "results.json", json.dumps(results, indent=2))  # partial results survive
+    bar.close()
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(write_report(results, out))
+    _write_results(str(out / "results.json"), results)
+    return results
+
+
+def _per_seed(spec: AgentSpec) -> bool:
+    """Whether an agent trains once per seed (popularity and transition have nothing to seed; the
+    SFT policy is shared by design)."""
+    return spec.kind in ("rl", "maskable_ppo") or spec.name == "sasrec"
+
+
+def _slug(name: str) -> str:
+    return name.replace("+", "plus_").replace("/", "_")
+
+
+def _check_learners(agents: Sequence[AgentSpec]) -> None:
+    """Build every RL agent's learner once, so bad settings fail before any training."""
+    from agents.rl import make_learner
+
+    for spec in agents:
+        if spec.kind == "rl":
+            try:
+                learner = make_learner(spec.learner, **spec.settings)
+            except TypeError as err:
+                raise ValueError(f"--agents: learner {spec.learner!r} rejected the bench's settings "
+                                 f"{spec.settings}: {err}") from err
+            _check_budget(spec, learner)
+
+
+def _check_budget(spec: AgentSpec, learner: Any) -> None:
+    wanted = spec.settings.get("oversample") or spec.settings["group_size"]
+    if learner.rollouts_per_request != wanted:
+        raise ValueError(f"--agents: {spec.name} draws {learner.rollouts_per_request} rollouts per request, "
+                         f"the bench's budget is {wanted}: its factory must honour group_size")
+
+
+def _train_sft(
+    policy: Any, tasks: SimpleNamespace, preset: BenchPreset, seed: int, run_dir: Path, progress: bool
+) -> dict[str, Any]:
+    from agents.sft import SFTConfig, train_sft
+
+    tick = time.time()
+    epochs = -(-preset.sft_steps * preset.sft_batch_size // tasks.train.num_requests)  # enough epochs
+    config = SFTConfig(epochs=max(1, epochs), batch_size=preset.sft_batch_size, lr=preset.sft_lr,
+                       eval_every=preset.sft_eval_every, eval_requests=preset.eval_requests, beam=preset.beam,
+                       patience=0, max_steps=preset.sft_steps, seed=seed, progress=progress)
+    summary = train_sft(policy, tasks.train, tasks.valid, config, run_dir=run_dir)
+    return {**summary, "config": {**asdict(config), "model": preset.model or preset.model_preset},
+            "train_seconds": round(time.time() - tick, 2)}
+
+
+def _test(agent: Any, tasks: SimpleNamespace, preset: BenchPreset, progress: bool) -> dict[str, float]:
+    """The shared protocol for agents that search the prefix tree (LLM policies, MaskablePPO)."""
+    from agents.evaluate import evaluate
+
+    return evaluate(agent, tasks.test, beam=preset.beam, max_requests=preset.test_requests,
+                    seed=preset.test_seed, progress=progress)
+
+
+def _run_classic(
+    spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, device: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    from agents.cli import make_ranker
+    from agents.evaluate import evaluate_ranker
+
+    num_items = tasks.train.dataset.catalogue.num_items
+    tick = time.time()
+    if spec.name == "sasrec":
+        from agents.baselines import SASRecConfig, SASRecRecommender
+
+        config = SASRecConfig(hidden=preset.sasrec_hidden, epochs=preset.sasrec_epochs,
+                              batch_size=preset.sasrec_batch_size, seed=seed,
+                              num_threads=preset.sasrec_threads,
+                              device=device or ("cuda" if _cuda() else "cpu"), progress=progress)
+        model = SASRecRecommender(config)
+        valid = tasks.valid.examples if tasks.valid is not None else None
+        model.fit(tasks.train.examples, num_items, valid=valid)
+        settings: dict[str, Any] = {**asdict(config), "best_epoch": model.best_epoch_}
+    else:
+        model = make_ranker(spec.name).fit(tasks.train.examples, num_items)
+        settings = {}
+    train_seconds = time.time() - tick
+    metrics = evaluate_ranker(model, tasks.test.examples, max_requests=preset.test_requests,
+                              seed=preset.test_seed)
+    return {"metrics": metrics, "rollouts": 0, "train_seconds": round(train_seconds, 2),
+            "config": {"name": spec.name, **settings}}
+
+
+def _run_rl(
+    spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, sft_dir: Path, run_dir: Path,
+    device: str | None, progress: bool,
+) -> dict[str, Any]:
+    from agents.policy import LLMPolicy
+    from agents.rl import RLConfig, make_learner, train_rl
+
+    learner = make_learner(spec.learner, **spec.settings)
+    _check_budget(spec, learner)
+    policy = LLMPolicy.from_pretrained(sft_dir, device=device)  # a fresh copy of the one SFT start
+    config = RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
+                      mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
+                      eval_requests=preset.eval_requests, beam=preset.beam, seed=seed, progress=progress)
+    summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir)
+    metrics = _test(policy, tasks, preset, progress)
+    return {"metrics": metrics, "rollouts": summary["rollouts"], "train_seconds": summary["seconds"],
+            "config": {**learner.describe(), "rl": asdict(config), "start": str(sft_dir)}, "summary": summary}
+
+
+def _run_maskable_ppo(
+    seed: int, tasks: SimpleNamespace, preset: BenchPreset, run_dir: Path, progress: bool
+) -> dict[str, Any]:
+    from agents.baselines.maskable_ppo import MaskablePPOConfig, train_maskable_ppo
+
+    config = MaskablePPOConfig(num_envs=preset.ppo_envs, episodes_per_update=preset.ppo_episodes_per_update,
+                               epochs=preset.ppo_epochs, hidden=preset.ppo_hidden,
+                               item_tokens=preset.ppo_item_tokens, item_ids=preset.ppo_item_ids, seed=seed,
+                               progress=progress)
+    every = preset.rl_eval_every * preset.requests_per_step * preset.rollouts_per_request
+    agent, summary = train_maskable_ppo(tasks.train, tasks.valid, preset.rollout_budget, config,
+                                        run_dir=run_dir, eval_every_episodes=every,
+                                        eval_requests=preset.eval_requests, beam=preset.beam)
+    return {"metrics": _test(agent, tasks, preset, progress), "rollouts": summary["episodes"],
+            "train_seconds": summary["seconds"], "config": {"name": "maskable_ppo", **summary["config"]},
+            "summary": {k: v for k, v in summary.items() if k != "config"}}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+__all__ = ["ABLATION", "AgentSpec", "BenchPreset", "PRESETS", "agent_choices", "budget_settings",
+           "get_preset", "load_plugin", "parse_agents", "parse_seeds", "run_bench"]

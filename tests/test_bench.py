@@ -1,0 +1,182 @@
+import json
+import time
+
+import pytest
+
+from agents import bench
+from agents.bench import ABLATION, PRESETS, parse_agents, parse_seeds
+from agents.bench_report import METRICS
+from agents.cli import main
+from agents.rl import Learner, make_learner, register_learner, unregister_learner
+from agents.tracking import MetricLogger
+
+CI_AGENTS = "popularity,sasrec,sft,grpo,riser,maskable_ppo"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path / "cache"))
+
+
+def test_ablation_expands_into_riser_components_with_full_vocab():
+    preset = PRESETS["ci"]
+    specs = parse_agents("popularity,ablation", preset)
+    assert [s.name for s in specs] == ["popularity", *ABLATION]
+    by_name = {s.name: s for s in specs[1:]}
+    assert all(s.kind == "rl" and s.settings["full_vocab"] for s in by_name.values())
+    assert by_name["grpo"].learner == "grpo" and by_name["grpo"].settings["group_size"] == 8
+    expected = {  # (simpo_weight, certainty_d, kl_cov_k); RISER's defaults are 1, 0.7, 2e-3
+        "+oversample": (0.0, 1.0, 0.0), "+simpo": (1.0, 1.0, 0.0), "+certainty": (0.0, 0.7, 0.0),
+        "+kl_cov": (0.0, 1.0, 2e-3), "riser": (1.0, 0.7, 2e-3)}
+    for name, (w, d, k) in expected.items():
+        learner = make_learner(by_name[name].learner, **by_name[name].settings)
+        c = learner.config
+        assert (c.simpo_weight, c.certainty_d, c.kl_cov_k) == (w, d, k), name
+        assert (c.oversample, c.group_size, c.full_vocab) == (8, preset.riser_group, True)
+        assert learner.rollouts_per_request == preset.rollouts_per_request  # one rollout budget
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_agents("grpo,ablation", preset)
+    tuned = parse_agents("ablation", preset, {"+simpo": {"simpo_weight": 0.5}})
+    assert {s.name: s for s in tuned}["+simpo"].settings["simpo_weight"] == 0.5
+    with pytest.raises(ValueError, match="--learner-set"):
+        parse_agents("sft,grpo", preset, {"riser": {"simpo_weight": 0.5}})
+
+
+class _Constant(Learner):
+    name = "constant"
+
+    def __init__(self, group_size: int = 4) -> None:
+        self.group_size = group_size
+
+    @property
+    def rollouts_per_request(self) -> int:
+        return self.group_size
+
+    def make_batch(self, policy, rollout):
+        raise NotImplementedError
+
+    def loss(self, policy, batch):
+        raise NotImplementedError
+
+
+def test_plugin_registry_names_errors_and_budget_check():
+    preset = PRESETS["ci"]
+    register_learner("constant", lambda **settings: _Constant(**settings))
+    try:
+        assert "constant" in bench.agent_choices()
+        spec = parse_agents("sft,constant", preset)[1]
+        assert (spec.kind, spec.learner, spec.settings) == ("rl", "constant", {"group_size": 8})
+        with pytest.raises(ValueError, match="already registered"):
+            register_learner("constant", lambda **settings: _Constant(**settings))
+        with pytest.raises(ValueError, match="already registered"):
+            register_learner("grpo", lambda **settings: _Constant(**settings))
+    finally:
+        unregister_learner("constant")
+    with pytest.raises(ValueError, match=r"--agents: unknown agent 'constant'; choose from popularity, .*"):
+        parse_agents("constant", preset)
+    # A factory that ignores the bench's group_size would break the shared budget: refused up front.
+    register_learner("stubborn", lambda **settings: _Constant(group_size=3))
+    try:
+        with pytest.raises(ValueError, match="draws 3 rollouts per request, the bench's budget is 8"):
+            bench._check_learners(parse_agents("stubborn", preset))
+    finally:
+        unregister_learner("stubborn")
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    assert parse_seeds("3, 1") == [3, 1]
+    for bad in ("", "0,0", "a", "-1", "0;1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+    out = str(tmp_path / "x")
+    assert main(["bench", "--agents", "sft,nope", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "--agents: unknown agent 'nope'" in err and "maskable_ppo" in err and "ablation" in err
+    assert main(["bench", "--seeds", "0,zero", "--out", out]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["bench", "--preset-set", "warp=9", "--out", out]) == 2
+    assert "--preset-set: unknown preset field(s) ['warp']" in capsys.readouterr().err
+    assert main(["bench", "--plugin", str(tmp_path / "missing.py"), "--out", out]) == 2
+    assert "--plugin: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "huge"])
+    assert "argument --preset: invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--preset: unknown preset 'huge'"):
+        bench.get_preset("huge")
+    with pytest.raises(ValueError, match="riser_group"):
+        bench.get_preset("ci", riser_group=9)
+    assert main(["bench", "--preset", "paper", "--agents", "popularity,sft", "--out", out]) == 2
+    assert "--model: the paper preset needs a local pretrained causal LM" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_ci_preset_through_the_cli_writes_every_field(tmp_path, capsys):
+    out = tmp_path / "bench"
+    tick = time.time()
+    assert main(["bench", "--preset", "ci", "--agents", CI_AGENTS, "--seeds", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    seconds = time.time() - tick
+    results = json.loads((out / "results.json").read_text())
+    preset = PRESETS["ci"]
+    budget = preset.rl_steps * preset.requests_per_step * preset.rollouts_per_request
+    assert results["budget"]["rollouts"] == budget and results["seeds"] == [0]
+    assert results["preset"]["name"] == "ci" and results["representation"] == "sid"
+    assert results["machine"]["cpus"] >= 1 and "torch" in results["machine"]
+    assert results["agents_order"] == CI_AGENTS.split(",")
+    assert list(results["agents"]) == CI_AGENTS.split(",")
+    requests = results["test_protocol"]["requests"]
+    for name, agent in results["agents"].items():
+        run = agent["runs"]["0"]
+        assert set(METRICS) <= set(run["metrics"]) and run["metrics"]["requests"] == requests, name
+        assert all(0.0 <= run["metrics"][m] <= 1.0 for m in METRICS), name
+        assert run["wall_seconds"] > (0 if name != "popularity" else -1), name
+        assert isinstance(run["config"], dict) and run["config"], name
+        if agent["kind"] in ("rl", "maskable_ppo"):
+            assert run["rollouts"] == budget, name  # the same rollout budget for every RL agent
+            assert (out / "runs" / f"{name}-seed0" / "metrics.jsonl").exists()
+        else:
+            assert run["rollouts"] == 0, name
+    assert results["agents"]["grpo"]["runs"]["0"]["config"]["group_size"] == preset.rollouts_per_request
+    riser = results["agents"]["riser"]["runs"]["0"]["config"]
+    assert (riser["name"], riser["oversample"], riser["group_size"]) == ("riser", 8, preset.riser_group)
+    assert riser["start"] == results["agents"]["grpo"]["runs"]["0"]["config"]["start"]  # one SFT start
+    assert results["agents"]["sft"]["runs"]["0"]["shared_across_seeds"]
+    assert results["agents"]["maskable_ppo"]["runs"]["0"]["config"]["num_envs"] == preset.ppo_envs
+    assert results["agents"]["sasrec"]["runs"]["0"]["config"]["epochs"] == preset.sasrec_epochs
+    # Table, figures, and the printed table.
+    md = (out / "results.md").read_text()
+    for name in results["agents"]:
+        assert f"| {name} | " in md
+    assert (out / "metrics.png").stat().st_size > 5000 and (out / "curves.png").stat().st_size > 5000
+    assert "| maskable_ppo | " in capsys.readouterr().out
+    # The PPO run logs curves against episodes like the RL learners do against rollouts.
+    ppo_log = MetricLogger.read(out / "runs" / "maskable_ppo-seed0")
+    assert ppo_log[-1]["rollouts"] == budget or ppo_log[-2]["rollouts"] == budget
+    assert any("entropy" in r and "hit_rate" in r for r in ppo_log)
+    assert any("valid/HR@10" in r for r in ppo_log)
+    grpo_log = MetricLogger.read(out / "runs" / "grpo-seed0")
+    assert all("rollouts" in r for r in grpo_log)  # validations too: curves need them on one axis
+    print(f"ci bench: {seconds:.0f} s")
+    assert seconds < 300
+
+
+def test_sft_folder_is_reused_and_deterministic_agents_are_shared_across_seeds(tmp_path):
+    first = tmp_path / "first"
+    small = ["--preset", "ci", "--sft-steps", "5", "--rl-steps", "2", "--requests-per-step", "2",
+             "--rollouts", "4", "--preset-set", "riser_group=3", "--test-requests", "20",
+             "--eval-requests", "10", "--quiet"]
+    assert main(["bench", "--agents", "popularity,sft", "--seeds", "0,1", "--out", str(first), *small]) == 0
+    results = json.loads((first / "results.json").read_text())
+    pop = results["agents"]["popularity"]["runs"]
+    assert pop["0"]["metrics"] == pop["1"]["metrics"] and pop["1"]["shared_across_seeds"]
+    assert "steps" in results["sft"] and (first / "sft" / "final" / "recgym_policy.json").exists()
+    again = tmp_path / "again"
+    assert main(["bench", "--agents", "sft,simpo", "--seeds", "0,1", "--sft", str(first / "sft" / "final"),
+                 "--out", str(again), *small]) == 0
+    reused = json.loads((again / "results.json").read_text())
+    assert reused["sft"]["loaded"] == str(first / "sft" / "final")
+    assert reused["agents"]["sft"]["runs"]["0"]["metrics"] == results["agents"]["sft"]["runs"]["0"]["metrics"]
+    simpo = reused["agents"]["simpo"]["runs"]
+    assert sorted(simpo) == ["0", "1"] and all(r["rollouts"] == 2 * 2 * 4 for r in simpo.values())
+    assert simpo["0"]["config"]["rl"]["seed"] == 0 and simpo["1"]["config"]["rl"]["seed"] == 1
