@@ -361,11 +361,12 @@ def run_bench(
     """
     import torch
 
-    from agents.bench_report import machine_info, write_atomically, write_report
+    from agents.bench_report import machine_info, write_report
     from agents.checkpoint import write_folder_atomically
     from agents.cli import _build_policy, _write_results, make_task
     from agents.evaluate import select_rows
     from agents.policy import LLMPolicy
+    from agents.tracking import write_atomically
 
     out = Path(out)
     seeds = list(seeds)

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from agents.tracking import write_atomically
 from recgym.metrics import KS
 
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG"))
@@ -119,20 +120,4 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
     return table
 
 
-def write_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` under a temporary name, then rename it: readers never see half a file.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     write_atomically(Path(d) / "a.md", "hi").read_text()
-        'hi'
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-__all__ = ["METRICS", "machine_info", "results_table", "summarize", "write_atomically", "write_report"]
+__all__ = ["METRICS", "machine_info", "results_table", "summarize", "write_report"]

@@ -102,12 +102,9 @@ def _write_results(path: str | None, results: dict[str, Any]) -> None:
     if path:
         from pathlib import Path
 
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        from agents.tracking import write_atomically
+
+        print(f"wrote {write_atomically(Path(path), json.dumps(results, indent=2))}")
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -205,7 +202,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from agents.evaluate import select_rows
@@ -233,7 +229,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"{args.method}: {selection['selected']} of {len(pool)} requests "
           f"({'curriculum order' if selection['curriculum'] else 'pick order'}); {stats}")
     print(f"time: {timing}")
-    assert np.all(np.asarray(selection["order"]) < task.num_requests)
     _write_results(args.out, selection)
     return 0
 

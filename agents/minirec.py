@@ -200,8 +200,11 @@ class _Groups:
     def losses(self, policy: LLMPolicy, h: torch.Tensor) -> torch.Tensor:
         """l_i per request (b,) from the response hidden states ``h``."""
         logp, _, _ = policy._scatter_token_logprobs(h, self.states, self.resp, self.mask, 1.0, False)
-        per_row = -self.weight.to(logp.dtype) * logp.sum(dim=1)
-        return per_row.new_zeros(self.size).index_add(0, self.owner, per_row)
+        return self.per_request(-self.weight.to(logp.dtype) * logp.sum(dim=1))
+
+    def per_request(self, rows: torch.Tensor) -> torch.Tensor:
+        """Sum per-row values (b * G, ...) over each request's group: (b, ...)."""
+        return rows.new_zeros((self.size, *rows.shape[1:])).index_add(0, self.owner, rows)
 
 
 def hidden_directions(
@@ -222,7 +225,7 @@ def hidden_directions(
     with torch.enable_grad():
         (g,) = torch.autograd.grad(groups.losses(policy, h).sum(), h, create_graph=True)  # g = dl/dh
         (hvp,) = torch.autograd.grad((g * g.detach()).sum(), h)  # H g
-    return hvp.sum(dim=1).new_zeros(groups.size, h.shape[-1]).index_add(0, groups.owner, hvp.sum(dim=1))
+    return groups.per_request(hvp.sum(dim=1))
 
 
 class GradientProjector:
@@ -260,7 +263,6 @@ class GradientProjector:
         rewards: np.ndarray,
     ) -> torch.Tensor:
         groups = _Groups.build(policy, task, rows, responses, rewards)
-        b, owner = groups.size, groups.owner
         inputs: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
         handles = []
@@ -273,8 +275,8 @@ class GradientProjector:
                 def backward_hook(delta: torch.Tensor) -> None:
                     p_out = self.p_out[name]
                     a = delta.to(p_out.dtype) @ p_out.T  # P_out delta_t: (rows, L, d_out)
-                    per_row = torch.einsum("rld,rle->rde", a, inputs.pop(name)).flatten(1)
-                    out[name] = per_row.new_zeros(b, per_row.shape[1]).index_add(0, owner, per_row)
+                    per_row = torch.einsum("rld,rle->rde", a, inputs.pop(name)).flatten(1)  # sum_t a_t b_t^T
+                    out[name] = groups.per_request(per_row)
 
                 output.register_hook(backward_hook)
             return forward_hook
@@ -335,11 +337,16 @@ def representativeness(
         if unit is None:
             unit = np.zeros((len(rows), u.shape[1]), dtype=np.float16)
             total = np.zeros(u.shape[1])
-        norm = np.linalg.norm(u, axis=1, keepdims=True)
-        unit[sl] = np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
+        unit[sl] = _unit_rows(u)
         total += u.sum(axis=0)
     assert unit is not None and total is not None
     return alignment(unit, total)
+
+
+def _unit_rows(u: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero."""
+    norm = np.linalg.norm(u, axis=1, keepdims=True)
+    return np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
 
 
 def alignment(directions: np.ndarray, total: np.ndarray | None = None) -> np.ndarray:
@@ -355,10 +362,8 @@ def alignment(directions: np.ndarray, total: np.ndarray | None = None) -> np.nda
     u = np.asarray(directions, dtype=np.float64)
     if total is None:
         total = u.sum(axis=0)
-    norm = np.linalg.norm(u, axis=1, keepdims=True)
-    unit = np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
     mean_norm = np.linalg.norm(total)
-    cos = unit @ (total / mean_norm) if mean_norm > 0 else np.zeros(len(u))
+    cos = _unit_rows(u) @ (total / mean_norm) if mean_norm > 0 else np.zeros(len(u))
     return minmax((1 + cos) / 2)
 
 

@@ -55,3 +55,19 @@ class MetricLogger:
         """All records of a run, in order."""
         path = Path(run_dir) / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` under a temporary name, then rename it: readers never see half a file.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_atomically(Path(d) / "a.md", "hi").read_text()
+        'hi'
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -28,12 +26,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
+from agents.bench_report import machine_info  # noqa: E402
 from agents.evaluate import evaluate, select_rows  # noqa: E402
 from agents.minirec import CurriculumSampler, run_selection  # noqa: E402
 from agents.policy import LLMPolicy  # noqa: E402
 from agents.rl import EpochSampler, RLConfig, make_learner, train_rl  # noqa: E402
+from agents.tracking import write_atomically  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 
@@ -121,12 +120,9 @@ def main() -> None:
         "pool": len(pool), "subset": size, "epochs": args.epochs,
         "test_sample": {"requests": args.test_requests, "seed": 0, "beam": 20},
         "arms": arms, "summary": summary, "png": str(png),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": machine_info("cpu"),
     }
-    tmp = Path(args.out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(args.out)
+    write_atomically(Path(args.out), json.dumps(out, indent=2))
     print(f"wrote {args.out} and {png}")
 
 
