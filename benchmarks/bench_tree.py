@@ -17,7 +17,10 @@ is needed there). Timed, with ``time.perf_counter`` and medians over many repeat
   (b) ``allowed_tokens``: our CSR index lists;
   (c) ``mask``: our dense B x V int8 mask, new (``np.zeros``) and into a reused buffer (``out=``),
       with the floors: ``np.zeros((B, V), int8)`` alone (lazily zeroed pages: almost free until
-      touched) and zeroing a reused B x V buffer (``fill(0)``, a memset);
+      touched) and zeroing a reused B x V buffer (``fill(0)``, a memset); and ``MaskBuffer.update``,
+      which rewrites one dense buffer by clearing only the entries it set for the previous batch
+      (the batches rotate, so every update clears a different batch's entries), against the cost
+      of a usable new array (``np.zeros`` plus one write per row, which makes the pages real);
   (d) torch on CPU: ``allowed_padded``, ``allowed`` (CSR), ``mask``, ``step`` and ``torch.zeros``.
 
 Usage: ``python benchmarks/bench_tree.py [--output benchmarks/results/tree.json]``.
@@ -214,8 +217,10 @@ def numpy_timings(
     prefixes = [[prefix_of(tree, int(s)) for s in states] for states in batches]
     buffer = np.zeros((batch, VOCAB_SIZE), dtype=np.int8)
     first_tokens = [tree.child_tokens[tree.child_offsets[states]] for states in batches]
+    mask_buffer = tree.mask_buffer(batch)
     for states, prefix_list in zip(batches, prefixes):  # the implementations agree
         assert np.array_equal(reference_mask(table, prefix_list), tree.mask(states))
+        assert np.array_equal(mask_buffer.update(states), tree.mask(states))
 
     def zeros_one_write_per_row() -> None:
         mask = np.zeros((batch, VOCAB_SIZE), dtype=np.int8)
@@ -229,6 +234,7 @@ def numpy_timings(
         "allowed_padded": median_us(lambda i: tree.allowed_padded(batches[i]), repeats, rotate),
         "c_mask_new": median_us(lambda i: tree.mask(batches[i]), repeats, rotate),
         "c_mask_into_buffer": median_us(lambda i: tree.mask(batches[i], out=buffer), repeats, rotate),
+        "c_mask_buffer_update": median_us(lambda i: mask_buffer.update(batches[i]), repeats, rotate),
         "floor_np_zeros": median_us(lambda i: np.zeros((batch, VOCAB_SIZE), dtype=np.int8), repeats, rotate),
         "floor_np_zeros_one_write_per_row": median_us(lambda i: zeros_one_write_per_row(), repeats, rotate),
         "floor_buffer_fill0": median_us(lambda i: buffer.fill(0), repeats, rotate),
@@ -241,6 +247,10 @@ def numpy_timings(
         row["c_mask_new"] / row["floor_np_zeros_one_write_per_row"], 2
     )
     row["mask_into_buffer_over_fill0"] = round(row["c_mask_into_buffer"] / row["floor_buffer_fill0"], 2)
+    row["mask_buffer_update_over_zeros_one_write_per_row"] = round(
+        row["c_mask_buffer_update"] / row["floor_np_zeros_one_write_per_row"], 2
+    )
+    row["mask_buffer_update_over_np_zeros"] = round(row["c_mask_buffer_update"] / row["floor_np_zeros"], 2)
     return row
 
 

@@ -303,9 +303,7 @@ class PrefixTree:
         for j in np.unique(slot[is_wide]).tolist():  # loops over distinct wide nodes, not rows
             out[is_wide & (slot == j)] = wide_rows[j]
         narrow = np.flatnonzero(~is_wide)
-        counts = self.num_children[s[narrow]]
-        _, flat_index = _gather_csr(self.child_tokens, self.child_offsets[s[narrow]], counts)
-        flat_index += np.repeat(narrow * self.vocab_size, counts)  # row * V + token
+        flat_index = self._flat_allowed(s[narrow], narrow)
         # Assigning through a flat view is ~4x faster than 2-D fancy indexing (one index array).
         flat = out.reshape(-1) if out.flags.c_contiguous else None
         if flat is None:
@@ -313,6 +311,17 @@ class PrefixTree:
         else:
             flat[flat_index] = 1
         return out
+
+    def mask_buffer(self, batch: int, dtype: Any = np.int8) -> MaskBuffer:
+        """A reusable ``[batch, vocab_size]`` mask that clears only what it set (:class:`MaskBuffer`)."""
+        return MaskBuffer(self, batch, dtype)
+
+    def _flat_allowed(self, states: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Flat positions ``row * vocab_size + token`` of the allowed tokens of ``states`` in ``rows``."""
+        counts = self.num_children[states]
+        _, flat_index = _gather_csr(self.child_tokens, self.child_offsets[states], counts)
+        flat_index += np.repeat(rows * self.vocab_size, counts)
+        return flat_index
 
     def _wide_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted ids of the (at most 16) widest nodes with >= 256 children and their dense rows."""
@@ -498,6 +507,52 @@ class PrefixTree:
             f"PrefixTree(num_items={self.num_items}, num_nodes={self.num_nodes}, "
             f"vocab_size={self.vocab_size}, max_depth={self.max_depth})"
         )
+
+
+class MaskBuffer:
+    """A dense ``[batch, vocab_size]`` mask, rewritten in place for each new batch of states.
+
+    Zeroing a ``B x V`` array is a memset of ``B * V`` bytes (9.7 MB for 64 rows of a Qwen2
+    vocabulary) while only ``sum(children)`` entries are ever 1. The buffer remembers the positions
+    it set and clears just those before setting the next ones, so an update costs
+    ``O(allowed tokens)``, below the cost of allocating a fresh dense mask. The returned array is the
+    buffer itself: the next :meth:`update` overwrites it (copy it to keep it). Use it in a decoding
+    or env loop that needs vocabulary-wide masks (e.g. a CPU logits processor); fresh arrays come
+    from :meth:`PrefixTree.mask`.
+
+    Args:
+        tree: the prefix tree.
+        batch: the number of rows (states per update).
+        dtype: the mask's dtype (int8 by default; bool works too).
+
+    Example:
+        >>> tree = PrefixTree([[2, 0], [3, 0]], vocab_size=4)
+        >>> masks = tree.mask_buffer(2)
+        >>> masks.update([0, tree.walk([2])])
+        array([[0, 0, 1, 1],
+               [1, 0, 0, 0]], dtype=int8)
+        >>> masks.update([tree.walk([3]), tree.walk([3, 0])])  # a complete state: all zero
+        array([[1, 0, 0, 0],
+               [0, 0, 0, 0]], dtype=int8)
+    """
+
+    def __init__(self, tree: PrefixTree, batch: int, dtype: Any = np.int8) -> None:
+        if int(batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.tree = tree
+        self.array = np.zeros((int(batch), tree.vocab_size), dtype=dtype)
+        self._flat = self.array.reshape(-1)  # a view: the array is C-contiguous
+        self._set = np.empty(0, dtype=np.int64)  # flat positions that hold a 1
+
+    def update(self, states: Any) -> np.ndarray:
+        """Rewrite the buffer as the masks of ``states`` (``batch`` node ids) and return it."""
+        s = self.tree._states(states, batch=True)
+        if len(s) != len(self.array):
+            raise ValueError(f"states has {len(s)} entries, the buffer has {len(self.array)} rows")
+        self._flat[self._set] = 0
+        self._set = self.tree._flat_allowed(s, np.arange(len(s)))
+        self._flat[self._set] = 1
+        return self.array
 
 
 _SAVED_ARRAYS = ("parent", "token_in", "depth", "item_ids", "item_nodes")  # _init_from_nodes' order

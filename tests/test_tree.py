@@ -326,6 +326,30 @@ def test_masks_agree_with_allowed_lists_and_are_never_empty(catalogue, seed: int
 
 
 @PROPERTY_SETTINGS
+@given(catalogues(), st.integers(0, 2**32 - 1), st.sampled_from([np.int8, bool]))
+def test_mask_buffer_matches_fresh_masks_update_after_update(catalogue, seed: int, dtype) -> None:
+    sequences, ids, vocab = catalogue
+    tree = PrefixTree(sequences, ids, vocab_size=vocab)
+    rng = np.random.default_rng(seed)
+    buffer = tree.mask_buffer(5, dtype=dtype)
+    for _ in range(6):  # rows go from wide to narrow nodes and back: stale entries must be cleared
+        states = rng.integers(0, tree.num_nodes, size=5)
+        result = buffer.update(states)
+        assert result is buffer.array and result.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(result, tree.mask(states, dtype=dtype))
+
+
+def test_mask_buffer_errors(tree: PrefixTree) -> None:
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        tree.mask_buffer(0)
+    buffer = tree.mask_buffer(2)
+    with pytest.raises(ValueError, match="3 entries, the buffer has 2 rows"):
+        buffer.update([0, 0, 0])
+    with pytest.raises(ValueError):
+        buffer.update([0, tree.num_nodes])  # out of range, as for every query
+
+
+@PROPERTY_SETTINGS
 @given(catalogues(), st.integers(0, 2**32 - 1))
 def test_torch_and_numpy_agree(catalogue, seed: int) -> None:
     pytest.importorskip("torch")
