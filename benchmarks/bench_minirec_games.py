@@ -5,8 +5,10 @@ settings for the same number of epochs over its requests (``--epochs``): the ful
 subset (proxy = the SFT policy, N rollouts per request, curriculum order) or a seeded random
 subset of the same size. "Full" is a seeded sample of ``--pool`` training requests: the whole
 301k-request train split is out of reach on 2 CPU cores (one epoch of GRPO would take ~9 hours).
-Test HR/NDCG@{1,3,5,10,20} (final weights) on a seeded sample of test requests; wall time is
-selection + RL. Writes ``benchmarks/results/minirec-games.json`` and ``.png``.
+Test HR/NDCG@{1,3,5,10,20} (final weights, beam search) on a seeded sample of test requests, and
+the test reward: the mean hit rate of ``--test-rollouts`` sampled responses per test request (the
+quantity RL maximises; beam HR@10 can fall while it rises, as RL sharpens the distribution). Wall
+time is selection + RL. Writes ``benchmarks/results/minirec-games.json`` and ``.png``.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_minirec_games.py \
         --sft runs/sft-games-5k/checkpoint --pool 2560 --fraction 0.1
@@ -29,18 +31,21 @@ import numpy as np  # noqa: E402
 
 from agents.bench_report import machine_info  # noqa: E402
 from agents.evaluate import evaluate, select_rows  # noqa: E402
-from agents.minirec import CurriculumSampler, run_selection  # noqa: E402
+from agents.minirec import CurriculumSampler, proxy_rollouts, run_selection  # noqa: E402
 from agents.policy import LLMPolicy  # noqa: E402
 from agents.rl import EpochSampler, RLConfig, make_learner, train_rl  # noqa: E402
 from agents.tracking import write_atomically  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 
+METRICS = ("HR@10", "NDCG@10", "reward")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", required=True, help="the SFT policy folder every arm starts from")
     parser.add_argument("--dataset", default="games-lcrec")
+    parser.add_argument("--max-history", type=int, default=10, help="history items in the prompt (as in SFT)")
     parser.add_argument("--pool", type=int, default=2560, help="the 'full' set: a seeded sample of train")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--learner", default="grpo")
@@ -52,18 +57,23 @@ def main() -> None:
     parser.add_argument("--variant", default="hidden", choices=["hidden", "params"])
     parser.add_argument("--random-seeds", default="0", help="random subsets to draw, e.g. 0,1,2")
     parser.add_argument("--test-requests", type=int, default=2000)
+    parser.add_argument("--test-rollouts", type=int, default=8, help="samples per test request (test reward)")
     parser.add_argument("--run-dir", default="runs/minirec-games")
     parser.add_argument("--out", default="benchmarks/results/minirec-games.json")
     args = parser.parse_args()
 
     start = LLMPolicy.from_pretrained(args.sft)
-    train = RecGenTask(args.dataset, split="train", tokenizer=start.items)
+    train = RecGenTask(args.dataset, split="train", tokenizer=start.items, max_history=args.max_history)
     test = RecGenTask(train.dataset, split="test", tokenizer=start.items)
     pool = select_rows(train.num_requests, args.pool, seed=0)
     size = int(round(args.fraction * len(pool)))
 
+    test_rows = select_rows(test.num_requests, args.test_requests, seed=0)
+
     def test_metrics(policy: LLMPolicy) -> dict[str, float]:
-        return evaluate(policy, test, beam=20, max_requests=args.test_requests, seed=0)
+        metrics = evaluate(policy, test, beam=20, max_requests=args.test_requests, seed=0)
+        sampled = proxy_rollouts(policy, test, test_rows, rollouts=args.test_rollouts, seed=1)
+        return {**metrics, "reward": float(sampled.rewards.mean())}
 
     def run_rl(name: str, sampler: EpochSampler | CurriculumSampler, requests: int) -> dict:
         steps = args.epochs * requests // args.requests_per_step
@@ -97,17 +107,17 @@ def main() -> None:
         arm["wall_seconds"] = round(arm["rl_seconds"] + arm["selection_seconds"], 1)
 
     base = arms["sft"]["test"]
-    gains = {name: {k: arm["test"][k] - base[k] for k in ("HR@10", "NDCG@10")} for name, arm in arms.items()}
+    gains = {name: {k: arm["test"][k] - base[k] for k in METRICS} for name, arm in arms.items()}
     randoms = [name for name in arms if name.startswith("random")]
     summary = {
         "gain_over_sft": gains,
         # A share of the full-data gain only means something when full data gained.
         "minirec_share_of_full_gain": {
             k: (gains["minirec"][k] / gains["full"][k] if gains["full"][k] > 0 else None)
-            for k in ("HR@10", "NDCG@10")},
+            for k in METRICS},
         "minirec_minus_random_mean": {
             k: arms["minirec"]["test"][k] - float(np.mean([arms[n]["test"][k] for n in randoms]))
-            for k in ("HR@10", "NDCG@10")},
+            for k in METRICS},
         "minirec_time_share_of_full": round(
             arms["minirec"]["wall_seconds"] / arms["full"]["wall_seconds"], 3),
     }
@@ -117,8 +127,10 @@ def main() -> None:
     out = {
         "dataset": args.dataset, "sft": args.sft, "learner": make_learner(args.learner,
                                                                           group_size=args.group_size).describe(),
-        "pool": len(pool), "subset": size, "epochs": args.epochs,
-        "test_sample": {"requests": args.test_requests, "seed": 0, "beam": 20},
+        "max_history": args.max_history, "pool": len(pool), "subset": size, "epochs": args.epochs,
+        "test_sample": {"requests": args.test_requests, "seed": 0, "beam": 20,
+                        "reward_rollouts": args.test_rollouts},
+        "lr": args.lr,
         "arms": arms, "summary": summary, "png": str(png),
         "machine": machine_info("cpu"),
     }
@@ -127,19 +139,19 @@ def main() -> None:
 
 
 def plot(arms: dict[str, dict], path: Path) -> Path:
-    """Test HR@10 / NDCG@10 per arm, and wall time (selection + RL) per arm."""
+    """Test HR@10, NDCG@10 and reward per arm, and wall time (selection + RL) per arm."""
     names = list(arms)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric in zip(axes[:2], ("HR@10", "NDCG@10")):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, metric in zip(axes[:3], METRICS):
         ax.bar(names, [arms[n]["test"][metric] for n in names], color="tab:blue")
         ax.axhline(arms["sft"]["test"][metric], color="gray", ls="--", lw=1, label="SFT start")
-        ax.set_title(f"test {metric}")
+        ax.set_title(f"test {metric}" if metric != "reward" else "test reward (sampled hit rate)")
         ax.legend(fontsize=8)
-    axes[2].bar(names, [arms[n]["rl_seconds"] for n in names], label="RL", color="tab:orange")
-    axes[2].bar(names, [arms[n]["selection_seconds"] for n in names],
+    axes[3].bar(names, [arms[n]["rl_seconds"] for n in names], label="RL", color="tab:orange")
+    axes[3].bar(names, [arms[n]["selection_seconds"] for n in names],
                 bottom=[arms[n]["rl_seconds"] for n in names], label="selection", color="tab:green")
-    axes[2].set_title("wall time (s)")
-    axes[2].legend(fontsize=8)
+    axes[3].set_title("wall time (s)")
+    axes[3].legend(fontsize=8)
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
