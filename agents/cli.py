@@ -24,8 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _dataset_kwargs(values: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+def parse_key_values(values: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are JSON when they parse as JSON, else strings.
+
+    >>> parse_key_values(["max_history=5", "dataset=games", 'dataset_kwargs={"num_items": 30}'])
+    {'max_history': 5, 'dataset': 'games', 'dataset_kwargs': {'num_items': 30}}
+    """
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -62,7 +66,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         for name, text in registry.available().items():
             print(f"{name:<16} {text}")
         return 0
-    kwargs = _dataset_kwargs(args.set)
+    kwargs = parse_key_values(args.set)
     download = args.data_command == "download"
     dataset = registry.load(args.name, format=args.format, max_history=args.max_history,
                             download=download, **kwargs)
@@ -88,13 +92,13 @@ def make_task(env_id: str, split: str, overrides: dict[str, Any], tokenizer: Any
 
 
 def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out = _dataset_kwargs(args.set)
+    out = parse_key_values(args.set)
     if args.dataset:
         out["dataset"] = args.dataset
     if args.representation:
         out["representation"] = args.representation
     if args.dataset_set:
-        out["dataset_kwargs"] = _dataset_kwargs(args.dataset_set)
+        out["dataset_kwargs"] = parse_key_values(args.dataset_set)
     return out
 
 
@@ -152,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recgym.metrics import format_table
 
     torch.manual_seed(args.seed)
-    learner_settings = _dataset_kwargs(args.learner_set)
+    learner_settings = parse_key_values(args.learner_set)
     for key in ("group_size", "oversample"):
         if getattr(args, key) is not None:
             learner_settings[key] = getattr(args, key)
@@ -289,12 +293,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
              "requests_per_step": args.requests_per_step,
              "rollouts_per_request": args.rollouts, "test_requests": args.test_requests,
              "eval_requests": args.eval_requests, "sasrec_epochs": args.sasrec_epochs, "model": args.model}
-    overrides = {**_dataset_kwargs(args.preset_set), **{k: v for k, v in knobs.items() if v is not None}}
+    overrides = {**parse_key_values(args.preset_set), **{k: v for k, v in knobs.items() if v is not None}}
     if args.env:
         overrides["env"] = args.env
     preset = bench.get_preset(args.preset, **overrides)
     learner_settings: dict[str, dict[str, Any]] = {}
-    for key, value in _dataset_kwargs(args.learner_set).items():
+    for key, value in parse_key_values(args.learner_set).items():
         agent, dot, setting = key.rpartition(".")
         if not dot or not agent:
             raise SystemExit(f"recgym: --learner-set expects AGENT.KEY=VALUE, got {key!r}")

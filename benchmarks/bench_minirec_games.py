@@ -11,7 +11,11 @@ quantity RL maximises; beam HR@10 can fall while it rises, as RL sharpens the di
 time is selection + RL. Writes ``benchmarks/results/minirec-games.json`` and ``.png``.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_minirec_games.py \
-        --sft runs/sft-games-5k/checkpoint --pool 2560 --fraction 0.1
+        --sft runs/bench-cpu/sft/final --set max_history=5 --pool 2560 --fraction 0.1
+
+``--env`` and ``--set KEY=VALUE`` (task options, as in ``recgym train``) run the same study on
+another env, e.g. the ``ci`` bench preset's synthetic SID env, where the SFT policy hits often
+enough for RL to have a signal (``--out benchmarks/results/minirec-synthetic.json``).
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agents.bench_report import machine_info  # noqa: E402
+from agents.cli import make_task, parse_key_values  # noqa: E402
 from agents.evaluate import evaluate, select_rows  # noqa: E402
 from agents.minirec import CurriculumSampler, proxy_rollouts, run_selection  # noqa: E402
 from agents.policy import LLMPolicy  # noqa: E402
 from agents.rl import EpochSampler, RLConfig, make_learner, train_rl  # noqa: E402
 from agents.tracking import write_atomically  # noqa: E402
-from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 
 METRICS = ("HR@10", "NDCG@10", "reward")
@@ -44,8 +48,9 @@ METRICS = ("HR@10", "NDCG@10", "reward")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", required=True, help="the SFT policy folder every arm starts from")
-    parser.add_argument("--dataset", default="games-lcrec")
-    parser.add_argument("--max-history", type=int, default=10, help="history items in the prompt (as in SFT)")
+    parser.add_argument("--env", default="RecGen-Games-v0", help="a registered RecGen env id")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="task option, as in SFT, e.g. --set max_history=5 (repeatable)")
     parser.add_argument("--pool", type=int, default=2560, help="the 'full' set: a seeded sample of train")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--learner", default="grpo")
@@ -63,8 +68,9 @@ def main() -> None:
     args = parser.parse_args()
 
     start = LLMPolicy.from_pretrained(args.sft)
-    train = RecGenTask(args.dataset, split="train", tokenizer=start.items, max_history=args.max_history)
-    test = RecGenTask(train.dataset, split="test", tokenizer=start.items)
+    task = parse_key_values(args.set)
+    train = make_task(args.env, "train", task, tokenizer=start.items)
+    test = make_task(args.env, "test", task, tokenizer=start.items)
     pool = select_rows(train.num_requests, args.pool, seed=0)
     size = int(round(args.fraction * len(pool)))
 
@@ -125,10 +131,10 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     png = plot(arms, Path(args.out).with_suffix(".png"))
     out = {
-        "dataset": args.dataset, "sft": args.sft, "learner": make_learner(args.learner,
-                                                                          group_size=args.group_size).describe(),
-        "max_history": args.max_history, "pool": len(pool), "subset": size, "epochs": args.epochs,
-        "test_sample": {"requests": args.test_requests, "seed": 0, "beam": 20,
+        "env": args.env, "task": task, "dataset": train.dataset.name, "sft": args.sft,
+        "learner": make_learner(args.learner, group_size=args.group_size).describe(),
+        "pool": len(pool), "subset": size, "epochs": args.epochs,
+        "test_sample": {"requests": len(test_rows), "seed": 0, "beam": 20,
                         "reward_rollouts": args.test_rollouts},
         "lr": args.lr,
         "arms": arms, "summary": summary, "png": str(png),
