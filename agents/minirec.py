@@ -163,7 +163,7 @@ def _gaussian(rows: int, cols: int, generator: torch.Generator, like: torch.Tens
 class _Groups:
     """A batch of request groups (proxy rollouts + the target) ready for teacher forcing."""
 
-    ids: torch.Tensor  # (b * G, P) left-padded prompts and their mask
+    ids: torch.Tensor  # (b, P) left-padded prompts, one per request, and their mask
     attn: torch.Tensor
     resp: torch.Tensor  # (b * G, T) responses, their tree states and mask
     states: torch.Tensor
@@ -185,17 +185,35 @@ class _Groups:
                             dtype=torch.float32, device=policy.device)
         adv = group_advantages(r.reshape(-1), n + 1, eps=eps)  # A_j
         resp, states, mask = policy._responses(group.reshape(b * (n + 1), width))
-        ids, attn = policy.left_pad(*task.prompt_tokens(np.repeat(rows, n + 1)))
+        ids, attn = policy.left_pad(*task.prompt_tokens(rows))
         weight = adv / mask.sum(dim=1).clamp(min=1) / (n + 1)
         owner = torch.arange(b, device=policy.device).repeat_interleave(n + 1)
         return cls(ids, attn, resp, states, mask, weight, owner, b)
 
-    def hidden(self, policy: LLMPolicy) -> torch.Tensor:
-        """Final hidden states of the response positions (b * G, T, H); h[:, t] predicts token t."""
-        full, _ = policy._forward(torch.cat([self.ids, self.resp.clamp(min=0)], dim=1),
-                                  torch.cat([self.attn, self.mask.long()], dim=1), use_cache=False)
-        p = self.ids.shape[1]
-        return full[:, p - 1: p - 1 + self.resp.shape[1]]
+    def hidden(self, policy: LLMPolicy, *, shared_prompt: bool = True) -> torch.Tensor:
+        """Final hidden states of the response positions (b * G, T, H); h[:, t] predicts token t.
+
+        ``shared_prompt``: each request's prompt runs once and its KV cache is expanded to the G
+        rows of its group (as in :meth:`LLMPolicy.group_logprobs`): prompts are ~10-20x longer than
+        responses, so this cuts the forward pass about G-fold. ``False`` runs prompt + response
+        for every row in one forward, which the parameter-space variant's hooks need (one input
+        and one output gradient per Linear layer).
+        """
+        t = self.resp.shape[1]
+        ids, attn = self.ids, self.attn
+        if not shared_prompt:
+            ids, attn = ids[self.owner], attn[self.owner]
+            full, _ = policy._forward(torch.cat([ids, self.resp.clamp(min=0)], dim=1),
+                                      torch.cat([attn, self.mask.long()], dim=1), use_cache=False)
+            return full[:, ids.shape[1] - 1: ids.shape[1] - 1 + t]
+        hidden, cache = policy._forward(ids, attn)
+        first = hidden[:, -1][self.owner, None]  # h_0 reads the prompt alone
+        if t == 1:
+            return first
+        cache.reorder_cache(self.owner)
+        rest, _ = policy._forward(self.resp[:, :-1].clamp(min=0),
+                                  torch.cat([attn[self.owner], self.mask[:, :-1].long()], dim=1), cache)
+        return torch.cat([first, rest], dim=1)
 
     def losses(self, policy: LLMPolicy, h: torch.Tensor) -> torch.Tensor:
         """l_i per request (b,) from the response hidden states ``h``."""
@@ -209,18 +227,20 @@ class _Groups:
 
 def hidden_directions(
     policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, responses: np.ndarray, rewards: np.ndarray,
+    *, shared_prompt: bool = True,
 ) -> torch.Tensor:
     """u_i = H_i g_i with respect to the final hidden states, summed over positions: (b, hidden).
 
     Double backprop: g = dl/dh with a graph, then d(g . stopgrad(g))/dh = H g. Requests are
-    independent (l_i reads only its own rows), so one pass serves the batch.
+    independent (l_i reads only its own rows), so one pass serves the batch. h does not depend
+    on how it is computed: ``shared_prompt`` (one prompt forward per request) only saves time.
 
     Example:
         >>> # u = hidden_directions(policy, task, rows, proxy.responses[:8], proxy.rewards[:8])
     """
     groups = _Groups.build(policy, task, rows, responses, rewards)
     with torch.no_grad():
-        h0 = groups.hidden(policy)
+        h0 = groups.hidden(policy, shared_prompt=shared_prompt)
     h = h0.to(torch.promote_types(h0.dtype, torch.float32)).requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(groups.losses(policy, h).sum(), h, create_graph=True)  # g = dl/dh
@@ -289,7 +309,7 @@ class GradientProjector:
                 m.weight.requires_grad_(True)
                 handles.append(m.register_forward_hook(capture(name)))
             with torch.enable_grad():
-                groups.losses(policy, groups.hidden(policy)).sum().backward()
+                groups.losses(policy, groups.hidden(policy, shared_prompt=False)).sum().backward()
         finally:
             for handle in handles:
                 handle.remove()

@@ -124,6 +124,17 @@ def double_pool(tiny_sid):
     return task, policy, rows, proxy
 
 
+def test_shared_prompt_hidden_states_equal_the_full_forward(double_pool):
+    task, policy, rows, proxy = double_pool
+    groups = _Groups.build(policy, task, rows, proxy.responses, proxy.rewards)
+    assert len(groups.ids) == len(rows) < len(groups.resp)  # one prompt per request, G rows each
+    with torch.no_grad():
+        shared = groups.hidden(policy)
+        full = groups.hidden(policy, shared_prompt=False)
+    assert shared.shape == full.shape and groups.mask.any(dim=1).all()
+    torch.testing.assert_close(shared[groups.mask], full[groups.mask], rtol=1e-9, atol=1e-9)
+
+
 def test_hidden_directions_match_finite_differences(double_pool):
     task, policy, rows, proxy = double_pool
     u = hidden_directions(policy, task, rows, proxy.responses, proxy.rewards)
@@ -162,7 +173,7 @@ def test_projected_gradients_match_finite_differences(double_pool):
             with torch.no_grad():
                 for sign in (1.0, -1.0):
                     module.weight += sign * eps * direction
-                    losses.append(groups.losses(policy, groups.hidden(policy)))
+                    losses.append(groups.losses(policy, groups.hidden(policy, shared_prompt=False)))
                     module.weight -= sign * eps * direction
             fd = (losses[0] - losses[1]) / (2 * eps)
             col = m_index * 6 + a * 2 + b
