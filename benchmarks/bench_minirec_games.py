@@ -11,11 +11,20 @@ quantity RL maximises; beam HR@10 can fall while it rises, as RL sharpens the di
 time is selection + RL. Writes ``benchmarks/results/minirec-games.json`` and ``.png``.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_minirec_games.py \
-        --sft runs/bench-cpu/sft/final --set max_history=5 --pool 2560 --fraction 0.1
+        --sft runs/bench-cpu/sft/final --set max_history=5 --pool 2560 --fraction 0.1 \
+        --random-seeds 0,1,2 --test-requests 1000 --test-rollouts 16
 
+(``runs/bench-cpu/sft/final``: the SFT policy of the ``cpu`` bench preset, README "Results".)
 ``--env`` and ``--set KEY=VALUE`` (task options, as in ``recgym train``) run the same study on
 another env, e.g. the ``ci`` bench preset's synthetic SID env, where the SFT policy hits often
-enough for RL to have a signal (``--out benchmarks/results/minirec-synthetic.json``).
+enough for RL to have a signal:
+
+    recgym bench --preset ci --agents sft --out runs/ci-sft
+    python benchmarks/bench_minirec_games.py --env RecGen-Synthetic-v0 --set representation=sid \
+        --set vocab_size=400 --set 'dataset_kwargs={"num_items":300,"num_users":400}' \
+        --sft runs/ci-sft/sft/final --pool 2560 --fraction 0.1 --group-size 8 --lr 3e-4 --epochs 3 \
+        --random-seeds 0,1,2 --test-requests 500 --test-rollouts 64 --run-dir runs/minirec-synthetic \
+        --out benchmarks/results/minirec-synthetic.json
 """
 
 from __future__ import annotations

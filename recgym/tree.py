@@ -516,7 +516,8 @@ class MaskBuffer:
     vocabulary) while only ``sum(children)`` entries are ever 1. The buffer remembers the positions
     it set and clears just those before setting the next ones, so an update costs
     ``O(allowed tokens)``, below the cost of allocating a fresh dense mask. The returned array is the
-    buffer itself: the next :meth:`update` overwrites it (copy it to keep it). Use it in a decoding
+    buffer itself: the next :meth:`update` overwrites it (copy it to keep it), and it is for reading
+    only (entries the caller writes are not tracked, so they would survive). Use it in a decoding
     or env loop that needs vocabulary-wide masks (e.g. a CPU logits processor); fresh arrays come
     from :meth:`PrefixTree.mask`.
 
