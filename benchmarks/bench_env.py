@@ -1,6 +1,8 @@
 """Vector-env throughput: the natively batched RecGenVectorEnv against a loop over single RecGenEnvs.
 
-Both play the same requests with random valid actions (drawn from the tree), in the same run.
+Both play the same requests with random valid actions (drawn from the tree), in the same run; the
+vector env without dense masks, with a fresh dense mask per step, and with one reused mask array
+(``dense_masks="reuse"``).
 Writes ``benchmarks/results/env-<dataset>.json``.
 
     python benchmarks/bench_env.py [--dataset synthetic|office-d3] [--num-envs 64] [--episodes 2048]
@@ -20,8 +22,10 @@ import numpy as np
 from recgym.envs import RecGenEnv, RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
 
+MODES = (False, True, "reuse")  # dense_masks: none, a fresh array per step, one array rewritten in place
 
-def run_vector(task: RecGenTask, num_envs: int, episodes: int, dense: bool, seed: int) -> dict:
+
+def run_vector(task: RecGenTask, num_envs: int, episodes: int, dense: bool | str, seed: int) -> dict:
     envs = RecGenVectorEnv(num_envs, task, autoreset_mode="disabled", dense_masks=dense)
     rng = np.random.default_rng(seed)
     steps = done_eps = 0
@@ -74,12 +78,12 @@ def main() -> None:
         "episodes": args.episodes, "vocab_size": task.vocab_size, "tree_nodes": task.tree.num_nodes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "numpy": np.__version__},
     }
-    for dense in (False, True):
+    for dense in MODES:
         task.prompt_tokens(np.arange(task.num_requests))  # warm the prompt cache for all runs alike
         results[f"vector_dense_masks={dense}"] = run_vector(task, args.num_envs, args.episodes, dense, 0)
     results["single_env_loop"] = run_single_loop(task, args.num_envs, args.episodes, 0)
     loop = results["single_env_loop"]["env_steps_per_s"]
-    for dense in (False, True):
+    for dense in MODES:
         results[f"speedup_vector_dense_masks={dense}_vs_loop"] = (
             results[f"vector_dense_masks={dense}"]["env_steps_per_s"] / loop)
     out = Path(args.out or f"benchmarks/results/env-{args.dataset}.json")

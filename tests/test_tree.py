@@ -332,11 +332,15 @@ def test_mask_buffer_matches_fresh_masks_update_after_update(catalogue, seed: in
     tree = PrefixTree(sequences, ids, vocab_size=vocab)
     rng = np.random.default_rng(seed)
     buffer = tree.mask_buffer(5, dtype=dtype)
-    for _ in range(6):  # rows go from wide to narrow nodes and back: stale entries must be cleared
+    for step in range(8):  # rows go from wide to narrow nodes and back: stale entries must be cleared
         states = rng.integers(0, tree.num_nodes, size=5)
-        result = buffer.update(states)
+        full = rng.random(5) < 0.3 if step % 2 else None  # all-ones rows come and go
+        result = buffer.update(states, full=full)
+        expected = tree.mask(states, dtype=dtype)
+        if full is not None:
+            expected[full] = 1
         assert result is buffer.array and result.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(result, tree.mask(states, dtype=dtype))
+        np.testing.assert_array_equal(result, expected)
 
 
 def test_mask_buffer_errors(tree: PrefixTree) -> None:
@@ -347,6 +351,8 @@ def test_mask_buffer_errors(tree: PrefixTree) -> None:
         buffer.update([0, 0, 0])
     with pytest.raises(ValueError):
         buffer.update([0, tree.num_nodes])  # out of range, as for every query
+    with pytest.raises(ValueError, match="full must be 2 booleans"):
+        buffer.update([0, 0], full=[1, 0])
 
 
 @PROPERTY_SETTINGS

@@ -105,6 +105,25 @@ def test_next_step_autoreset(task):
         assert (info["generated_len"][was_done] == 0).all()
 
 
+@pytest.mark.parametrize("autoreset_mode", ["next_step", "disabled"])
+def test_reused_masks_equal_fresh_masks_at_every_step(task, autoreset_mode):
+    fresh = RecGenVectorEnv(6, task, autoreset_mode=autoreset_mode)
+    reuse = RecGenVectorEnv(6, task, autoreset_mode=autoreset_mode, dense_masks="reuse")
+    _, a = fresh.reset(seed=3, options={"group_size": 2})
+    _, b = reuse.reset(seed=3, options={"group_size": 2})
+    buffer = b["action_mask"]
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # slots finish, (auto)reset and start over: rows go stale and all-ones
+        np.testing.assert_array_equal(a["action_mask"], b["action_mask"])
+        np.testing.assert_array_equal(fresh.action_masks(), reuse.action_masks())
+        assert b["action_mask"] is buffer  # one array, rewritten in place
+        actions = np.array([rng.choice(np.flatnonzero(m)) for m in a["action_mask"]])
+        _, _, _, _, a = fresh.step(actions)
+        _, _, _, _, b = reuse.step(actions)
+    with pytest.raises(ValueError, match="dense_masks must be True, False or 'reuse'"):
+        RecGenVectorEnv(2, task, dense_masks="yes")
+
+
 def test_invalid_actions_and_bad_input(task):
     envs = RecGenVectorEnv(2, task, autoreset_mode="disabled")
     _, info = envs.reset(seed=0)

@@ -11,6 +11,7 @@ from gymnasium.vector.utils import batch_space
 
 from recgym.envs.recgen import observation_space
 from recgym.envs.task import RecGenTask, Request, resolve_task
+from recgym.tree import MaskBuffer
 
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
 
@@ -38,9 +39,13 @@ class RecGenVectorEnv(VectorEnv):
     action this step used, so learners skip the rest.
 
     **Masks.** With ``dense_masks=True`` ``info["action_mask"]`` is a fresh (num_envs, vocab_size)
-    int8 array; pass ``dense_masks=False`` for agents that compute masks from :attr:`tree` and
+    int8 array; ``dense_masks="reuse"`` returns the same array every time, rewritten in place (a
+    :class:`~recgym.tree.MaskBuffer`: only the entries that change are written, which for large
+    vocabularies costs less than allocating a fresh array; copy it to keep it past the next call);
+    pass ``dense_masks=False`` for agents that compute masks from :attr:`tree` and
     ``info["state"]`` (tree nodes) themselves, which is far cheaper for large vocabularies.
-    :meth:`action_masks` gives the boolean masks on demand.
+    :meth:`action_masks` gives the boolean masks on demand (reused too in "reuse" mode). Finished
+    slots get all-ones rows.
 
     Info keys (arrays over slots): ``state``, ``row``, ``target``, ``active``, ``hit``,
     ``invalid_action``, ``generated_len``; ``action_mask`` when dense.
@@ -50,7 +55,8 @@ class RecGenVectorEnv(VectorEnv):
         task: a prebuilt :class:`~recgym.envs.task.RecGenTask` to share, or None to build one from
             ``task_kwargs`` (the same keywords as :class:`~recgym.envs.recgen.RecGenEnv`).
         autoreset_mode: ``"next_step"`` or ``"disabled"`` (or a Gymnasium ``AutoresetMode``).
-        dense_masks: put vocabulary-wide masks in ``info``.
+        dense_masks: put vocabulary-wide masks in ``info``: True (fresh arrays), "reuse" (one
+            array per dtype, rewritten in place) or False.
         strict: raise ValueError on an invalid token instead of ending the slot's episode.
 
     Example:
@@ -76,7 +82,7 @@ class RecGenVectorEnv(VectorEnv):
         task: RecGenTask | None = None,
         *,
         autoreset_mode: str | AutoresetMode = "next_step",
-        dense_masks: bool = True,
+        dense_masks: bool | str = True,
         strict: bool = False,
         render_mode: str | None = None,
         **task_kwargs: Any,
@@ -96,7 +102,10 @@ class RecGenVectorEnv(VectorEnv):
         self.tree = self.task.tree
         self.num_envs = num_envs
         self.autoreset_mode = autoreset_mode
+        if dense_masks not in (True, False, "reuse"):
+            raise ValueError(f"dense_masks must be True, False or 'reuse', got {dense_masks!r}")
         self.dense_masks = dense_masks
+        self._mask_buffers: dict[np.dtype, MaskBuffer] = {}  # "reuse" mode, one per dtype
         self.strict = strict
         self.metadata = {"autoreset_mode": autoreset_mode, "render_modes": []}
         self.single_action_space = spaces.Discrete(self.task.vocab_size)
@@ -257,6 +266,11 @@ class RecGenVectorEnv(VectorEnv):
         return self._masks(bool)
 
     def _masks(self, dtype: Any) -> np.ndarray:
+        if self.dense_masks == "reuse":
+            key = np.dtype(dtype)
+            if key not in self._mask_buffers:
+                self._mask_buffers[key] = self.tree.mask_buffer(self.num_envs, dtype=key)
+            return self._mask_buffers[key].update(self.states, full=self.done)
         masks = self.tree.mask(np.where(self.done, self.tree.root, self.states), dtype=dtype)
         masks[self.done] = 1
         return masks
