@@ -196,8 +196,7 @@ class _Groups:
         ``shared_prompt``: each request's prompt runs once and its KV cache is expanded to the G
         rows of its group (as in :meth:`LLMPolicy.group_logprobs`): prompts are ~10-20x longer than
         responses, so this cuts the forward pass about G-fold. ``False`` runs prompt + response
-        for every row in one forward, which the parameter-space variant's hooks need (one input
-        and one output gradient per Linear layer).
+        for every row in one forward (the reference the tests compare with).
         """
         t = self.resp.shape[1]
         ids, attn = self.ids, self.attn
@@ -280,23 +279,31 @@ class GradientProjector:
 
     def __call__(
         self, policy: LLMPolicy, task: RecGenTask, rows: np.ndarray, responses: np.ndarray,
-        rewards: np.ndarray,
+        rewards: np.ndarray, *, shared_prompt: bool = True,
     ) -> torch.Tensor:
+        """Projected gradients (b, layers' count * d_out * d_in); ``shared_prompt`` only saves time."""
         groups = _Groups.build(policy, task, rows, responses, rewards)
-        inputs: dict[str, torch.Tensor] = {}
+        inputs: dict[tuple[str, int], torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
         handles = []
 
+        # With a shared prompt each Linear runs twice: on the b prompts (one row per request) and
+        # on the b * G responses. A request's projected gradient sums both calls' terms; the
+        # prompt's delta already sums its G members' (the KV cache expansion adds them up), and
+        # sum_j delta_j x^T = (sum_j delta_j) x^T, so this equals the per-row full forward.
         def capture(name: str) -> Any:
             def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 p_in = self.p_in[name]
-                inputs[name] = args[0].detach().to(p_in.dtype) @ p_in.T  # P_in x_t: (rows, L, d_in)
+                rows = len(args[0])  # b (prompts) or b * G (responses): a call's key
+                inputs[name, rows] = args[0].detach().to(p_in.dtype) @ p_in.T  # P_in x_t: (rows, L, d_in)
 
                 def backward_hook(delta: torch.Tensor) -> None:
                     p_out = self.p_out[name]
                     a = delta.to(p_out.dtype) @ p_out.T  # P_out delta_t: (rows, L, d_out)
-                    per_row = torch.einsum("rld,rle->rde", a, inputs.pop(name)).flatten(1)  # sum_t a_t b_t^T
-                    out[name] = groups.per_request(per_row)
+                    b_t = inputs.pop((name, rows))
+                    per_row = torch.einsum("rld,rle->rde", a, b_t).flatten(1)  # sum_t a_t b_t^T
+                    term = per_row if rows == groups.size else groups.per_request(per_row)
+                    out[name] = term if name not in out else out[name] + term
 
                 output.register_hook(backward_hook)
             return forward_hook
@@ -309,7 +316,7 @@ class GradientProjector:
                 m.weight.requires_grad_(True)
                 handles.append(m.register_forward_hook(capture(name)))
             with torch.enable_grad():
-                groups.losses(policy, groups.hidden(policy, shared_prompt=False)).sum().backward()
+                groups.losses(policy, groups.hidden(policy, shared_prompt=shared_prompt)).sum().backward()
         finally:
             for handle in handles:
                 handle.remove()

@@ -161,6 +161,9 @@ def test_projected_gradients_match_finite_differences(double_pool):
     projector = GradientProjector(policy, layers=1, d_out=3, d_in=2, seed=0)
     u = projector(policy, task, rows, proxy.responses, proxy.rewards)
     assert u.shape == (len(rows), len(projector.modules) * 3 * 2)
+    full = projector(policy, task, rows, proxy.responses, proxy.rewards, shared_prompt=False)
+    # equal up to Qwen2's float32 RMSNorm (see below): the shared prompt sums the same terms
+    torch.testing.assert_close(u, full, rtol=1e-4, atol=1e-6 * float(full.abs().max()))
     groups = _Groups.build(policy, task, rows, proxy.responses, proxy.rewards)
     eps = 1e-3  # Qwen2's RMSNorm computes in float32 even for a float64 model: no smaller eps
     checked = 0
