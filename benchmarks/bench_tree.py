@@ -20,7 +20,8 @@ is needed there). Timed, with ``time.perf_counter`` and medians over many repeat
       touched) and zeroing a reused B x V buffer (``fill(0)``, a memset); and ``MaskBuffer.update``,
       which rewrites one dense buffer by clearing only the entries it set for the previous batch
       (the batches rotate, so every update clears a different batch's entries), against the cost
-      of a usable new array (``np.zeros`` plus one write per row, which makes the pages real);
+      of a usable new array (``np.zeros`` plus one write per row, which makes the pages real), also
+      with half the rows all ones and staying so (a vector env's finished slots);
   (d) torch on CPU: ``allowed_padded``, ``allowed`` (CSR), ``mask``, ``step`` and ``torch.zeros``.
 
 Usage: ``python benchmarks/bench_tree.py [--output benchmarks/results/tree.json]``.
@@ -217,7 +218,8 @@ def numpy_timings(
     prefixes = [[prefix_of(tree, int(s)) for s in states] for states in batches]
     buffer = np.zeros((batch, VOCAB_SIZE), dtype=np.int8)
     first_tokens = [tree.child_tokens[tree.child_offsets[states]] for states in batches]
-    mask_buffer = tree.mask_buffer(batch)
+    mask_buffer, half_finished = tree.mask_buffer(batch), tree.mask_buffer(batch)
+    finished = np.arange(batch) < batch // 2
     for states, prefix_list in zip(batches, prefixes):  # the implementations agree
         assert np.array_equal(reference_mask(table, prefix_list), tree.mask(states))
         assert np.array_equal(mask_buffer.update(states), tree.mask(states))
@@ -235,6 +237,10 @@ def numpy_timings(
         "c_mask_new": median_us(lambda i: tree.mask(batches[i]), repeats, rotate),
         "c_mask_into_buffer": median_us(lambda i: tree.mask(batches[i], out=buffer), repeats, rotate),
         "c_mask_buffer_update": median_us(lambda i: mask_buffer.update(batches[i]), repeats, rotate),
+        # a vector env late in a batch of episodes: half the slots finished (all-ones rows), and
+        # they stay finished from one step to the next
+        "c_mask_buffer_update_half_finished": median_us(
+            lambda i: half_finished.update(batches[i], full=finished), repeats, rotate),
         "floor_np_zeros": median_us(lambda i: np.zeros((batch, VOCAB_SIZE), dtype=np.int8), repeats, rotate),
         "floor_np_zeros_one_write_per_row": median_us(lambda i: zeros_one_write_per_row(), repeats, rotate),
         "floor_buffer_fill0": median_us(lambda i: buffer.fill(0), repeats, rotate),

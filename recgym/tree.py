@@ -544,7 +544,7 @@ class MaskBuffer:
         self.array = np.zeros((int(batch), tree.vocab_size), dtype=dtype)
         self._flat = self.array.reshape(-1)  # a view: the array is C-contiguous
         self._set = np.empty(0, dtype=np.int64)  # flat positions that hold a 1
-        self._full = np.empty(0, dtype=np.int64)  # rows that are all 1
+        self._full = np.zeros(int(batch), dtype=bool)  # rows that are all 1
 
     def update(self, states: Any, full: Any = None) -> np.ndarray:
         """Rewrite the buffer as the masks of ``states`` (``batch`` node ids) and return it.
@@ -556,19 +556,20 @@ class MaskBuffer:
         if len(s) != len(self.array):
             raise ValueError(f"states has {len(s)} entries, the buffer has {len(self.array)} rows")
         if full is None:
-            rows = np.arange(len(s))
-            full_rows = np.empty(0, dtype=np.int64)
+            full = np.zeros(len(s), dtype=bool)
         else:
             full = np.asarray(full)
             if full.shape != s.shape or full.dtype != bool:
                 raise ValueError(f"full must be {len(s)} booleans, got shape {full.shape} dtype {full.dtype}")
-            rows, full_rows = np.flatnonzero(~full), np.flatnonzero(full)
+        # Rows full before and now stay as they are (a finished slot stays finished for many
+        # steps): only rows that change between full and not are rewritten whole.
         self._flat[self._set] = 0
-        self.array[self._full] = 0
+        self.array[self._full & ~full] = 0
+        rows = np.flatnonzero(~full)
         self._set = self.tree._flat_allowed(s[rows], rows)
         self._flat[self._set] = 1
-        self.array[full_rows] = 1
-        self._full = full_rows
+        self.array[full & ~self._full] = 1
+        self._full = full.copy()
         return self.array
 
 

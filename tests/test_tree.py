@@ -334,7 +334,7 @@ def test_mask_buffer_matches_fresh_masks_update_after_update(catalogue, seed: in
     buffer = tree.mask_buffer(5, dtype=dtype)
     for step in range(8):  # rows go from wide to narrow nodes and back: stale entries must be cleared
         states = rng.integers(0, tree.num_nodes, size=5)
-        full = rng.random(5) < 0.3 if step % 2 else None  # all-ones rows come and go
+        full = rng.random(5) < 0.5 if step % 3 else None  # all-ones rows come, stay and go
         result = buffer.update(states, full=full)
         expected = tree.mask(states, dtype=dtype)
         if full is not None:
