@@ -153,8 +153,9 @@ PRESETS: dict[str, BenchPreset] = {
         rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
         rl_eval_every=10, eval_requests=200, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
         ppo_episodes_per_update=16, ppo_hidden=64),
-    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: about an hour on 2 CPU cores
-    # for popularity, sasrec, sft, simpo, grpo, riser and maskable_ppo with 2 seeds. The prompt
+    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: 36 min on 2 CPU cores (one
+    # thread, the other core busy) for popularity, sasrec, sft, simpo, grpo, riser and
+    # maskable_ppo with 2 seeds (results/bench-cpu-games/results.json). The prompt
     # keeps the last 5 history items: 1.4x faster SFT steps than 10 (0.36 against 0.49 s on one
     # thread), so 2,000 SFT steps fit (after 800 the policy hit nothing on valid; after 2,000 it
     # reaches popularity's test HR@10, about 0.012: a small LM from scratch learns little more of

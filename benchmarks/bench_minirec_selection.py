@@ -6,10 +6,10 @@ hidden variant (u_i = H_i g_i w.r.t. the final hidden states) and the parameter-
 ``[prompt; response]`` for every member; the shared one runs each prompt once and expands its KV
 cache to the group (``_Groups.hidden``). Prompts are far longer than responses, so the shared
 forward should cost about 1/G as much. Same policy, pool, rollouts and batch; the directions
-agree (checked here and by tests). Real Games (LC-Rec
-SIDs) with the ``small`` preset's architecture; timing does not depend on training, so the
-policy is freshly initialised unless ``--policy`` names a trained one. Medians over
-``--repeats`` passes over the pool, one thread. Writes ``benchmarks/results/minirec-selection.json``.
+agree (checked here and by tests). Real Games (LC-Rec SIDs) with the ``small`` preset's
+architecture; timing does not depend on training, so the policy is freshly initialised unless
+``--policy`` names a trained one. Medians over ``--repeats`` passes over the pool, one thread.
+Writes ``benchmarks/results/minirec-selection.json``.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_minirec_selection.py
 """
