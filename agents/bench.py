@@ -27,30 +27,25 @@ against rollouts for the RL agents and MaskablePPO; see :mod:`agents.bench_repor
 ``runs/<agent>-seed<s>/`` with each run's ``metrics.jsonl`` and checkpoints (a rerun into the same
 folder resumes them).
 
-Plug-ins: a Python file or module that calls :func:`agents.rl.register_learner` when imported
+Plug-ins: a Python file or module that calls :func:`agents.learners.register_learner` when imported
 (``--plugin``) adds an RL agent; see ``examples/reinforce_plugin.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from agents.plugins import load_plugin
 from recgym.metrics import KS
-
-CLASSIC = ("popularity", "transition", "sasrec")
 
 # --agents ablation: RISER's components one at a time on top of oversampling. Every
 # variant trains with full_vocab=True: under the constrained distribution a forced token has
@@ -82,8 +77,9 @@ class BenchPreset:
         rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
         eval_requests: validation sample size; ``test_requests`` / ``test_seed``: the test sample
             (None: every test request); ``beam``: beam width (>= 20 for HR@20).
-        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_threads: SASRec's size (early
-            stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU).
+        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads: SASRec's size (early
+            stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
+            a ranker's preset fields are ``<name>_<setting>``.
         ppo_envs, ppo_episodes_per_update, ppo_epochs, ppo_hidden, ppo_item_tokens, ppo_item_ids:
             MaskablePPO's settings (see :class:`~agents.baselines.maskable_ppo.MaskablePPOConfig`;
             on titles the one-hot prefix grows with item length x token count, so MaskablePPO is
@@ -118,7 +114,7 @@ class BenchPreset:
     sasrec_epochs: int = 20
     sasrec_hidden: int = 64
     sasrec_batch_size: int = 128
-    sasrec_threads: int | None = 1
+    sasrec_num_threads: int | None = 1
     ppo_envs: int = 8
     ppo_episodes_per_update: int = 64
     ppo_epochs: int = 4
@@ -173,7 +169,7 @@ PRESETS: dict[str, BenchPreset] = {
         sft_steps=3000, sft_batch_size=64, sft_lr=3e-5, sft_eval_every=500, rl_steps=500,
         requests_per_step=32, rollouts_per_request=20, riser_group=16, rl_lr=1e-6, rl_eval_every=100,
         eval_requests=1000, test_requests=None, sasrec_epochs=200, sasrec_hidden=64,
-        sasrec_batch_size=256, sasrec_threads=None, ppo_episodes_per_update=64, ppo_hidden=256,
+        sasrec_batch_size=256, sasrec_num_threads=None, ppo_episodes_per_update=64, ppo_hidden=256,
         ppo_item_tokens=False),
 }
 
@@ -226,21 +222,22 @@ def agent_choices() -> list[str]:
         >>> agent_choices()[:4]
         ['popularity', 'transition', 'sasrec', 'sft']
     """
-    from agents.rl import learner_names
+    from agents.baselines import ranker_names
+    from agents.learners import learner_names
 
-    return [*CLASSIC, "sft", *learner_names(), "maskable_ppo", "ablation"]
+    return [*ranker_names(), "sft", *learner_names(), "maskable_ppo", "ablation"]
 
 
 def budget_settings(learner: str, preset: BenchPreset) -> dict[str, Any]:
-    """The settings that give ``learner`` the preset's rollouts per request.
+    """The settings that give ``learner`` the preset's rollouts per request (each learner maps it).
 
     Example:
         >>> budget_settings("riser", PRESETS["ci"])
         {'group_size': 6, 'oversample': 8}
     """
-    if learner == "riser":
-        return {"group_size": preset.riser_group, "oversample": preset.rollouts_per_request}
-    return {"group_size": preset.rollouts_per_request}
+    from agents.learners import budget_settings as learner_budget
+
+    return learner_budget(learner, preset.rollouts_per_request, preset.riser_group)
 
 
 def parse_agents(
@@ -258,7 +255,8 @@ def parse_agents(
         ...
         ValueError: --agents: unknown agent 'ppo'; choose from popularity, transition, ...
     """
-    from agents.rl import learner_names
+    from agents.baselines import ranker_names
+    from agents.learners import learner_names
 
     extra = learner_settings or {}
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -271,8 +269,8 @@ def parse_agents(
                 merged = {**budget_settings(learner, preset), **settings, "full_vocab": True,
                           **extra.get(variant, {})}
                 specs.append(AgentSpec(variant, "rl", learner, merged))
-        elif name in CLASSIC or name in ("sft", "maskable_ppo"):
-            kind = "classic" if name in CLASSIC else name
+        elif name in ranker_names() or name in ("sft", "maskable_ppo"):
+            kind = name if name in ("sft", "maskable_ppo") else "classic"
             specs.append(AgentSpec(name, kind))
         elif name in learner_names():
             merged = {**budget_settings(name, preset), **extra.get(name, {})}
@@ -309,38 +307,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def load_plugin(spec: str) -> ModuleType:
-    """Import a plug-in (a ``.py`` file path or an importable module name) once; it registers agents.
-
-    Example:
-        >>> load_plugin("json").__name__  # any module; a real plug-in calls register_learner
-        'json'
-    """
-    path = Path(spec)
-    if spec.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise ValueError(f"--plugin: no such file {spec!r}")
-        resolved = path.resolve()
-        name = f"recgym_plugin_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
-        if name in sys.modules:  # imported already: it has registered its agents
-            return sys.modules[name]
-        module_spec = importlib.util.spec_from_file_location(name, resolved)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
-    try:
-        return importlib.import_module(spec)
-    except ImportError as err:
-        raise ValueError(f"--plugin: cannot import {spec!r} ({err}); pass a .py file or a module name") \
-            from err
-
-
 # -- running -----------------------------------------------------------------------------------------
 
 
@@ -365,8 +331,8 @@ def run_bench(
     import torch
 
     from agents.bench_report import machine_info, write_report
+    from agents.build import build_policy, make_task, write_json
     from agents.checkpoint import write_folder_atomically
-    from agents.cli import _build_policy, _write_results, make_task
     from agents.evaluate import select_rows
     from agents.policy import LLMPolicy
     from agents.tracking import write_atomically
@@ -408,8 +374,8 @@ def run_bench(
     sft_dir: Path | None = None
     if needs_llm:
         if policy is None:  # the one SFT start, trained with the first seed
-            policy = _build_policy(SimpleNamespace(model=preset.model, device=device, seed=seeds[0],
-                                                   preset=preset.model_preset), train.items)
+            policy = build_policy(train.items, model=preset.model, preset=preset.model_preset, seed=seeds[0],
+                                  device=device)
             results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress)
             sft_dir = out / "sft" / "final"  # the best-on-valid weights train_sft ends with
             write_folder_atomically(sft_dir, policy.save_pretrained)
@@ -444,14 +410,18 @@ def run_bench(
     bar.close()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(write_report(results, out))
-    _write_results(str(out / "results.json"), results)
+    write_json(out / "results.json", results)
     return results
 
 
 def _per_seed(spec: AgentSpec) -> bool:
     """Whether an agent trains once per seed (popularity and transition have nothing to seed; the
     SFT policy is shared by design)."""
-    return spec.kind in ("rl", "maskable_ppo") or spec.name == "sasrec"
+    if spec.kind == "classic":
+        from agents.baselines import ranker_entry
+
+        return ranker_entry(spec.name).seeded
+    return spec.kind in ("rl", "maskable_ppo")
 
 
 def _slug(name: str) -> str:
@@ -460,7 +430,7 @@ def _slug(name: str) -> str:
 
 def _check_learners(agents: Sequence[AgentSpec]) -> None:
     """Build every RL agent's learner once, so bad settings fail before any training."""
-    from agents.rl import make_learner
+    from agents.learners import make_learner
 
     for spec in agents:
         if spec.kind == "rl":
@@ -506,45 +476,51 @@ def _run_classic(
     spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, device: str | None,
     progress: bool,
 ) -> dict[str, Any]:
-    from agents.cli import make_ranker
+    from agents.baselines import make_ranker, ranker_entry
     from agents.evaluate import evaluate_ranker
 
     num_items = tasks.train.dataset.catalogue.num_items
     tick = time.time()
-    if spec.name == "sasrec":
-        from agents.baselines import SASRecConfig, SASRecRecommender
-
-        config = SASRecConfig(hidden=preset.sasrec_hidden, epochs=preset.sasrec_epochs,
-                              batch_size=preset.sasrec_batch_size, seed=seed,
-                              num_threads=preset.sasrec_threads,
-                              device=device or ("cuda" if _cuda() else "cpu"), progress=progress)
-        model = SASRecRecommender(config)
-        valid = tasks.valid.examples if tasks.valid is not None else None
-        model.fit(tasks.train.examples, num_items, valid=valid)
-        settings: dict[str, Any] = {**asdict(config), "best_epoch": model.best_epoch_}
-    else:
-        model = make_ranker(spec.name).fit(tasks.train.examples, num_items)
-        settings = {}
+    settings = ranker_settings(spec.name, preset)
+    if ranker_entry(spec.name).seeded:  # trained models: device and progress bars too
+        settings.update(device=device or ("cuda" if _cuda() else "cpu"), progress=progress)
+    model = make_ranker(spec.name, seed=seed, **settings)
+    valid = tasks.valid.examples if tasks.valid is not None else None
+    model.fit(tasks.train.examples, num_items, valid=valid)
     train_seconds = time.time() - tick
     metrics = evaluate_ranker(model, tasks.test.examples, max_requests=preset.test_requests,
                               seed=preset.test_seed)
+    described = model.describe() if hasattr(model, "describe") else {}
     return {"metrics": metrics, "rollouts": 0, "train_seconds": round(train_seconds, 2),
-            "config": {"name": spec.name, **settings}}
+            "config": {"name": spec.name, **described}}
+
+
+def ranker_settings(name: str, preset: BenchPreset) -> dict[str, Any]:
+    """A ranker's settings from the preset's ``<name>_<setting>`` fields.
+
+    Example:
+        >>> ranker_settings("sasrec", PRESETS["ci"])
+        {'epochs': 20, 'hidden': 32, 'batch_size': 128, 'num_threads': 1}
+    """
+    head = f"{name}_"
+    return {f.name[len(head):]: getattr(preset, f.name) for f in fields(preset) if f.name.startswith(head)}
 
 
 def _run_rl(
     spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, sft_dir: Path, run_dir: Path,
     device: str | None, progress: bool,
 ) -> dict[str, Any]:
+    from agents.learners import make_learner
     from agents.policy import LLMPolicy
-    from agents.rl import RLConfig, make_learner, train_rl
+    from agents.rl import RLConfig, train_rl
 
     learner = make_learner(spec.learner, **spec.settings)
     _check_budget(spec, learner)
     policy = LLMPolicy.from_pretrained(sft_dir, device=device)  # a fresh copy of the one SFT start
     config = RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
                       mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
-                      eval_requests=preset.eval_requests, beam=preset.beam, seed=seed, progress=progress)
+                      eval_requests=preset.eval_requests, beam=preset.beam, seed=seed, progress=progress,
+                      env_id=preset.env)
     summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir)
     metrics = _test(policy, tasks, preset, progress)
     return {"metrics": metrics, "rollouts": summary["rollouts"], "train_seconds": summary["seconds"],

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from agents.cli_options import add_config_arguments, config_from_args
+
 
 def parse_key_values(values: Sequence[str]) -> dict[str, Any]:
     """Parse ``key=value`` pairs; values are JSON when they parse as JSON, else strings.
@@ -78,19 +80,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_task(env_id: str, split: str, overrides: dict[str, Any], tokenizer: Any = None) -> Any:
-    """The RecGenTask behind a registered env id (its registered kwargs, then ``overrides``)."""
-    import gymnasium as gym
-
-    import recgym  # noqa: F401  (registers the ids)
-    from recgym.envs.task import RecGenTask
-
-    kwargs = {**gym.spec(env_id).kwargs, **overrides, "split": split}
-    if tokenizer is not None:
-        kwargs["tokenizer"] = tokenizer
-    return RecGenTask(**kwargs)
-
-
 def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = parse_key_values(args.set)
     if args.dataset:
@@ -102,55 +91,40 @@ def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _write_results(path: str | None, results: dict[str, Any]) -> None:
-    if path:
-        from pathlib import Path
-
-        from agents.tracking import write_atomically
-
-        print(f"wrote {write_atomically(Path(path), json.dumps(results, indent=2))}")
-
-
 def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
+    from agents.build import build_policy, make_task, write_json
     from agents.evaluate import evaluate
     from agents.sft import SFTConfig, train_sft
     from recgym.metrics import format_table
 
     torch.manual_seed(args.seed)
+    config = config_from_args(SFTConfig, args, exclude=SFT_SHARED, seed=args.seed)
     overrides = _task_overrides(args)
     train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
     valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
     test = make_task(args.env, "test", overrides, tokenizer=train.items)
-    policy = _build_policy(args, train.items)
-    config = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                       eval_requests=args.eval_requests, beam=args.beam, patience=args.patience,
-                       max_steps=args.max_steps, seed=args.seed)
+    policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                          device=args.device)
     summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out)
     metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
     results = {"env": args.env, "task": overrides, "representation": train.representation,
                "model": args.model or args.preset, "sft": summary, "test": metrics}
     print(format_table({f"sft ({args.model or args.preset})": metrics}))
-    _write_results(f"{args.out}/results.json", results)
+    write_json(f"{args.out}/results.json", results)
     return 0
-
-
-def _build_policy(args: argparse.Namespace, items: Any) -> Any:
-    from agents.policy import LLMPolicy
-
-    if args.model:
-        return LLMPolicy.from_pretrained(args.model, items=items, device=args.device)
-    return LLMPolicy.from_config(args.preset, items, seed=args.seed, device=args.device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from agents.build import build_policy, load_subset, make_task, write_json
     from agents.evaluate import evaluate
+    from agents.learners import make_learner
     from agents.plots import plot_training_curves
     from agents.policy import LLMPolicy
-    from agents.rl import RLConfig, make_learner, train_rl
+    from agents.rl import EpochSampler, RLConfig, train_rl
     from agents.sft import SFTConfig, train_sft
     from agents.tracking import MetricLogger
     from recgym.metrics import format_table
@@ -161,6 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             learner_settings[key] = getattr(args, key)
     learner = make_learner(args.agent, **learner_settings)  # bad settings fail before any training
+    rl_config = config_from_args(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
+    sft_config = config_from_args(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, seed=args.seed,
+                                  eval_requests=args.eval_requests, beam=args.beam)
+    if not sft_config.max_steps:  # --sft-steps 0: every epoch
+        sft_config.max_steps = None
     overrides = _task_overrides(args)
     # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
     policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
@@ -174,20 +153,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if policy is not None:
         results["sft"] = {"loaded": args.sft}
     else:
-        policy = _build_policy(args, train.items)
-        sft_config = SFTConfig(epochs=args.sft_epochs, batch_size=args.sft_batch_size, lr=args.sft_lr,
-                               eval_requests=args.eval_requests, beam=args.beam, patience=0,
-                               max_steps=args.sft_steps or None, seed=args.seed)
+        policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                              device=args.device)
         results["sft"] = train_sft(policy, train, valid_or_none, sft_config, run_dir=f"{args.out}/sft")
     results["model"] = args.sft or args.model or args.preset
     table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)}
-    rl_config = RLConfig(steps=args.steps, requests_per_step=args.requests_per_step, lr=args.lr, mu=args.mu,
-                         minibatches=args.minibatches, eval_every=args.eval_every,
-                         eval_requests=args.eval_requests, beam=args.beam, seed=args.seed)
     sampler = None
     if args.subset:
         from agents.minirec import CurriculumSampler
-        from agents.rl import EpochSampler
 
         order, ordered = load_subset(args.subset, train.num_requests)
         sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
@@ -201,13 +174,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_table(table))
     curves = plot_training_curves({args.agent: MetricLogger.read(f"{args.out}/rl")}, f"{args.out}/curves.png")
     print(f"wrote {curves}")
-    _write_results(f"{args.out}/results.json", results)
+    write_json(f"{args.out}/results.json", results)
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     import torch
 
+    from agents.build import make_task, write_json
     from agents.evaluate import select_rows
     from agents.minirec import run_selection
     from agents.policy import LLMPolicy
@@ -233,27 +207,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"{args.method}: {selection['selected']} of {len(pool)} requests "
           f"({'curriculum order' if selection['curriculum'] else 'pick order'}); {stats}")
     print(f"time: {timing}")
-    _write_results(args.out, selection)
+    write_json(args.out, selection)
     return 0
 
 
-def load_subset(path: str, num_requests: int) -> tuple[Any, bool]:
-    """``(rows in training order, curriculum?)`` from a ``recgym select`` file, checked against the split."""
-    from pathlib import Path
-
-    import numpy as np
-
-    try:
-        selection = json.loads(Path(path).read_text())
-        order = np.asarray(selection["order"], dtype=np.int64)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"--subset {path}: not a selection written by `recgym select` ({err})") from err
-    if len(order) == 0 or order.min() < 0 or order.max() >= num_requests:
-        raise ValueError(f"--subset {path}: rows must be in 0..{num_requests - 1} of the training split")
-    return order, bool(selection.get("curriculum", False))
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agents.build import dataset_name, make_task, write_json
     from recgym.metrics import format_table
 
     overrides = _task_overrides(args)
@@ -266,34 +225,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name = f"policy {args.policy}"
         metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
     else:
+        from agents.baselines import make_ranker
         from agents.evaluate import evaluate_ranker
         from recgym.data import load
 
-        dataset_name = overrides.get("dataset") or make_dataset_name(args.env)
-        dataset = load(dataset_name, **overrides.get("dataset_kwargs", {}))
+        dataset = load(dataset_name(args.env, overrides), **overrides.get("dataset_kwargs", {}))
         model = make_ranker(args.agent, seed=args.seed)
-        if args.agent == "sasrec":  # early stopping on the valid split
-            model.fit(dataset.train, dataset.catalogue.num_items, valid=dataset.valid)
-        else:
-            model.fit(dataset.train, dataset.catalogue.num_items)
+        model.fit(dataset.train, dataset.catalogue.num_items, valid=dataset.valid)  # valid: early stopping
         name = args.agent
         metrics = evaluate_ranker(model, dataset.split(args.split), max_requests=args.max_requests,
                                   seed=args.seed)
     print(format_table({name: metrics}))
-    _write_results(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
+    write_json(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from agents import bench
+    from agents.cli_options import config_values
 
-    for plugin in args.plugin:  # before --agents is read: plug-ins add agent names
-        bench.load_plugin(plugin)
-    knobs = {"sft_steps": args.sft_steps, "rl_steps": args.rl_steps,
-             "requests_per_step": args.requests_per_step,
-             "rollouts_per_request": args.rollouts, "test_requests": args.test_requests,
-             "eval_requests": args.eval_requests, "sasrec_epochs": args.sasrec_epochs, "model": args.model}
-    overrides = {**parse_key_values(args.preset_set), **{k: v for k, v in knobs.items() if v is not None}}
+    knobs = config_values(bench.BenchPreset, args, only=BENCH_KNOBS, skip_none=True)
+    overrides = {**parse_key_values(args.preset_set), **knobs}
     if args.env:
         overrides["env"] = args.env
     preset = bench.get_preset(args.preset, **overrides)
@@ -310,29 +262,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_dataset_name(env_id: str) -> str:
-    import gymnasium as gym
-
-    import recgym  # noqa: F401
-
-    return gym.spec(env_id).kwargs.get("dataset", "synthetic")
-
-
-def make_ranker(name: str, seed: int = 0) -> Any:
-    """A classic recommender by name."""
-    from agents.baselines import PopularityRecommender, TransitionRecommender
-
-    if name == "popularity":
-        return PopularityRecommender()
-    if name == "transition":
-        return TransitionRecommender()
-    if name == "sasrec":
-        from agents.baselines import SASRecConfig, SASRecRecommender
-
-        return SASRecRecommender(SASRecConfig(seed=seed))
-    raise ValueError(f"unknown agent {name!r}: choose popularity, transition or sasrec")
-
-
 def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="RecGen-Synthetic-v0", help="a registered RecGen env id")
     p.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
@@ -345,7 +274,22 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# Options shared by several commands (task, seed, beam) are not repeated per config.
+SFT_SHARED = ("seed", "progress")
+RL_EXCLUDE = ("seed", "progress", "env_id")
+TRAIN_SFT = ("epochs", "batch_size", "lr", "max_steps", "weight_decay", "warmup_steps", "eval_every")
+TRAIN_SFT_DEFAULTS = {"max_steps": 300, "patience": 0}  # `train` runs a short SFT before RL
+BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
+               "eval_requests", "sasrec_epochs", "model")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from agents.baselines import ranker_names
+    from agents.bench import PRESETS, BenchPreset
+    from agents.configs import MODEL_PRESETS, RLConfig, SFTConfig
+    from agents.learners import learner_names
+    from recgym.data.readers import FORMATS
+
     parser = argparse.ArgumentParser(prog="recgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="list, download/prepare and describe datasets")
@@ -355,55 +299,43 @@ def build_parser() -> argparse.ArgumentParser:
                        ("download", "download raw files if needed, prepare, cache and summarise")):
         p = data_sub.add_parser(name, help=text)
         p.add_argument("name", help="a dataset name (see `recgym data list`) or a folder path")
-        p.add_argument("--format", choices=["d3", "lcrec", "sprec"], help="folder format (default: detect)")
+        p.add_argument("--format", choices=sorted(FORMATS), help="folder format (default: detect)")
         p.add_argument("--max-history", type=int, default=10)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="extra loader option, e.g. --set num_items=500 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(func=cmd_data)
 
+    def model_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="tiny", choices=sorted(MODEL_PRESETS), help="offline model size")
+        p.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
+        p.add_argument("--train-split", default="train", choices=["train", "valid"],
+                       help="which split trains (D3 folders publish only valid and test)")
+
     sft = sub.add_parser("sft", help="fine-tune an LLM policy on next-item prediction, then test it")
     _add_task_arguments(sft)
-    sft.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="offline model size")
-    sft.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
-    sft.add_argument("--train-split", default="train", choices=["train", "valid"],
-                     help="which split trains (D3 folders publish only valid and test)")
-    sft.add_argument("--epochs", type=int, default=3)
-    sft.add_argument("--batch-size", type=int, default=32)
-    sft.add_argument("--lr", type=float, default=3e-3)
-    sft.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: per epoch)")
-    sft.add_argument("--eval-requests", type=int, default=256)
+    model_arguments(sft)
+    add_config_arguments(sft.add_argument_group("SFT (agents.sft.SFTConfig)"), SFTConfig, exclude=SFT_SHARED)
     sft.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
-    sft.add_argument("--beam", type=int, default=20)
-    sft.add_argument("--patience", type=int, default=2)
-    sft.add_argument("--max-steps", type=int, default=None)
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
     sft.set_defaults(func=cmd_sft)
 
     tr = sub.add_parser("train", help="SFT (or load an SFT policy), then RL (GRPO/SimPO/RISER), then test")
     _add_task_arguments(tr)
-    tr.add_argument("--agent", default="riser", choices=["grpo", "simpo", "riser"])
+    tr.add_argument("--agent", default="riser", choices=learner_names(),
+                    help="the RL learner (plug-ins registered with --plugin join the choices)")
+    tr.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                    help="a .py file or module that registers learners when imported (repeatable)")
     tr.add_argument("--sft", help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
-    tr.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="offline model size")
-    tr.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
-    tr.add_argument("--train-split", default="train", choices=["train", "valid"])
-    tr.add_argument("--sft-steps", type=int, default=300, help="SFT optimizer steps (0: all epochs)")
-    tr.add_argument("--sft-epochs", type=int, default=3)
-    tr.add_argument("--sft-batch-size", type=int, default=32)
-    tr.add_argument("--sft-lr", type=float, default=3e-3)
-    tr.add_argument("--steps", type=int, default=60, help="RL steps (batches of rollouts)")
-    tr.add_argument("--requests-per-step", type=int, default=16)
+    model_arguments(tr)
+    add_config_arguments(tr.add_argument_group("SFT stage (agents.sft.SFTConfig)"), SFTConfig, prefix="sft",
+                         only=TRAIN_SFT, renames={"max_steps": "steps"}, defaults=TRAIN_SFT_DEFAULTS)
+    add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
     tr.add_argument("--group-size", type=int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=int, help="RISER's m, rollouts before de-duplication")
-    tr.add_argument("--lr", type=float, default=1e-4)
-    tr.add_argument("--mu", type=int, default=1, help="optimizer passes over each batch of rollouts")
-    tr.add_argument("--minibatches", type=int, default=2, help="optimizer steps per pass")
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
                     help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
-    tr.add_argument("--eval-every", type=int, default=20)
-    tr.add_argument("--eval-requests", type=int, default=256)
     tr.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
-    tr.add_argument("--beam", type=int, default=20)
     tr.add_argument("--subset", help="train RL on the requests of a `recgym select` file (in its order)")
     tr.add_argument("--out", default="runs/train", help="run folder (sft/, rl/, results.json, curves.png)")
     tr.set_defaults(func=cmd_train)
@@ -431,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_arguments(ev)
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--policy", help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
-    who.add_argument("--agent", choices=["popularity", "transition", "sasrec"])
+    who.add_argument("--agent", choices=ranker_names())
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--beam", type=int, default=20)
     ev.add_argument("--max-requests", type=int, default=None)
@@ -439,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     be = sub.add_parser("bench", help="benchmark agents on one env: same SFT start, rollout budget and test")
-    be.add_argument("--preset", default="ci", choices=["ci", "cpu", "paper"],
+    be.add_argument("--preset", default="ci", choices=list(PRESETS),
                     help="scale: ci (synthetic, minutes), cpu (real Games, < 1 h on 2 cores), paper (GPU)")
     be.add_argument("--agents", default="popularity,transition,sasrec,sft,simpo,grpo,riser,maskable_ppo",
                     help="comma list; 'ablation' expands into RISER's ablation variants; plug-ins add more")
@@ -448,7 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                     help="a .py file or module that registers learners when imported (repeatable)")
     be.add_argument("--sft", help="start RL from this saved policy folder instead of training SFT")
-    be.add_argument("--model", help="a local folder or hub name of a causal LM (instead of the preset's)")
     be.add_argument("--env", help="a registered RecGen env id (default: the preset's)")
     be.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     be.add_argument("--representation", choices=["title", "sid"])
@@ -456,13 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
                     help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
     be.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    for flag, text in (("--sft-steps", "SFT optimizer steps"), ("--rl-steps", "RL steps of every RL agent"),
-                       ("--requests-per-step", "requests per RL step"),
-                       ("--rollouts", "rollouts per request (RISER: m)"),
-                       ("--test-requests", "size of the seeded test sample"),
-                       ("--eval-requests", "size of the validation sample"),
-                       ("--sasrec-epochs", "SASRec's maximum epochs")):
-        be.add_argument(flag, type=int, help=f"{text} (default: the preset's)")
+    add_config_arguments(be.add_argument_group("preset fields (default: the preset's)"), BenchPreset,
+                         only=BENCH_KNOBS, renames={"rollouts_per_request": "rollouts"}, unset=True)
     be.add_argument("--preset-set", action="append", default=[], metavar="KEY=VALUE",
                     help="any preset field, e.g. --preset-set rl_lr=5e-4 (repeatable)")
     be.add_argument("--learner-set", action="append", default=[], metavar="AGENT.KEY=VALUE",
@@ -470,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quiet", action="store_true", help="no progress bars")
     be.set_defaults(func=cmd_bench)
     return parser
+
+
+def _load_plugins(argv: Sequence[str]) -> None:
+    """Import ``--plugin`` files before the parser is built, so their learners are valid choices."""
+    from agents.plugins import load_plugin
+
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--plugin" and i + 1 < len(args):
+            load_plugin(args[i + 1])
+        elif arg.startswith("--plugin="):
+            load_plugin(arg.split("=", 1)[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         {...
         0
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _load_plugins(argv)
+    except ValueError as err:
+        print(f"recgym: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,40 +77,3 @@ def evaluate_ranker(
     out = ranking_metrics(hits_from_ranked(model.rank(subset, max(ks)), subset.target), ks)
     out["requests"] = len(rows)
     return out
-
-
-def validate(
-    policy: Any, task: RecGenTask, cfg: Any, state: dict[str, Any], logger: Any = None,
-    run: Path | None = None,
-) -> bool:
-    """One validation of a training loop: evaluate, log, keep the best weights; True when patience ran out.
-
-    ``cfg`` supplies ``beam``, ``eval_requests``, ``metric``, ``patience``, ``seed`` and ``progress``;
-    ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` (and, in RL,
-    ``rollouts``, logged beside the metrics) and is updated.
-    The best weights go to ``<run>/best`` (atomically).
-
-    Example:
-        >>> # stop = validate(policy, valid_task, config, state, logger, Path("runs/x"))
-    """
-    from agents.checkpoint import write_folder_atomically
-
-    training = policy.model.training
-    policy.model.eval()
-    ks = tuple(k for k in KS if k <= cfg.beam)
-    metrics = evaluate(policy, task, beam=cfg.beam, ks=ks, max_requests=cfg.eval_requests, seed=cfg.seed,
-                       progress=cfg.progress)
-    policy.model.train(training)
-    value = metrics[cfg.metric]
-    state["history"].append({"step": state["step"], **{k: v for k, v in metrics.items() if "@" in k}})
-    if logger is not None:  # RL runs also count rollouts, so curves can be drawn against them
-        extra = {"rollouts": state["rollouts"]} if "rollouts" in state else {}
-        logger.log({**{f"valid/{k}": v for k, v in metrics.items()}, **extra}, state["step"])
-    if value > state["best"]:
-        state.update(best=value, best_step=state["step"], bad_evals=0)
-        if run is not None:
-            write_folder_atomically(run / "best", policy.save_pretrained)
-        return False
-    state["bad_evals"] += 1
-    return cfg.patience > 0 and state["bad_evals"] >= cfg.patience
-

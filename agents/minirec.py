@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from agents.grpo import group_advantages
+from agents.learners.base import group_advantages
 from agents.policy import LLMPolicy, make_rollout_env
 from recgym.envs.task import RecGenTask
 

@@ -27,18 +27,13 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
 
+from agents.configs import MODEL_PRESETS
 from recgym.data import Dataset, Examples
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
 from recgym.items import ItemTokenizer
 
-# Qwen2-architecture presets for offline runs (vocabulary from the env's tokenizer).
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
-    "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
-              "num_attention_heads": 8, "num_key_value_heads": 4},
-}
+PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.configs)
 POLICY_CONFIG = "recgym_policy.json"
 
 
@@ -522,9 +517,31 @@ def _top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def make_rollout_env(task: RecGenTask, num_envs: int) -> RecGenVectorEnv:
-    """A vector env set up for policies: disabled autoreset, no dense masks (masks come from the tree)."""
-    return RecGenVectorEnv(num_envs, task, autoreset_mode="disabled", dense_masks=False)
+def make_rollout_env(task: RecGenTask, num_envs: int, env_id: str = "RecGen-v0") -> RecGenVectorEnv:
+    """The vector env learners drive: ``gym.make_vec`` of ``env_id`` through its ``vector_entry_point``.
+
+    Disabled autoreset and no dense masks (policies build masks from the tree). ``task`` already
+    holds the data, so the spec's own data keywords are dropped; a registered variant with its own
+    vector class gets that class.
+
+    Example:
+        >>> from recgym.envs import RecGenTask
+        >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
+        ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
+        >>> type(make_rollout_env(task, 4)).__name__
+        'RecGenVectorEnv'
+    """
+    import dataclasses
+
+    import gymnasium as gym
+
+    import recgym  # noqa: F401  (registers the ids)
+
+    spec = dataclasses.replace(gym.spec(env_id), kwargs={})
+    if spec.vector_entry_point is None:
+        raise ValueError(f"env {env_id!r} has no vector_entry_point: register one to train on it")
+    return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="vector_entry_point", task=task,
+                        autoreset_mode="disabled", dense_masks=False)
 
 
 __all__ = ["PRESETS", "LLMPolicy", "Rollout", "make_rollout_env"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from agents.checkpoint import load_weights, restore_training, save_training
-from agents.evaluate import validate
+from agents.configs import SFTConfig
 from agents.policy import LLMPolicy
 from agents.tracking import MetricLogger
+from agents.training import validate, warmup_cosine
 from recgym.envs.task import RecGenTask
-
-
-@dataclass
-class SFTConfig:
-    """Settings of :func:`train_sft` (defaults suit the offline presets on CPU).
-
-    Args:
-        epochs: passes over the train split.
-        batch_size: requests per optimizer step.
-        lr, weight_decay: AdamW settings; the schedule is linear warm-up then cosine decay.
-        warmup_steps: warm-up length.
-        grad_clip: max gradient norm.
-        eval_every: steps between validations (0: once per epoch).
-        eval_requests: validation requests per evaluation (seeded sample; None: all).
-        beam: beam width of validation (>= 10, HR@10 is the early-stopping metric).
-        metric: the validation metric to maximise.
-        patience: evaluations without improvement before stopping (0: never stop early).
-        max_steps: stop after this many steps (None: all epochs).
-        seed: shuffling and initialisation seed.
-        progress: show progress bars.
-    """
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    eval_every: int = 0
-    eval_requests: int | None = 256
-    beam: int = 20
-    metric: str = "HR@10"
-    patience: int = 2
-    max_steps: int | None = None
-    seed: int = 0
-    progress: bool = True
-
-
-def warmup_cosine(warmup: int, total: int) -> Any:
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.1 at ``total``.
-
-    Example:
-        >>> f = warmup_cosine(10, 110)
-        >>> f(0), f(10), round(f(110), 3)
-        (0.1, 1.0, 0.1)
-    """
-    def factor(step: int) -> float:
-        if step < warmup:
-            return max(step, 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def train_sft(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from agents.bench_report import machine_info
-from agents.cli import make_task, parse_key_values
+from agents.build import make_task, parse_key_values
 from agents.evaluate import select_rows
 from agents.minirec import GradientProjector, hidden_directions, proxy_rollouts
 from agents.policy import LLMPolicy

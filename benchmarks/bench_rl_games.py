@@ -25,9 +25,10 @@ import torch
 
 from agents.checkpoint import load_weights
 from agents.evaluate import evaluate
+from agents.learners import make_learner
 from agents.plots import plot_training_curves
 from agents.policy import LLMPolicy
-from agents.rl import RLConfig, make_learner, train_rl
+from agents.rl import RLConfig, train_rl
 from agents.tracking import MetricLogger
 from recgym.envs import RecGenTask
 from recgym.metrics import format_table

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.grpo import aggregate, clipped_token_loss, group_advantages
+from agents.learners.base import group_advantages
+from agents.learners.grpo import aggregate, clipped_token_loss
 from agents.policy import LLMPolicy, make_rollout_env
 from recgym.envs import RecGenTask
 

@@ -1,7 +1,9 @@
 """A plug-in learner: REINFORCE with a moving-average baseline, benchmarked without editing recgym.
 
-Importing this file registers the learner ``reinforce``; ``recgym bench --plugin`` imports it:
+Importing this file registers the learner ``reinforce``; ``--plugin`` imports it, in ``recgym train``
+and ``recgym bench`` alike:
 
+    recgym train --plugin examples/reinforce_plugin.py --agent reinforce --out runs/reinforce
     recgym bench --plugin examples/reinforce_plugin.py --agents sft,grpo,reinforce --preset ci \\
         --out runs/bench-plugin
 
@@ -19,13 +21,12 @@ part of the checkpoint, so a resumed run restarts it.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from agents.learners import Learner, RLBatch, learner_names, masked_mean, register_learner
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import Learner, RLBatch, learner_names, masked_mean, register_learner
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Reinforce(Learner):
     """
 
     name = "reinforce"
+    config_class = ReinforceConfig  # from_settings builds it and rejects unknown settings
     needs_old_logprobs = False  # no ratio, no clip: the behaviour log-probs are never read
 
     def __init__(self, config: ReinforceConfig | None = None) -> None:
@@ -69,10 +71,5 @@ class Reinforce(Learner):
         return loss, {"entropy": masked_mean(entropy.detach(), batch.mask)}
 
 
-def make_reinforce(**settings: Any) -> Reinforce:
-    """The factory ``make_learner("reinforce", **settings)`` calls."""
-    return Reinforce(ReinforceConfig(**settings))
-
-
 if "reinforce" not in learner_names():  # importing twice (e.g. as a module and as a file) is harmless
-    register_learner("reinforce", make_reinforce)
+    register_learner("reinforce", Reinforce)  # exactly as the built-in learners register

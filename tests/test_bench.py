@@ -7,7 +7,7 @@ from agents import bench
 from agents.bench import ABLATION, PRESETS, parse_agents, parse_seeds
 from agents.bench_report import METRICS
 from agents.cli import main
-from agents.rl import Learner, make_learner, register_learner, unregister_learner
+from agents.learners import Learner, make_learner, register_learner, unregister_learner
 from agents.tracking import MetricLogger
 
 CI_AGENTS = "popularity,sasrec,sft,grpo,riser,maskable_ppo"
@@ -118,7 +118,7 @@ def test_paper_preset_runs_from_a_local_pretrained_lm(tmp_path):
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from agents.cli import make_task
+    from agents.build import make_task
     from agents.policy import LLMPolicy
 
     small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}

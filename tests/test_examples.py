@@ -16,7 +16,7 @@ def test_reinforce_plugin_is_benchmarked_without_editing_the_package(tmp_path, m
     import json
 
     from agents.cli import main
-    from agents.rl import learner_names
+    from agents.learners import learner_names
 
     monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path / "cache"))
     out = tmp_path / "bench-plugin"
@@ -41,3 +41,25 @@ def test_reinforce_plugin_is_benchmarked_without_editing_the_package(tmp_path, m
     # Loading the plug-in again (e.g. a second bench in one process) does not register it twice.
     assert main(["bench", "--plugin", str(EXAMPLES / "reinforce_plugin.py"), "--agents", "bogus",
                  "--out", str(out)]) == 2
+
+
+def test_reinforce_plugin_trains_through_recgym_train(tmp_path, monkeypatch, capsys):
+    """``recgym train --plugin`` makes the plug-in a valid --agent, with the built-ins' setting checks."""
+    import json
+
+    from agents.cli import main
+
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path / "cache"))
+    plugin = str(EXAMPLES / "reinforce_plugin.py")
+    small = ["--representation", "sid", "--set", "vocab_size=400", "--dataset-set", "num_items=300",
+             "--dataset-set", "num_users=200"]
+    run = tmp_path / "reinforce"
+    assert main(["train", "--plugin", plugin, "--agent", "reinforce", *small, "--sft-steps", "2",
+                 "--steps", "2", "--requests-per-step", "2", "--group-size", "3", "--eval-requests", "4",
+                 "--test-requests", "4", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["agent"]["name"] == "reinforce" and results["agent"]["group_size"] == 3
+    assert results["rl"]["rollouts"] == 2 * 2 * 3
+    assert main(["train", "--plugin", plugin, "--agent", "reinforce", "--learner-set", "decay_rate=1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "reinforce: unknown setting(s) ['decay_rate']" in capsys.readouterr().err

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, group_advantages, k3_kl
+from agents.learners.base import group_advantages
+from agents.learners.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, k3_kl
 
 
 def test_group_advantages_by_hand():

@@ -2,11 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from agents.grpo import GRPO, GRPOConfig
+from agents.learners.base import first_in_group
+from agents.learners.grpo import GRPO, GRPOConfig
+from agents.learners.riser import (
+    RISER,
+    RISERConfig,
+    certainty_weights,
+    kl_cov_penalty,
+    unique_group_selection,
+)
+from agents.learners.simpo import preference_loss
 from agents.policy import make_rollout_env
-from agents.riser import RISER, RISERConfig, certainty_weights, kl_cov_penalty, unique_group_selection
-from agents.rl import first_in_group
-from agents.simpo import preference_loss
 from recgym.envs import RecGenTask
 from recgym.tree import PrefixTree
 

@@ -4,19 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import LLMPolicy, make_rollout_env
-from agents.rl import (
-    EpochSampler,
+from agents.learners import (
     Learner,
     RLBatch,
-    RLConfig,
     first_in_group,
     learner_names,
     make_learner,
     register_learner,
-    train_rl,
     unregister_learner,
 )
+from agents.policy import LLMPolicy, make_rollout_env
+from agents.rl import EpochSampler, RLConfig, train_rl
 from agents.sft import SFTConfig, train_sft
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask

@@ -6,7 +6,8 @@ import pytest
 from agents.baselines import PopularityRecommender
 from agents.evaluate import evaluate, evaluate_ranker
 from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, train_sft, warmup_cosine
+from agents.sft import SFTConfig, train_sft
+from agents.training import warmup_cosine
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 

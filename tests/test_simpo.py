@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import make_rollout_env
-from agents.simpo import (
+from agents.learners.simpo import (
     SimPO,
     SimPOConfig,
     length_normalized_reward,
     simpo_loss,
 )
+from agents.policy import make_rollout_env
 
 
 def test_reward_and_loss_by_hand():

@@ -20,7 +20,8 @@ class PopularityRecommender:
         [[2, 1], [2, 1], [2, 1]]
     """
 
-    def fit(self, train: Examples, num_items: int) -> PopularityRecommender:
+    def fit(self, train: Examples, num_items: int, valid: Examples | None = None) -> PopularityRecommender:
+        """Count targets (``valid`` is accepted for a common interface and not used)."""
         counts = np.bincount(train.target, minlength=num_items)
         # Stable sort on -count: ties go to the smaller id, so the ranking is deterministic.
         self.order_ = np.argsort(-counts, kind="stable")
@@ -43,7 +44,10 @@ class TransitionRecommender:
         [[1, 2], [1, 2], [2, 1]]
     """
 
-    def fit(self, train: Examples, num_items: int, max_successors: int = 50) -> TransitionRecommender:
+    def fit(
+        self, train: Examples, num_items: int, valid: Examples | None = None, max_successors: int = 50,
+    ) -> TransitionRecommender:
+        """Count transitions (``valid`` is accepted for a common interface and not used)."""
         h, n = train.history, train.history_len
         # Pairs (a -> b): consecutive history items, and the last history item -> target.
         inner = (np.arange(h.shape[1] - 1) < (n[:, None] - 1))

@@ -249,6 +249,13 @@ class SASRecRecommender:
         self.config = SASRecConfig(**{**asdict(base), **overrides})
         self.model_: SASRec | None = None
 
+    def describe(self) -> dict[str, Any]:
+        """Settings (and the best epoch once fitted), for results files."""
+        out: dict[str, Any] = asdict(self.config)
+        if hasattr(self, "best_epoch_"):
+            out["best_epoch"] = self.best_epoch_
+        return out
+
     # -- training ------------------------------------------------------------------------------
 
     def fit(self, train: Examples, num_items: int, valid: Examples | None = None) -> SASRecRecommender:

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.grpo import GRPO, GRPOConfig
+from agents.learners.base import RLBatch, first_in_group, masked_mean
+from agents.learners.grpo import GRPO, GRPOConfig
+from agents.learners.simpo import preference_loss
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import RLBatch, first_in_group, masked_mean
-from agents.simpo import preference_loss
 from recgym.tree import TorchPrefixTree
 
 
@@ -146,6 +146,7 @@ class RISER(GRPO):
 
     name = "riser"
     config: RISERConfig
+    config_class = RISERConfig
 
     def __init__(self, config: RISERConfig | None = None) -> None:
         super().__init__(config or RISERConfig())
@@ -153,6 +154,16 @@ class RISER(GRPO):
     @property
     def rollouts_per_request(self) -> int:
         return self.config.oversample or self.config.group_size
+
+    @classmethod
+    def budget_settings(cls, rollouts_per_request: int, group_size: int) -> dict[str, int]:
+        """m = the budget's rollouts per request, n = its group size.
+
+        Example:
+            >>> RISER.budget_settings(20, 16)
+            {'group_size': 16, 'oversample': 20}
+        """
+        return {"group_size": group_size, "oversample": rollouts_per_request}
 
     def make_batch(self, policy: LLMPolicy, rollout: Rollout) -> RLBatch:
         n, m = self.config.group_size, rollout.group_size

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents.learners.base import Learner, RLBatch, group_advantages, masked_mean
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import Learner, RLBatch, masked_mean
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
@@ -64,21 +64,6 @@ class GRPOConfig:
             raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}")
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size}: GRPO needs at least 2 rollouts per request")
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True,
-                     eps: float = 1e-4) -> torch.Tensor:
-    """A_i = (r_i - mean r) / (std r + eps) within consecutive groups of ``group_size``.
-
-    Example:
-        >>> group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, eps=0.0).tolist()
-        [1.5, -0.5, -0.5, -0.5]
-    """
-    r = rewards.reshape(-1, group_size)
-    centered = r - r.mean(dim=1, keepdim=True)
-    if scale:
-        centered = centered / (r.std(dim=1, keepdim=True) + eps)
-    return centered.reshape(-1)
 
 
 def clipped_token_loss(
@@ -142,6 +127,7 @@ class GRPO(Learner):
 
     name = "grpo"
     config: GRPOConfig
+    config_class = GRPOConfig
 
     def __init__(self, config: GRPOConfig | None = None) -> None:
         self.config = config or GRPOConfig()
@@ -193,4 +179,4 @@ class GRPO(Learner):
         return loss, stats
 
 
-__all__ = ["GRPO", "GRPOConfig", "aggregate", "clipped_token_loss", "group_advantages", "k3_kl"]
+__all__ = ["GRPO", "GRPOConfig", "aggregate", "clipped_token_loss", "k3_kl"]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agents.learners.base import Learner, RLBatch, first_in_group, masked_mean
 from agents.policy import LLMPolicy, Rollout
-from agents.rl import Learner, RLBatch, first_in_group, masked_mean
 from recgym.envs.vector import RecGenVectorEnv
 
 
@@ -109,6 +109,7 @@ class SimPO(Learner):
     name = "simpo"
     needs_old_logprobs = False
     config: SimPOConfig
+    config_class = SimPOConfig
 
     def __init__(self, config: SimPOConfig | None = None) -> None:
         self.config = config or SimPOConfig()

@@ -1,0 +1,307 @@
+"""The learner contract: what the RL loop (:func:`agents.rl.train_rl`) needs from a learner.
+
+A learner turns sampled rollouts into an :class:`RLBatch` (advantages, groups) and a batch into a
+scalar loss. This module imports no concrete learner; GRPO, SimPO, RISER and plug-ins subclass
+:class:`Learner` and register in :mod:`agents.learners`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from agents.policy import LLMPolicy, Rollout
+from recgym.envs.vector import RecGenVectorEnv
+
+# -- batches ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLBatch:
+    """Rollouts of R requests in groups, as learners consume them (tensors on the policy's device).
+
+    Response b belongs to group ``group_index[b]`` (its request's prompt row); groups are
+    consecutive blocks. Group-level fields have R rows, response-level fields B rows.
+
+    Attributes:
+        prompt_ids, prompt_mask: (R, P) left-padded prompts.
+        group_index: (B,) prompt row of each response.
+        responses: (B, T) generated tokens, -1 on padding; ``mask`` (B, T) real tokens;
+            ``states`` (B, T) the tree node each token was generated from (-1 on padding).
+        rewards, hits: (B,); ``terminal``: (B,) the item node reached; ``advantages``: (B,) A_i
+            (None until a learner sets them).
+        rows, targets: (R,) numpy request rows and target items.
+        chosen: (R, Tc) the target item's tokens (-1 padded), for preference losses.
+        unique: (R,) distinct items among the request's sampled rollouts.
+        old_logp, ref_logp: (B, T) behaviour / reference log-probs once the loop fills them.
+        stats: numbers about the whole batch to log (reward mean, hit rate, ...).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    group_index: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    states: torch.Tensor
+    rewards: torch.Tensor
+    hits: torch.Tensor
+    terminal: torch.Tensor
+    rows: np.ndarray
+    targets: np.ndarray
+    chosen: torch.Tensor
+    unique: torch.Tensor
+    advantages: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_rollout(cls, policy: LLMPolicy, rollout: Rollout, select: np.ndarray, n: int) -> RLBatch:
+        """Rows ``select`` of ``rollout`` (R groups of n, in request order) as a batch.
+
+        Example:
+            >>> # batch = RLBatch.from_rollout(policy, ro, np.arange(len(ro.rows)), ro.group_size)
+        """
+        m = rollout.group_size
+        r = len(rollout.rows) // m
+        if len(select) != r * n:
+            raise ValueError(f"select has {len(select)} rows; {r} groups of {n} need {r * n}")
+        dev = rollout.tokens.device
+        sel = torch.as_tensor(select, device=dev)
+        mask = rollout.mask[sel]
+        hits_all = rollout.hits.float()
+        rollout_groups = torch.arange(r, device=dev).repeat_interleave(m)
+        unique = first_in_group(rollout.terminal, rollout_groups).reshape(r, m).sum(dim=1)
+        targets = rollout.targets[::m]
+        return cls(
+            prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
+            group_index=torch.arange(r, device=dev).repeat_interleave(n),
+            responses=torch.where(mask, rollout.tokens[sel], -1), mask=mask, states=rollout.states[sel],
+            rewards=rollout.rewards[sel], hits=rollout.hits[sel], terminal=rollout.terminal[sel],
+            rows=rollout.rows[::m], targets=targets,
+            chosen=torch.as_tensor(policy.item_responses(targets), device=dev), unique=unique,
+            stats={"reward_mean": float(rollout.rewards.mean()), "hit_rate": float(hits_all.mean()),
+                   "unique_per_group": float(unique.float().mean()), "rollouts": len(rollout.rows)},
+        )
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def group_size(self) -> int:
+        return len(self.responses) // self.num_groups
+
+    def group_rewards(self) -> torch.Tensor:
+        """(R, n) rewards."""
+        return self.rewards.reshape(self.num_groups, -1)
+
+    def split(self, parts: int) -> list[RLBatch]:
+        """Minibatches of whole groups (``parts`` at most), for several optimizer steps per batch."""
+        chunks = np.array_split(np.arange(self.num_groups), min(parts, self.num_groups))
+        return [self.select_groups(c) for c in chunks if len(c)]
+
+    def select_groups(self, groups: np.ndarray) -> RLBatch:
+        """The sub-batch of groups ``groups`` (their prompts, responses and per-token tensors)."""
+        dev = self.responses.device
+        g = torch.as_tensor(groups, device=dev)
+        n = self.group_size
+        resp = (g[:, None] * n + torch.arange(n, device=dev)).reshape(-1)
+        per_row = {f.name: getattr(self, f.name)[resp] for f in fields(self)
+                   if f.name in _ROW_FIELDS and getattr(self, f.name) is not None}
+        width = int(per_row["mask"].sum(dim=1).max()) if len(resp) else 0
+        for name in _TOKEN_FIELDS:
+            if name in per_row:
+                per_row[name] = per_row[name][:, :width]
+        return replace(
+            self, prompt_ids=self.prompt_ids[g], prompt_mask=self.prompt_mask[g],
+            group_index=torch.arange(len(groups), device=dev).repeat_interleave(n),
+            rows=self.rows[groups], targets=self.targets[groups], chosen=self.chosen[g],
+            unique=self.unique[g], stats=dict(self.stats), **per_row)
+
+
+_TOKEN_FIELDS = ("responses", "mask", "states", "old_logp", "ref_logp")
+_ROW_FIELDS = (*_TOKEN_FIELDS, "rewards", "hits", "terminal", "advantages")
+
+
+# -- learners ----------------------------------------------------------------------------------------
+
+
+class Learner(ABC):
+    """What the training loop needs from a learner; subclass it to plug in a new one.
+
+    A learner collects an :class:`RLBatch` through the vector env (:meth:`collect`, by default
+    ``rollouts_per_request`` samples per request then :meth:`make_batch`) and turns a (mini)batch
+    into a scalar loss plus numbers to log (:meth:`loss`).
+
+    Example:
+        >>> class Reinforce(Learner):
+        ...     name = "reinforce"
+        ...     def make_batch(self, policy, rollout):
+        ...         batch = RLBatch.from_rollout(policy, rollout, np.arange(len(rollout.rows)), 4)
+        ...         batch.advantages = batch.rewards - batch.rewards.mean()
+        ...         return batch
+        ...     def loss(self, policy, batch):
+        ...         logp, _ = self.logprobs(policy, batch)
+        ...         return -(batch.advantages[:, None] * logp * batch.mask).sum() / batch.mask.sum(), {}
+        >>> Reinforce().rollouts_per_request
+        4
+    """
+
+    name: str = "learner"
+    config: Any = None  # a dataclass of settings (group_size, temperature, full_vocab, ...), if any
+    config_class: ClassVar[type | None] = None  # the settings dataclass ``from_settings`` builds
+    needs_reference: bool = False  # keep a frozen copy of the starting policy (ref_logp)
+    needs_old_logprobs: bool = True  # fill old_logp when the policy moves within a batch
+
+    @property
+    def rollouts_per_request(self) -> int:
+        """Samples drawn per request (the config's ``group_size``; 4 without a config)."""
+        return getattr(self.config, "group_size", 4)
+
+    @property
+    def temperature(self) -> float:
+        """Sampling temperature, used by the update too."""
+        return getattr(self.config, "temperature", 1.0)
+
+    @property
+    def full_vocab(self) -> bool:
+        """Normalise the update's log-probs over the whole vocabulary instead of the allowed tokens."""
+        return getattr(self.config, "full_vocab", False)
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> Learner:
+        """Build the learner from keyword settings (its ``config_class``'s fields; unknown ones fail).
+
+        Example:
+            >>> from agents.learners.grpo import GRPO
+            >>> GRPO.from_settings(group_size=8).config.group_size
+            8
+        """
+        if cls.config_class is None:
+            if settings:
+                raise ValueError(f"{cls.name}: takes no settings, got {sorted(settings)}")
+            return cls()
+        check_settings(cls.name, cls.config_class, settings)
+        return cls(cls.config_class(**settings))  # type: ignore[call-arg]
+
+    @classmethod
+    def budget_settings(cls, rollouts_per_request: int, group_size: int) -> dict[str, Any]:
+        """The settings that make this learner draw ``rollouts_per_request`` samples per request.
+
+        ``group_size`` is the benchmark's n for learners that sample more than they train on
+        (RISER's oversampling); others train on all ``rollouts_per_request`` samples.
+
+        Example:
+            >>> Learner.budget_settings(16, 12)
+            {'group_size': 16}
+        """
+        return {"group_size": rollouts_per_request}
+
+    def collect(
+        self, policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, *, generator: torch.Generator,
+        seed: int,
+    ) -> RLBatch:
+        """Sample ``rollouts_per_request`` items per request of ``rows`` and make a batch of them."""
+        rollout = policy.rollout(envs, group_size=self.rollouts_per_request, rows=rows,
+                                 temperature=self.temperature, generator=generator, seed=seed)
+        return self.make_batch(policy, rollout)
+
+    @abstractmethod
+    def make_batch(self, policy: LLMPolicy, rollout: Rollout) -> RLBatch:
+        """Turn sampled rollouts into the batch the loss reads (advantages, groups, ...)."""
+
+    @abstractmethod
+    def loss(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of a (mini)batch, with gradients, and numbers to log."""
+
+    def logprobs(
+        self, policy: LLMPolicy, batch: RLBatch, extra: torch.Tensor | None = None,
+        extra_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced (log pi, entropy) of the batch's responses with the shared prompt.
+
+        ``extra`` responses (e.g. the chosen items of a preference loss) with their prompt rows
+        ``extra_index`` ride in the same forward; their rows follow the batch's.
+        """
+        responses, index = batch.responses, batch.group_index
+        if extra is not None:
+            width = max(responses.shape[1], extra.shape[1])
+            responses = torch.cat([_pad_to(responses, width), _pad_to(extra, width)])
+            index = torch.cat([index, extra_index])
+        logp, entropy, _ = policy.group_logprobs(batch.prompt_ids, batch.prompt_mask, responses, index,
+                                                 self.temperature, full_vocab=self.full_vocab)
+        return logp, entropy
+
+    def describe(self) -> dict[str, Any]:
+        """Name and settings, for results files."""
+        return {"name": self.name, **(asdict(self.config) if self.config is not None else {})}
+
+
+def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=-1)
+
+
+def first_in_group(terminal: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """True for the first response of each distinct item within its group (rollout order).
+
+    Example:
+        >>> first_in_group(torch.tensor([4, 4, 7, 4, 7]), torch.tensor([0, 0, 0, 1, 1])).tolist()
+        [True, False, True, True, True]
+    """
+    key = group_index * (int(terminal.max()) + 2) + terminal + 1
+    _, inverse = torch.unique(key, return_inverse=True)
+    positions = torch.arange(len(key), device=key.device)
+    first = torch.full((int(inverse.max()) + 1,), len(key), device=key.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first[inverse] == positions
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``values`` over ``mask`` as a float (0 when the mask is empty).
+
+    Example:
+        >>> masked_mean(torch.tensor([1.0, 3.0, 9.0]), torch.tensor([True, True, False]))
+        2.0
+    """
+    return float((values * mask).sum() / mask.sum().clamp(min=1))
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i - mean r) / (std r + eps) within consecutive groups of ``group_size``.
+
+    Example:
+        >>> group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, eps=0.0).tolist()
+        [1.5, -0.5, -0.5, -0.5]
+    """
+    r = rewards.reshape(-1, group_size)
+    centered = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        centered = centered / (r.std(dim=1, keepdim=True) + eps)
+    return centered.reshape(-1)
+
+
+def check_settings(name: str, config_class: type, settings: dict[str, Any]) -> None:
+    """Fail on settings that are not fields of ``config_class``, naming the known ones.
+
+    Example:
+        >>> from agents.learners.grpo import GRPOConfig
+        >>> check_settings("grpo", GRPOConfig, {"gropu_size": 4})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: grpo: unknown setting(s) ['gropu_size']; known: [...]
+    """
+    if not is_dataclass(config_class):
+        return
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
+__all__ = ["Learner", "RLBatch", "check_settings", "first_in_group", "group_advantages", "masked_mean"]
