@@ -91,6 +91,28 @@ def test_load_of_a_damaged_cache_names_the_file(tmp_path):
         Dataset.load(bad)
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "no_meta", "wrong_lengths"])
+def test_every_damaged_cache_is_a_data_format_error(tmp_path, damage):
+    """Dataset.load turns any damage into DataFormatError (caches rebuild on that one exception)."""
+    path = small_dataset().save(tmp_path / "tiny.npz")
+    whole = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")  # np.load: EOFError
+    elif damage == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])  # np.load: zipfile.BadZipFile
+    else:
+        with np.load(path) as z:
+            arrays = dict(z)
+        if damage == "no_meta":
+            del arrays["meta"]
+        else:
+            arrays["train.user"] = arrays["train.user"][:1]
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+    with pytest.raises(DataFormatError, match=r"tiny.npz: not a readable recgym cache"):
+        Dataset.load(path)
+
+
 def test_validate_names_split_and_row():
     ds = small_dataset()
     ds.validate()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from recgym.data.download import DownloadError, data_dir, download, sha256_file
+from recgym.data.dataset import DataFormatError
+from recgym.data.download import DownloadError, data_dir, download, fetch_raw, sha256_file
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10,244 bytes
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -198,6 +199,71 @@ def test_connection_refused_is_a_download_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/x"):
         download(f"http://127.0.0.1:{port}/x", tmp_path / "x", progress=False, timeout=5)
+
+
+def test_no_network_message_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/raw/Video_Games_5.json.gz"
+    dest = tmp_path / "raw" / "Video_Games_5.json.gz"
+    with pytest.raises(DownloadError) as info:
+        fetch_raw(url, dest, download=True, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{url}: cannot connect (")
+    assert "Check the network connection" in message and f"put it at {dest}" in message
+    assert info.value.url == url and info.value.dest == str(dest)
+
+
+def test_http_error_message_says_where_to_put_the_file(server: FileServer, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=rf"HTTP 404 .*put it at {tmp_path / 'gone.bin'}"):
+        download(server.url + "/gone.bin", tmp_path / "gone.bin", progress=False)
+
+
+def test_fetch_raw_verifies_pinned_size_and_sha256(server: FileServer, tmp_path: Path) -> None:
+    url = server.url + "/data.bin"
+    dest = tmp_path / "raw" / "data.bin"
+    assert fetch_raw(url, dest, download=True, size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False) == dest
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 1
+    # a verified local copy is used without a request
+    fetch_raw(url, dest, download=False, size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    assert len(server.requests) == 1
+
+
+def test_fetch_raw_rejects_a_download_that_differs_from_its_pin(server: FileServer, tmp_path: Path) -> None:
+    url = server.url + "/data.bin"
+    dest = tmp_path / "data.bin"
+    wrong = "f" * 64
+    with pytest.raises(DownloadError) as info:
+        fetch_raw(url, dest, download=True, size=len(PAYLOAD), sha256=wrong, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{url}: sha256 mismatch for data.bin: expected {wrong}, got {PAYLOAD_SHA}")
+    assert info.value.expected == wrong and info.value.actual == PAYLOAD_SHA
+    assert not dest.exists() and not dest.with_name("data.bin.part").exists()
+    with pytest.raises(DownloadError, match=rf"size mismatch for data.bin: expected 7 bytes, "
+                                            rf"got {len(PAYLOAD)}"):
+        fetch_raw(url, dest, download=True, size=7, progress=False)
+    assert not dest.exists()
+
+
+def test_fetch_raw_checks_a_local_copy_against_its_pin(server: FileServer, tmp_path: Path) -> None:
+    url = server.url + "/data.bin"
+    dest = tmp_path / "data.bin"
+    dest.write_bytes(PAYLOAD[:-1] + b"X")  # same size, other bytes
+    with pytest.raises(DataFormatError) as info:
+        fetch_raw(url, dest, download=False, size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    assert str(info.value).startswith(f"{dest}: sha256 mismatch: expected {PAYLOAD_SHA}, got ")
+    assert "download it again" in str(info.value) and server.requests == []
+    # with download allowed, the damaged copy is replaced by a verified download
+    fetch_raw(url, dest, download=True, size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False)
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 1
+
+
+def test_fetch_raw_missing_file_without_download(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="pass download=True to fetch it from http://x/y.gz"):
+        fetch_raw("http://x/y.gz", tmp_path / "y.gz", download=False)
+    (tmp_path / "y").write_text("plain")  # the un-gzipped twin is used
+    assert fetch_raw("http://x/y.gz", tmp_path / "y.gz", download=False, sha256=PAYLOAD_SHA) == tmp_path / "y"
 
 
 def test_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

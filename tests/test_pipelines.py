@@ -12,6 +12,7 @@ import gzip
 import json
 import random
 import threading
+import warnings
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -22,11 +23,16 @@ import numpy as np
 import pytest
 
 from recgym.data.amazon import amazon_urls, prepare_amazon
-from recgym.data.dataset import DataFormatError, Dataset
+from recgym.data.dataset import DataFormatError, Dataset, DataWarning
+from recgym.data.download import DownloadError, sha256_file
 from recgym.data.goodreads import prepare_goodreads
-from recgym.data.protocol import clean_title, k_core
+from recgym.data.protocol import clean_title, k_core, read_json_lines
+from recgym.data.sources import PINS, Pin, prepare_raw
 
 DAY = 86400
+
+# No raw file is pinned here: the tests that check pins and the "unverified" warning say so explicitly.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is used unverified:recgym.data.dataset.DataWarning")
 
 
 # -- a static file server that counts requests ---------------------------------------------------
@@ -331,6 +337,66 @@ def test_amazon_truncated_gzip_and_missing_meta_key(tmp_path: Path) -> None:
     (raw / "Video_Games_5.json.gz").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataFormatError, match="corrupt or truncated gzip"):
         prepare_amazon("Video_Games", raw_dir=raw, download=False, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_damaged_raw_pipeline_cache_is_rebuilt(tmp_path: Path, data_home: Path, damage: str) -> None:
+    log, reviews, meta, clean = amazon_raw(seed=2)
+    raw = tmp_path / "mine"
+    write_json_lines(raw / "Video_Games_5.json.gz", reviews)
+    write_json_lines(raw / "meta_Video_Games.json.gz", meta)
+    first = prepare_amazon("Video_Games", raw_dir=raw, download=False, min_items=20, progress=False)
+    (cache,) = (data_home / "processed").glob("amazon-Video_Games-h10-*.npz")
+    whole = cache.read_bytes()
+    cache.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 3])
+    with pytest.warns(DataWarning, match="rebuilding a damaged or outdated cache"):
+        again = prepare_amazon("Video_Games", raw_dir=raw, download=False, min_items=20, progress=False)
+    assert again.info == first.info
+    assert_matches_reference(again, reference_d3(log, clean, end=(2018, 11), min_items=20), clean)
+    assert len(cache.read_bytes()) == len(whole)
+
+
+def test_pinned_raw_files_are_verified(served, data_home: Path, monkeypatch) -> None:
+    root, server = served
+    log, reviews, meta, clean = amazon_raw()
+    serve_amazon(root, "Video_Games", reviews, meta)
+    files = {"reviews": root / "amazon" / "categoryFilesSmall" / "Video_Games_5.json.gz",
+             "meta": root / "amazon" / "metaFiles2" / "meta_Video_Games.json.gz"}
+    pins = {kind: Pin(path.stat().st_size, sha256_file(path)) for kind, path in files.items()}
+    monkeypatch.setitem(PINS, "amazon/Video_Games_5.json.gz", pins["reviews"])
+    monkeypatch.setitem(PINS, "amazon/meta_Video_Games.json.gz", pins["meta"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # verified files: no "unverified" warning
+        ds = prepare_raw("amazon", "Video_Games", base_url=server.url + "/amazon", min_items=20,
+                         cache=False, progress=False)
+    assert ds.info["file_checks"] == {
+        kind: {"size": pin.size, "sha256": pin.sha256, "verified": True} for kind, pin in pins.items()}
+    assert_matches_reference(ds, reference_d3(log, clean, end=(2018, 11), min_items=20), clean)
+
+    # The upstream file changes: the download is refused, naming the URL, the file, expected and got.
+    for path in (data_home / "raw" / "amazon").iterdir():
+        path.unlink()
+    write_json_lines(files["meta"], meta[:-1])
+    got = sha256_file(files["meta"])
+    url = server.url + "/amazon/metaFiles2/meta_Video_Games.json.gz"
+    with pytest.raises(DownloadError) as info:
+        prepare_raw("amazon", "Video_Games", base_url=server.url + "/amazon", min_items=20, progress=False)
+    assert str(info.value).startswith(f"{url}: size mismatch for meta_Video_Games.json.gz: expected "
+                                      f"{pins['meta'].size} bytes, got {files['meta'].stat().st_size}")
+    monkeypatch.setitem(PINS, "amazon/meta_Video_Games.json.gz", Pin(files["meta"].stat().st_size,
+                                                                     pins["meta"].sha256))
+    with pytest.raises(DownloadError, match=f"sha256 mismatch for meta_Video_Games.json.gz: "
+                                            f"expected {pins['meta'].sha256}, got {got}"):
+        prepare_raw("amazon", "Video_Games", base_url=server.url + "/amazon", min_items=20, progress=False)
+    assert not (data_home / "raw" / "amazon" / "meta_Video_Games.json.gz").exists()
+    assert not list(data_home.glob("processed/*.npz"))
+
+
+def test_deeply_nested_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text('{"a": 1}\n{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(DataFormatError, match=r"x.json, line 2: JSON nested too deeply"):
+        list(read_json_lines(path, progress=False))
 
 
 def test_unknown_category_and_bad_month() -> None:

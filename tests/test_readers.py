@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recgym.data import DataFormatError, Examples
+from recgym.data import DataFormatError, DataWarning, Examples
 from recgym.data.readers import D3_COLUMNS, detect_format, read_d3, read_folder, read_lcrec, read_sprec
 
 # -- tiny D3 folders ---------------------------------------------------------------------------
@@ -271,6 +271,41 @@ def test_lcrec_bad_item2id_and_index(tmp_path: Path) -> None:
         read_lcrec(root)
 
 
+def test_lcrec_index_only_folder_like_letter_and_tiger(tmp_path: Path) -> None:
+    """No T.item2id (LETTER / TIGER releases): item ids are the index keys, keys are unknown."""
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(0, 12, size=n).tolist() for n in [4, 3, 7]]
+    root = make_lcrec(tmp_path / "t", {str(u): s for u, s in enumerate(seqs)}, 12, user2id=False)
+    (root / "T.item2id").unlink()
+    assert detect_format(root) == "lcrec"
+    ds = read_lcrec(root, max_history=2)
+    assert ds.catalogue.num_items == 12 and ds.catalogue.keys is None
+    assert ds.catalogue.sids.tolist()[7] == [1, 7]  # "<a_{i % 3}>", "<b_{i}>"
+    expected = naive_leave_one_out(seqs, 2)
+    for split in ("train", "valid", "test"):
+        assert as_tuples(ds.split(split)) == expected[split], split
+    # without item2id, the index keys themselves must be 0..N-1
+    (root / "T.index.json").write_text(json.dumps({"0": ["<a_0>"], "1": ["<a_1>"], "5": ["<a_2>"]}))
+    with pytest.raises(DataFormatError, match=r"T.index.json, key '5': item idx outside 0..2 "
+                                              r"\(without T.item2id the index keys must be 0..2\)"):
+        read_lcrec(root)
+    (root / "T.index.json").write_text("{}")
+    with pytest.raises(DataFormatError, match=r"T.index.json: no items"):
+        read_lcrec(root)
+
+
+def test_lcrec_duplicate_asin_is_an_error(tmp_path: Path) -> None:
+    root = make_lcrec(tmp_path, {"0": [0, 1, 2]}, 3)
+    (root / "T.item2id").write_text("B01\t0\nB02\t1\nB01\t2\n")
+    with pytest.raises(DataFormatError, match=r"T.item2id, line 3: ASIN 'B01' appears twice "
+                                              r"\(lines 1 and 3\)"):
+        read_lcrec(root)
+    (root / "T.item2id").write_text("B01\t0\nB02\t1\nB03\t2\n")
+    (root / "T.user2id").write_text("U\t0\nU\t1\n")
+    with pytest.raises(DataFormatError, match=r"T.user2id, line 2: user 'U' appears twice"):
+        read_lcrec(root)
+
+
 # -- tiny SPRec folders ------------------------------------------------------------------------
 
 BOOKS = ['A Child Called "It" (Dave Pelzer #1)', "Dune", "Emma", "Heat, Dust", "Persuasion",
@@ -329,6 +364,24 @@ def test_sprec_unknown_target(tmp_path: Path) -> None:
 def test_sprec_bad_input_text(tmp_path: Path) -> None:
     root = make_sprec(tmp_path, [{"instruction": "", "input": "nothing here", "output": '"Dune"\n'}])
     with pytest.raises(DataFormatError, match=r"train.json, key 0: input is not"):
+        read_sprec(root)
+
+
+def test_sprec_records_without_any_known_history_title(tmp_path: Path) -> None:
+    """A record whose history titles are all unknown is left out, counted and warned about;
+    when no record is left, it is an error."""
+    records = [sprec_record(["Dune"], "Emma"), sprec_record(["It", "Nope"], "Dune"),
+               sprec_record(["Emma", "It"], "Dune"), sprec_record(["Unknown"], "Emma")]
+    root = make_sprec(tmp_path / "some", records * 5)
+    with pytest.warns(DataWarning, match=r"train.json: 10 of 20 records left out because none of their "
+                                         r"history titles is in the catalogue"):
+        ds = read_sprec(root)
+    assert ds.info["dropped_records"] == 10 and ds.info["dropped_history_titles"] == 5 * (2 + 1 + 1)
+    every = Examples.concat([ds.train, ds.valid, ds.test])
+    assert len(every) == 10 and every.history_len.min() == 1
+    assert sorted(every.histories()) == [[1]] * 5 + [[2]] * 5
+    root = make_sprec(tmp_path / "none", [sprec_record(["It"], "Dune"), sprec_record(["Nope"], "Emma")])
+    with pytest.raises(DataFormatError, match=r"train.json: all 2 records lost their whole history"):
         read_sprec(root)
 
 

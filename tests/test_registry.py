@@ -1,7 +1,10 @@
+import gzip
+import json
+
 import numpy as np
 import pytest
 
-from recgym.data import DataFormatError, available, load, registry
+from recgym.data import DataFormatError, DataWarning, available, load, registry
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +87,63 @@ def test_real_games_lcrec_loads_and_caches(shared_data, monkeypatch):
     second = load("games-lcrec")
     assert len(second.train) == len(first.train) == 301_351
     assert second.catalogue.sids.shape == (16_859, 4)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_empty_or_truncated_cache_is_rebuilt(tmp_path, damage):
+    folder = write_lcrec(tmp_path / "toy")
+    first = load(folder)
+    (cache,) = (tmp_path / "cache" / "processed").glob("*.npz")
+    whole = cache.read_bytes()
+    cache.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    with pytest.warns(DataWarning, match="rebuilding a damaged or outdated cache: .*not a readable "):
+        again = load(folder)
+    assert again.test.target.tolist() == first.test.target.tolist()
+    assert len(cache.read_bytes()) == len(whole)  # rewritten whole (zip timestamps may differ)
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # no temporary left
+
+
+def test_unknown_options_name_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown option 'bogus' for dataset 'synthetic'; known options: "
+                                         r".*num_items, num_users.*seed"):
+        load("synthetic", bogus=1)
+    folder = write_lcrec(tmp_path / "toy")
+    with pytest.raises(ValueError, match=r"unknown option 'seed' for the lcrec reader of .*toy; "
+                                         r"known options: name$"):
+        load(folder, seed=3)
+    with pytest.raises(ValueError, match=r"unknown option 'category' for dataset 'goodreads' \(goodreads raw "
+                                         r"pipeline\); known options: .*genre.*min_items"):
+        load("goodreads", category="poetry")
+
+
+def test_raw_names_dispatch_through_the_source_table(monkeypatch):
+    monkeypatch.setitem(registry.RAW_PIPELINES, "movies", ("movielens", "ml-1m"))
+    with pytest.raises(ValueError, match="unknown raw source 'movielens'; known sources: amazon, goodreads"):
+        load("movies")
+    with pytest.raises(ValueError, match="unknown Goodreads genre 'sci-fi'"):
+        load("goodreads", genre="sci-fi")
+
+
+def write_amazon(folder, category):
+    folder.mkdir(parents=True)
+    reviews = [{"reviewerID": f"U{u}", "asin": f"B{(u + i) % 4}", "unixReviewTime": 1_500_000_000 + 86400 * i}
+               for u in range(4) for i in range(3)]
+    with gzip.open(folder / f"{category}_5.json.gz", "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in reviews)
+    with gzip.open(folder / f"meta_{category}.json.gz", "wt") as fh:
+        fh.writelines(json.dumps({"asin": f"B{i}", "title": f"Item {i}"}) + "\n" for i in range(4))
+
+
+def test_raw_pipeline_options_reach_prepare_raw(tmp_path):
+    write_amazon(tmp_path / "raw", "Toys_and_Games")
+    opts = {"raw_dir": tmp_path / "raw", "min_items": 1, "k": 1, "end": "2017-07"}
+    with pytest.warns(DataWarning, match="used unverified"):
+        ds = load("toys", cache=False, max_history=2, progress=False, **opts)
+    assert ds.name == "amazon-Toys_and_Games" and ds.catalogue.titles == [f"Item {i}" for i in range(4)]
+    assert len(ds.train) + len(ds.valid) + len(ds.test) == 4 * 2 and ds.max_history == 2
+    assert not (tmp_path / "cache" / "processed").exists()  # cache=False reaches the pipeline
+    write_amazon(tmp_path / "raw2", "Video_Games")
+    with pytest.warns(DataWarning):
+        games = load("toys", category="Video_Games", progress=False, **{**opts, "raw_dir": tmp_path / "raw2"})
+    assert games.name == "amazon-Video_Games"
+    assert len(list((tmp_path / "cache" / "processed").glob("amazon-Video_Games-h10-*.npz"))) == 1

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,15 @@ def test_bad_arguments():
         make_synthetic(num_categories=99)
     with pytest.raises(ValueError, match="min_length"):
         make_synthetic(min_length=1)
+
+
+def test_max_history_is_checked_like_the_folder_readers():
+    from recgym.data import load
+
+    for bad in (0, -1, 2.5, True):
+        message = r"max_history must be a positive int .*got " + re.escape(repr(bad))
+        with pytest.raises(ValueError, match=message):
+            make_synthetic(200, 50, max_history=bad)
+    with pytest.raises(ValueError, match="max_history must be a positive int"):
+        load("synthetic", num_items=200, num_users=50, max_history=0)
+    assert make_synthetic(200, 50, max_history=1).train.history.shape[1] == 1

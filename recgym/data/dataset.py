@@ -11,6 +11,8 @@ import json
 import os
 import re
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,6 +47,20 @@ class DataFormatError(ValueError):
         self.path = str(path)
         self.line = line
         self.key = key
+
+
+class DataWarning(UserWarning):
+    """Input data was usable but something was left out or could not be verified (the message says
+    what and how much).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("3 records left out", DataWarning)
+        >>> caught[0].category.__name__
+        'DataWarning'
+    """
 
 
 _SID_TOKEN = re.compile(r"<([a-z])_(\d+)>")
@@ -380,6 +396,8 @@ class Dataset:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -388,7 +406,20 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Dataset:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`.
+
+        Any damage (an empty or truncated file, a file that is not an ``.npz``, missing or
+        inconsistent arrays, another cache version) raises :class:`DataFormatError` naming the
+        file, so callers that cache can rebuild on that one exception.
+
+        Example:
+            >>> import tempfile
+            >>> bad = Path(tempfile.mkdtemp()) / "empty.npz"
+            >>> _ = bad.write_bytes(b"")
+            >>> Dataset.load(bad)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            recgym.data.dataset.DataFormatError: .../empty.npz: not a readable recgym cache (EOFError: ...)
+        """
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes())
@@ -407,11 +438,12 @@ class Dataset:
                     meta["num_items"], titles=strings["titles"],
                     sids=z["sids"] if "sids" in z else None, keys=strings["keys"],
                 )
-        except (OSError, KeyError, ValueError) as err:
-            if isinstance(err, DataFormatError):
-                raise
-            raise DataFormatError(path, f"not a readable recgym cache ({err})") from err
-        return cls(meta["name"], catalogue, users=strings["users"], info=meta["info"], **splits)
+                return cls(meta["name"], catalogue, users=strings["users"], info=meta["info"], **splits)
+        except DataFormatError:
+            raise
+        except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+                zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as err:
+            raise DataFormatError(path, f"not a readable recgym cache ({type(err).__name__}: {err})") from err
 
 
 def _pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

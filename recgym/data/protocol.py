@@ -26,15 +26,16 @@ import json
 import os
 import re
 import time
-import warnings
 import zlib
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recgym.data.cache import cached_dataset
+from recgym.data.checks import check_max_history
 from recgym.data.dataset import (
     Catalogue,
     DataFormatError,
@@ -43,8 +44,11 @@ from recgym.data.dataset import (
     sequence_windows,
     temporal_split,
 )
-from recgym.data.download import data_dir
-from recgym.data.download import download as download_file
+from recgym.data.download import data_dir, fetch_raw
+
+__all__ = ["PROTOCOL_VERSION", "InteractionLog", "build_dataset", "cache_path", "cached_dataset",
+           "check_params", "clean_title", "fetch_raw", "k_core", "month_start", "parse_month",
+           "read_json_lines", "required"]
 
 PROTOCOL_VERSION = 1
 
@@ -224,6 +228,8 @@ def read_json_lines(
                     continue
                 try:
                     obj = json.loads(raw)
+                except RecursionError:
+                    raise DataFormatError(path, "JSON nested too deeply to parse", line=number) from None
                 except ValueError as err:
                     hint = ""
                     if raw.lstrip().startswith(b"{'"):
@@ -260,24 +266,6 @@ def required(
     return value
 
 
-def fetch_raw(url: str, dest: Path, *, download: bool, progress: bool = True) -> Path:
-    """The raw file at ``dest`` (or its un-gzipped twin without ``.gz``), downloading it if allowed.
-
-    Example:
-        >>> fetch_raw("https://example.org/x.json.gz", data_dir() / "raw" / "x.json.gz",
-        ...           download=True)  # doctest: +SKIP
-        PosixPath('/home/me/.cache/recgym/raw/x.json.gz')
-    """
-    if dest.exists():
-        return dest
-    if dest.suffix == ".gz" and dest.with_suffix("").exists():
-        return dest.with_suffix("")
-    if not download:
-        raise FileNotFoundError(f"{dest} does not exist; pass download=True to fetch it from {url}, "
-                                "or put the file there yourself")
-    return download_file(url, dest, progress=progress)
-
-
 def cache_path(stem: str, max_history: int, params: Mapping[str, Any]) -> Path:
     """``data_dir()/processed/<stem>-h<max_history>-<12 hex of a hash of the params>.npz``.
 
@@ -291,33 +279,15 @@ def cache_path(stem: str, max_history: int, params: Mapping[str, Any]) -> Path:
     return data_dir() / "processed" / f"{stem}-h{max_history}-{digest}.npz"
 
 
-def cached_dataset(path: Path, build: Callable[[], Dataset], *, cache: bool = True) -> Dataset:
-    """Load ``path`` if it exists, else ``build()`` and save it there (atomically).
-
-    An unreadable cache file (e.g. from an older version) is rebuilt with a warning.
-
-    Example:
-        >>> ds = cached_dataset(cache_path("demo", 10, {}), build_fn)  # doctest: +SKIP
-    """
-    if cache and path.exists():
-        try:
-            return Dataset.load(path)
-        except DataFormatError as err:
-            warnings.warn(f"rebuilding unreadable cache {path}: {err}", stacklevel=2)
-    dataset = build()
-    if cache:
-        dataset.save(path)
-    return dataset
-
-
 def check_params(max_history: int, k: int, start: str | None, end: str | None) -> None:
     """Fail fast (before any download) on parameters :func:`build_dataset` would reject.
 
     Example:
         >>> check_params(10, 5, "2017-11", "2018-11")
     """
-    if max_history < 1 or k < 1:
-        raise ValueError(f"max_history and k must be >= 1, got {max_history} and {k}")
+    check_max_history(max_history)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (the k-core threshold) must be a positive int, got {k!r}")
     for month in (start, end):
         if month is not None:
             parse_month(month)

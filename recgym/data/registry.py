@@ -4,15 +4,21 @@ Names resolve in this order:
 
 * ``synthetic``: generated in memory (seeded, about 0.1 s).
 * raw pipelines (``games``, ``toys``, ``goodreads``): Amazon Reviews 2018 / UCSD Book Graph files
-  processed by the D3 protocol; raw files and the processed ``.npz`` live in :func:`data_dir`.
-  Downloading happens only with ``download=True`` (or ``recgym data download NAME``).
+  processed by the D3 protocol (:func:`recgym.data.sources.prepare_raw`, through the
+  :data:`~recgym.data.sources.RAW_SOURCES` table); raw files and the processed ``.npz`` live in
+  :func:`data_dir`. Downloading happens only with ``download=True`` (or ``recgym data download NAME``).
 * prepared folders (``games-lcrec``, ``office-d3``, ``industrial-d3``, ``goodreads-sprec``):
   a folder of that name under :func:`data_dir` or under any folder in ``$RECGYM_DATA_PATH``
   (``os.pathsep``-separated; e.g. the project's ``shared/data``).
-* anything else is taken as a path to a folder in a supported format (detected or named).
+* anything else is taken as a path to a folder in a supported format (detected or named, through
+  the :data:`~recgym.data.formats.FORMATS` table).
 
 Folders are read once and cached as ``.npz`` under ``data_dir()/processed``, keyed by the
-folder's path, its files' sizes and modification times, and the reader options.
+folder's path, its files' sizes and modification times, and the reader options; a damaged cache
+file is rebuilt (:func:`recgym.data.cache.cached_dataset`).
+
+Loader options that the generator, pipeline or reader does not take are a ValueError naming them
+and the known ones.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from recgym.data.dataset import DataFormatError, Dataset
+from recgym.data.checks import check_keywords
+from recgym.data.dataset import Dataset
 
-READER_VERSION = 1
+# 2: duplicate JSON keys / ASINs are errors, SPRec drops records without any known history title,
+# LC-Rec folders without item2id are read: caches written by version 1 are not reused.
+READER_VERSION = 2
 
 # name -> (folder name, format, description)
 PREPARED_FOLDERS: dict[str, tuple[str, str, str]] = {
@@ -35,6 +44,7 @@ PREPARED_FOLDERS: dict[str, tuple[str, str, str]] = {
     "goodreads-sprec": ("goodreads-sprec", "sprec", "Goodreads, SPRec json (train, split 8:1:1)"),
 }
 
+# name -> (raw source in recgym.data.sources.RAW_SOURCES, subset)
 RAW_PIPELINES: dict[str, tuple[str, str]] = {
     "games": ("amazon", "Video_Games"),
     "toys": ("amazon", "Toys_and_Games"),
@@ -94,12 +104,21 @@ def load(
 
     Args:
         name_or_path: a name from :func:`available` or a folder path.
-        format: for folders, ``"d3"``, ``"lcrec"`` or ``"sprec"``; detected when None.
+        format: for folders, a name of :data:`recgym.data.formats.FORMATS` (``"d3"``, ``"lcrec"``,
+            ``"sprec"``); detected when None.
         max_history: history window of each example.
         download: allow raw pipelines to download missing raw files.
         cache: read / write the processed ``.npz`` cache.
         progress: show progress bars.
-        **kwargs: passed to the generator, pipeline or reader (e.g. ``seed``, ``num_items``).
+        **kwargs: passed to the generator, pipeline or reader (e.g. ``seed``, ``num_items``);
+            an unknown one is a ValueError listing the known ones.
+
+    Raises:
+        FileNotFoundError: an unknown name, a prepared folder that is not on the search path, or
+            (raw pipelines without ``download``) a missing raw file.
+        ValueError: unknown options, an unknown format or raw source, bad parameters;
+            :class:`~recgym.data.dataset.DataFormatError` (a ValueError) for malformed input files.
+        DownloadError: a download failed or does not match its pin (an ``OSError``).
 
     Example:
         >>> ds = load("synthetic", num_items=300, num_users=200)
@@ -110,18 +129,11 @@ def load(
     if key == "synthetic":
         from recgym.data.synthetic import make_synthetic
 
+        check_keywords(make_synthetic, kwargs, "dataset 'synthetic'", exclude=("max_history",))
         return make_synthetic(max_history=max_history, **kwargs)
     if key in RAW_PIPELINES:
-        source, category = RAW_PIPELINES[key]
-        if source == "amazon":
-            from recgym.data.amazon import prepare_amazon
-
-            return prepare_amazon(category, download=download, max_history=max_history,
-                                  progress=progress, **kwargs)
-        from recgym.data.goodreads import prepare_goodreads
-
-        kwargs.setdefault("genre", category)
-        return prepare_goodreads(download=download, max_history=max_history, progress=progress, **kwargs)
+        return _load_raw(key, max_history=max_history, download=download, cache=cache, progress=progress,
+                         **kwargs)
     if key in PREPARED_FOLDERS:
         folder_name, fmt, _ = PREPARED_FOLDERS[key]
         folder = find_folder(folder_name)
@@ -131,7 +143,8 @@ def load(
                 f"dataset {key!r} not found: put the folder {folder_name!r} in one of [{roots}] "
                 f"(set RECGYM_DATA_PATH to the folder that holds it), or pass its path to load()"
             )
-        return _load_folder(folder, format or fmt, max_history, cache, name=key, **kwargs)
+        kwargs.setdefault("name", key)
+        return _load_folder(folder, format or fmt, max_history, cache, **kwargs)
     path = Path(key)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -140,24 +153,40 @@ def load(
     return _load_folder(path, format, max_history, cache, **kwargs)
 
 
+def _load_raw(name: str, *, max_history: int, download: bool, cache: bool, progress: bool,
+              **kwargs: Any) -> Dataset:
+    """A raw pipeline dataset through the :data:`~recgym.data.sources.RAW_SOURCES` table."""
+    from recgym.data.sources import get_source, prepare_raw
+
+    source_name, default_subset = RAW_PIPELINES[name]
+    source = get_source(source_name)
+    check_keywords(prepare_raw, kwargs, f"dataset {name!r} ({source.name} raw pipeline)",
+                   exclude=("source", "subset", "download", "max_history", "cache", "progress"),
+                   extra=(source.subset_arg,))
+    subset = kwargs.pop(source.subset_arg, default_subset)
+    return prepare_raw(source, subset, download=download, max_history=max_history, cache=cache,
+                       progress=progress, **kwargs)
+
+
 def _load_folder(
     folder: Path, fmt: str | None, max_history: int, cache: bool, **kwargs: Any
 ) -> Dataset:
-    from recgym.data.readers import detect_format, read_folder
+    from recgym.data.cache import cached_dataset
+    from recgym.data.formats import FORMATS, detect_format, format_names, read_folder
 
     fmt = fmt or detect_format(folder)
-    if not cache:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {format_names()}, got {fmt!r}")
+    check_keywords(FORMATS[fmt].read, kwargs, f"the {fmt} reader of {folder}",
+                   exclude=("folder", "max_history"))
+
+    def build() -> Dataset:
         return read_folder(folder, format=fmt, max_history=max_history, **kwargs)
+
+    if not cache:
+        return build()
     key = _folder_key(folder, fmt, max_history, kwargs)
-    target = data_dir() / "processed" / f"{folder.name}-{fmt}-{key}.npz"
-    if target.exists():
-        try:
-            return Dataset.load(target)
-        except DataFormatError:
-            target.unlink(missing_ok=True)  # stale or damaged cache: rebuild it
-    dataset = read_folder(folder, format=fmt, max_history=max_history, **kwargs)
-    dataset.save(target)
-    return dataset
+    return cached_dataset(data_dir() / "processed" / f"{folder.name}-{fmt}-{key}.npz", build)
 
 
 def _folder_key(folder: Path, fmt: str, max_history: int, kwargs: dict[str, Any]) -> str:

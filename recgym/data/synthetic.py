@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recgym.data.checks import check_max_history
 from recgym.data.dataset import Catalogue, Dataset, Examples, sequence_windows, temporal_split
 
 THEMES = (
@@ -63,7 +64,7 @@ def make_synthetic(
         successors: transition targets per item (3 = a sequel-like item plus two add-ons).
         tastes_per_user: categories a user draws fresh items from.
         zipf: popularity exponent within a category.
-        max_history: history window of each example.
+        max_history: history window of each example (an int >= 1, as for every reader).
         seed: the only source of randomness.
 
     Example:
@@ -73,6 +74,7 @@ def make_synthetic(
         >>> len(ds.train) > len(ds.test) > 0
         True
     """
+    check_max_history(max_history)
     if not 1 <= num_categories <= len(THEMES):
         raise ValueError(f"num_categories must be in 1..{len(THEMES)}, got {num_categories}")
     if not 2 <= min_length <= max_length:
