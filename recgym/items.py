@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recgym._checks import check_choice, check_int
 from recgym.data.dataset import Catalogue, Dataset, format_sid
 from recgym.prompts import SID_TEMPLATE, TITLE_TEMPLATE, PromptTemplate
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 EOS_TOKEN = "<|endoftext|>"
 REPRESENTATIONS = ("title", "sid")
+MIN_VOCAB_SIZE = 257
+"""The smallest vocabulary the offline tokenizer can have: byte-level BPE's 256-byte alphabet plus
+the end token. A smaller ``vocab_size`` would silently give a larger vocabulary than asked."""
 # Qwen2's pre-tokenizer split pattern: a non-letter may join the following letters.
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -53,19 +57,44 @@ def sid_vocabulary(sids: np.ndarray) -> list[str]:
     return [f"<{chr(ord('a') + lvl)}_{c}>" for lvl, size in enumerate(sizes.tolist()) for c in range(size)]
 
 
+def check_vocab_size(vocab_size: Any) -> int:
+    """``vocab_size`` of a tokenizer to train, as an int >= :data:`MIN_VOCAB_SIZE`, or an error naming it.
+
+    Example:
+        >>> check_vocab_size(4096)
+        4096
+        >>> check_vocab_size(-1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: vocab_size must be >= 257 (the 256-byte alphabet of byte-level BPE plus ...), got -1
+    """
+    vocab_size = check_int(vocab_size, "vocab_size")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE} (the 256-byte alphabet of byte-level BPE "
+                         f"plus the end token; SID tokens come on top), got {vocab_size}")
+    return vocab_size
+
+
 def train_tokenizer(
     texts: Iterable[str], *, vocab_size: int = 4096, added_tokens: Sequence[str] = ()
 ) -> PreTrainedTokenizerBase:
     """Train the offline default tokenizer: byte-level BPE with Qwen2's pre-tokenization.
 
-    ``added_tokens`` (e.g. SID tokens) are never split. The end-of-sequence token
-    ``<|endoftext|>`` doubles as padding, as in Qwen2.
+    ``added_tokens`` (e.g. SID tokens) are never split and come on top of ``vocab_size`` (an upper
+    bound: a small corpus may support fewer merges). The end-of-sequence token ``<|endoftext|>``
+    doubles as padding, as in Qwen2.
 
     Example:
         >>> tok = train_tokenizer(['"Epic Quest"', '"Epic Saga"'] * 20, vocab_size=300)
         >>> tok.convert_ids_to_tokens(tok('"Epic Quest"')["input_ids"])[0]
         '"Epic'
     """
+    vocab_size = check_vocab_size(vocab_size)
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of strings, not one string (that would train on its "
+                        "characters)")
+    if isinstance(added_tokens, (str, bytes)):
+        raise TypeError(f"added_tokens must be a sequence of strings, not one string: {added_tokens!r}")
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -111,14 +140,11 @@ class ItemTokenizer:
         representation: str = "title",
         template: PromptTemplate | None = None,
     ) -> None:
-        if representation not in REPRESENTATIONS:
-            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
+        check_choice(representation, "representation", REPRESENTATIONS)
+        _check_template(template)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no end-of-sequence token (eos_token)")
-        if representation == "title" and catalogue.titles is None:
-            raise ValueError("this catalogue has no titles: use representation='sid'")
-        if representation == "sid" and catalogue.sids is None:
-            raise ValueError("this catalogue has no semantic IDs: use representation='title'")
+        _check_catalogue(catalogue, representation)
         self.tokenizer = tokenizer
         self.catalogue = catalogue
         self.representation = representation
@@ -198,8 +224,15 @@ class ItemTokenizer:
         """Train the offline default tokenizer on a dataset's prompts and item texts.
 
         The corpus is every item written as a response after the header plus up to
-        ``max_prompts`` training prompts drawn with ``seed``.
+        ``max_prompts`` training prompts drawn with ``seed``. The arguments are checked before
+        anything is trained.
         """
+        check_choice(representation, "representation", REPRESENTATIONS)
+        _check_catalogue(dataset.catalogue, representation)
+        _check_template(template)
+        vocab_size = check_vocab_size(vocab_size)
+        max_prompts = check_int(max_prompts, "max_prompts", minimum=0)
+        seed = check_int(seed, "seed", minimum=0)
         cat = dataset.catalogue
         sid_tokens = sid_vocabulary(cat.sids) if representation == "sid" else []
         probe = cls.__new__(cls)  # render texts with the template before a tokenizer exists
@@ -235,3 +268,15 @@ class ItemTokenizer:
         config: dict[str, Any] = json.loads((path / "recgym_items.json").read_text())
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(tokenizer, catalogue, config["representation"], PromptTemplate(**config["template"]))
+
+
+def _check_template(template: Any) -> None:
+    if template is not None and not isinstance(template, PromptTemplate):
+        raise TypeError(f"template must be a PromptTemplate or None, got {type(template).__name__}")
+
+
+def _check_catalogue(catalogue: Catalogue, representation: str) -> None:
+    if representation == "title" and catalogue.titles is None:
+        raise ValueError("this catalogue has no titles: use representation='sid'")
+    if representation == "sid" and catalogue.sids is None:
+        raise ValueError("this catalogue has no semantic IDs: use representation='title'")

@@ -7,8 +7,16 @@ tokens. Both are plain dataclasses: copy one with :func:`dataclasses.replace` to
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+# The placeholders each formatted field may use, and the one it must use (else prompts would
+# silently lack the history, or every item would be written the same).
+_PLACEHOLDERS = {
+    "instruction": {"noun", "nouns"}, "input": {"history", "noun", "nouns"}, "item_format": {"text"},
+}
+_REQUIRED = {"input": "history", "item_format": "text"}
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -33,6 +41,10 @@ class PromptTemplate:
         preamble: text before the instruction.
         noun, nouns: e.g. ``"video game"`` / ``"video games"``.
 
+    Every field is a string. ``input`` must contain ``{history}`` and ``item_format`` ``{text}``;
+    ``instruction`` may use ``{noun}`` / ``{nouns}``, ``input`` also; any other placeholder is a
+    ValueError at construction (write literal braces as ``{{`` and ``}}``).
+
     Example:
         >>> t = TITLE_TEMPLATE
         >>> print(t.render(["Tetris", "Doom"]).splitlines()[-3])
@@ -50,6 +62,26 @@ class PromptTemplate:
     preamble: str = ALPACA_PREAMBLE
     noun: str = "item"
     nouns: str = "items"
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, str):
+                raise TypeError(f"{field.name} must be a string, got {value!r} ({type(value).__name__})")
+        for name, allowed in _PLACEHOLDERS.items():
+            text = getattr(self, name)
+            try:
+                used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            except ValueError as err:
+                raise ValueError(f"{name} is not a valid format string ({err}); write literal braces as "
+                                 f"{{{{ and }}}}: {text!r}") from None
+            for placeholder in sorted(used):
+                if placeholder not in allowed:  # attribute or index access included
+                    raise ValueError(f"{name} has an unknown placeholder {{{placeholder}}}; it may use "
+                                     f"{', '.join('{' + a + '}' for a in sorted(allowed))} (literal braces: "
+                                     f"{{{{ and }}}}): {text!r}")
+            if name in _REQUIRED and _REQUIRED[name] not in used:
+                raise ValueError(f"{name} must contain {{{_REQUIRED[name]}}}, got {text!r}")
 
     def render(self, history_texts: Sequence[str]) -> str:
         """The full prompt for a history (oldest first), ending with the response header."""

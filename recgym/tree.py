@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recgym._checks import check_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -85,9 +87,7 @@ class PrefixTree:
     def __init__(
         self, sequences: Sequence[Sequence[int]], item_ids: Sequence[int] | None = None, *, vocab_size: int
     ) -> None:
-        vocab_size = int(vocab_size)
-        if vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
         n = len(sequences)
         if n == 0:
             raise ValueError("a prefix tree needs at least one sequence")
@@ -204,12 +204,12 @@ class PrefixTree:
         >>> PrefixTree([[1, 0]], vocab_size=2).initial_states(3)
         array([0, 0, 0])
         """
-        return np.zeros(batch, dtype=np.int64)
+        return np.zeros(check_int(batch, "batch", minimum=0), dtype=np.int64)
 
-    def _states(self, states: Any, *, batch: bool = False) -> np.ndarray:
-        s = _as_int_array(states, "states")
+    def _states(self, states: Any, *, batch: bool = False, name: str = "states") -> np.ndarray:
+        s = _as_int_array(states, name)
         if batch and s.ndim != 1:
-            raise ValueError(f"states must be a 1-D batch of nodes, got shape {s.shape}")
+            raise ValueError(f"{name} must be a 1-D batch of nodes, got shape {s.shape}")
         # One reduction catches both ends: negative int64 values are huge as uint64.
         if s.size and s.view(np.uint64).max() >= self.num_nodes:
             bad = s[(s < 0) | (s >= self.num_nodes)][0]
@@ -267,9 +267,10 @@ class PrefixTree:
                [ True, False]]))
         """
         s = self._states(states, batch=True)
+        pad = check_int(pad, "pad")
         counts = self.num_children[s]
         needed = int(counts.max()) if s.size else 0
-        width = needed if width is None else int(width)
+        width = needed if width is None else check_int(width, "width", minimum=0)
         if width < needed:
             raise ValueError(f"width={width} would drop allowed tokens: a state has {needed} children")
         valid = np.arange(width) < counts[:, None]
@@ -360,6 +361,9 @@ class PrefixTree:
 
         Cheaper than sampling from a dense mask (Gymnasium's ``Discrete.sample(mask=...)``).
         """
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), "
+                            f"got {type(rng).__name__}")
         s = self._states(states)
         counts = self.num_children[s]
         index = self.child_offsets[s] + (rng.random(s.shape) * counts).astype(np.int64)
@@ -379,6 +383,7 @@ class PrefixTree:
 
     def sequence_of(self, item_id: int) -> np.ndarray:
         """The token sequence (with its end token) of one item, rebuilt from parent pointers."""
+        item_id = check_int(item_id, "item_id")
         i = int(np.searchsorted(self._sorted_ids, item_id))
         if i == self.num_items or self._sorted_ids[i] != item_id:
             raise KeyError(f"unknown item id {item_id}")
@@ -399,7 +404,8 @@ class PrefixTree:
             >>> tree.paths([tree.walk([5, 2, 0]), tree.walk([7])]).tolist()
             [[5, 2, 0], [7, -1, -1]]
         """
-        nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        nodes = self._states(nodes, name="nodes").reshape(-1)
+        pad = check_int(pad, "pad")
         depth = self.depth[nodes]
         out = np.full((len(nodes), self.max_depth), pad, dtype=np.int64)
         current = nodes.copy()
@@ -422,6 +428,7 @@ class PrefixTree:
                [ 0,  1, -1]])
         """
         t = _as_int_array(tokens, "tokens")
+        pad = check_int(pad, "pad")
         flat = t.ndim == 1
         t = np.atleast_2d(t)
         if t.ndim != 2:
@@ -538,13 +545,12 @@ class MaskBuffer:
     """
 
     def __init__(self, tree: PrefixTree, batch: int, dtype: Any = np.int8) -> None:
-        if int(batch) < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        batch = check_int(batch, "batch", minimum=1)
         self.tree = tree
-        self.array = np.zeros((int(batch), tree.vocab_size), dtype=dtype)
+        self.array = np.zeros((batch, tree.vocab_size), dtype=dtype)
         self._flat = self.array.reshape(-1)  # a view: the array is C-contiguous
         self._set = np.empty(0, dtype=np.int64)  # flat positions that hold a 1
-        self._full = np.zeros(int(batch), dtype=bool)  # rows that are all 1
+        self._full = np.zeros(batch, dtype=bool)  # rows that are all 1
 
     def update(self, states: Any, full: Any = None) -> np.ndarray:
         """Rewrite the buffer as the masks of ``states`` (``batch`` node ids) and return it.

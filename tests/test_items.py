@@ -55,3 +55,46 @@ def test_any_hugging_face_tokenizer_works_and_missing_parts_are_reported():
         ItemTokenizer(tok, cat, "ids")
     with pytest.raises(ValueError, match="no titles"):
         ItemTokenizer(tok, Catalogue(1, sids=[[0]]), "title")
+
+
+# -- bad input: clear errors naming the argument (issue 15, item 10) --
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"vocab_size": -1}, ValueError, "vocab_size must be >= 257 .*got -1"),
+    ({"vocab_size": 0}, ValueError, "vocab_size must be >= 257 .*got 0"),
+    ({"vocab_size": 256}, ValueError, "vocab_size must be >= 257 .*got 256"),
+    ({"vocab_size": 300.5}, TypeError, "vocab_size must be an int, got 300.5"),
+    ({"vocab_size": True}, TypeError, "vocab_size must be an int, got True"),
+    ({"texts": "hello world"}, TypeError, "texts must be an iterable of strings, not one string"),
+    ({"added_tokens": "<a_0>"}, TypeError, "added_tokens must be a sequence of strings, not one string"),
+])
+def test_train_tokenizer_refuses_bad_arguments(kwargs, error, match):
+    kwargs = {"texts": ["hello world"] * 4, "vocab_size": 300, **kwargs}
+    with pytest.raises(error, match=match):
+        train_tokenizer(kwargs.pop("texts"), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"representation": "ids"}, ValueError, "representation must be one of"),
+    ({"vocab_size": 10}, ValueError, "vocab_size must be >= 257"),
+    ({"max_prompts": -1}, ValueError, "max_prompts must be >= 0, got -1"),
+    ({"max_prompts": 2.5}, TypeError, "max_prompts must be an int"),
+    ({"seed": 0.5}, TypeError, "seed must be an int"),
+    ({"template": "History: {history}"}, TypeError, "template must be a PromptTemplate"),
+])
+def test_item_tokenizer_training_checks_arguments_before_training(monkeypatch, dataset, kwargs, error, match):
+    import recgym.items
+
+    def no_training(*args, **kw):
+        raise AssertionError("a tokenizer was trained before the arguments were checked")
+
+    monkeypatch.setattr(recgym.items, "train_tokenizer", no_training)
+    kwargs = {"representation": "sid", "vocab_size": 500, **kwargs}
+    with pytest.raises(error, match=match):
+        ItemTokenizer.train(dataset, kwargs.pop("representation"), **kwargs)
+
+
+def test_item_tokenizer_refuses_a_template_of_the_wrong_type():
+    tok = train_tokenizer(["hello world", '"x"'] * 5, vocab_size=280)
+    with pytest.raises(TypeError, match="template must be a PromptTemplate"):
+        ItemTokenizer(tok, Catalogue(2, titles=["x", "hello"]), "title", template="{history}")

@@ -45,7 +45,10 @@ def test_parallel_api_test_passes_without_warnings(task, title_task, mode, num_a
     for t in (task, title_task):
         env = RecGenParallelEnv(t, num_agents=num_agents, mode=mode)
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # PettingZoo itself emits none here: nothing filtered
+            warnings.simplefilter("error")  # PettingZoo itself emits none here
+            # ... but its probe reset(options={"options": 1}) gets our unknown-key warning, and only that.
+            probe = r"unknown reset options \['options'\] for RecGenParallelEnv"
+            warnings.filterwarnings("ignore", message=probe)
             parallel_api_test(env, num_cycles=50)
 
 
@@ -190,3 +193,38 @@ def test_render_and_argument_errors(task):
         RecGenParallelEnv(task, num_agents=0)
     with pytest.raises(ValueError, match="either task"):
         RecGenParallelEnv(task, representation="sid")
+
+
+# -- bad input: clear errors naming the argument, never a silent wrong result (issue 15, item 10) --
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"duplicate_penalty": float("nan")}, ValueError, "duplicate_penalty must be a finite number, got nan"),
+    ({"duplicate_penalty": float("inf")}, ValueError, "duplicate_penalty must be a finite number, got inf"),
+    ({"duplicate_penalty": -0.5}, ValueError, "duplicate_penalty must be >= 0"),
+    ({"duplicate_penalty": "0.5"}, TypeError, "duplicate_penalty must be a number"),
+    ({"num_agents": 1.5}, TypeError, "num_agents must be an int, got 1.5"),
+    ({"num_agents": True}, TypeError, "num_agents must be an int, got True"),
+    ({"num_agents": 0}, ValueError, "num_agents must be >= 1"),
+    ({"mode": "coop"}, ValueError, "mode must be one of"),
+    ({"render_mode": "human"}, ValueError, "render_mode must be one of"),
+])
+def test_bad_constructor_arguments(task, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RecGenParallelEnv(task, **kwargs)
+
+
+def test_unknown_reset_options_warn_listing_the_known_keys(task):
+    env = RecGenParallelEnv(task)
+    with pytest.warns(UserWarning, match=r"unknown reset options \['rwo'\] for RecGenParallelEnv \(did you "
+                                         r"mean 'row'\?\); known options: \['history', 'row', 'target'\]"):
+        _, infos = env.reset(seed=0, options={"rwo": 1})
+    assert infos[A0]["row"] == env.reset(seed=0)[1][A0]["row"]  # the unknown key changed nothing
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"row": 1.9}, TypeError, r"options\['row'\] must be an int"),
+    ({"history": "123", "target": 4}, TypeError, r"options\['history'\] must be a sequence"),
+])
+def test_bad_reset_options(task, options, error, match):
+    with pytest.raises(error, match=match):
+        RecGenParallelEnv(task).reset(options=options)

@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from recgym.prompts import SID_TEMPLATE, TITLE_TEMPLATE
 
 
@@ -16,3 +18,20 @@ def test_sid_prompt_is_compact_and_overridable():
     assert SID_TEMPLATE.response("<a_1><b_2>") == "<a_1><b_2>"
     games = replace(TITLE_TEMPLATE, noun="video game", nouns="video games")
     assert "new video game that" in games.render([])
+
+
+# -- bad templates: errors at construction naming the field, not prompts without the history --
+
+@pytest.mark.parametrize(("fields", "error", "match"), [
+    ({"input": "History:"}, ValueError, r"input must contain \{history\}"),
+    ({"item_format": "item"}, ValueError, r"item_format must contain \{text\}"),
+    ({"instruction": "Recommend a {product}"}, ValueError,
+     r"instruction has an unknown placeholder \{product\}"),
+    ({"item_format": "{text.upper}"}, ValueError, r"item_format has an unknown placeholder \{text.upper\}"),
+    ({"input": "{history} {"}, ValueError, "input is not a valid format string"),
+    ({"instruction": None}, TypeError, "instruction must be a string, got None"),
+    ({"separator": 1}, TypeError, "separator must be a string"),
+])
+def test_bad_templates_fail_at_construction(fields, error, match):
+    with pytest.raises(error, match=match):
+        replace(TITLE_TEMPLATE, **fields)

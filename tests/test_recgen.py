@@ -151,3 +151,52 @@ def test_missing_dataset_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.delenv("RECGYM_DATA_PATH", raising=False)
     with pytest.raises(FileNotFoundError, match="local folder"):
         gym.make("RecGen-Goodreads-v0")
+
+
+# -- bad input: clear errors naming the argument, never a silent wrong result (issue 15, item 10) --
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"rwo": 3}, ValueError, r"unknown reset options \['rwo'\].*did you mean 'row'.*"
+                             r"known options: \['history', 'row', 'target'\]"),
+    ({"row": 1.9}, TypeError, r"options\['row'\] must be an int, got 1.9"),
+    ({"row": np.float64(2.0)}, TypeError, r"options\['row'\] must be an int"),
+    ({"row": True}, TypeError, r"options\['row'\] must be an int, got True"),
+    ({"row": "3"}, TypeError, r"options\['row'\] must be an int, got '3'"),
+    ({"history": [1.7], "target": 3}, TypeError, r"options\['history'\] must hold ints"),
+    ({"history": "123", "target": 3}, TypeError, r"options\['history'\] must be a sequence.*string '123'"),
+    ({"history": "abc", "target": 3}, TypeError, r"options\['history'\] must be a sequence.*string 'abc'"),
+    ({"history": [True, 2], "target": 3}, TypeError, r"options\['history'\] must hold ints, not bools"),
+    ({"history": 5, "target": 3}, TypeError, r"options\['history'\] must be a sequence"),
+    ({"history": [[1, 2]], "target": 3}, ValueError, r"options\['history'\] must be 1-D"),
+    ({"history": [1], "target": 3.5}, TypeError, r"options\['target'\] must be an int"),
+    ({"history": [1], "target": True}, TypeError, r"options\['target'\] must be an int"),
+    ({"history": [1], "target": 3, "row": 2}, ValueError, r"'row' or 'history' and 'target', not both"),
+])
+def test_bad_reset_options_are_errors_naming_the_option(task, options, error, match):
+    env = RecGenEnv(task)
+    with pytest.raises(error, match=match):
+        env.reset(options=options)
+
+
+def test_reset_options_must_be_a_dict_and_numpy_integers_are_welcome(task):
+    env = RecGenEnv(task)
+    with pytest.raises(TypeError, match="options must be a dict or None"):
+        env.reset(options=[("row", 1)])
+    _, info = env.reset(options={"row": np.int32(3)})
+    assert info["row"] == 3 and info["target"] == task.request(3).target
+    obs, info = env.reset(options={"history": np.array([1, 2], np.int16), "target": np.int64(4)})
+    assert obs["history"][:3].tolist() == [1, 2, -1] and info["target"] == 4
+    obs, _ = env.reset(options={"history": (), "target": 4})
+    assert obs["history_len"] == 0
+
+
+def test_strict_must_be_a_bool(task):
+    with pytest.raises(TypeError, match="strict must be True or False, got 'no'"):
+        RecGenEnv(task, strict="no")
+
+
+def test_a_non_finite_user_reward_is_an_error_naming_reward_fn(task):
+    env = RecGenEnv(dataset=task.dataset, tokenizer=task.items, reward_fn=lambda items, target, req: np.nan)
+    _, info = env.reset(seed=0)
+    with pytest.raises(ValueError, match="reward_fn returned nan"):
+        play(env, info, np.random.default_rng(0))

@@ -169,3 +169,33 @@ def test_maskable_ppo_beats_a_random_valid_policy(task, one_torch_thread):
     ppo_hits = hit_rate(eval_env, ppo_policy, rows, rng)
     print(f"MaskablePPO hit rate {ppo_hits:.4f} vs random {random_hits:.4f} ({seconds:.0f} s of training)")
     assert ppo_hits >= 2 * random_hits and ppo_hits >= random_hits + 0.02
+
+
+# -- bad input: clear errors naming the argument, never a silent truncation (issue 15, item 10) --
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"history_items": 1.5}, TypeError, "history_items must be an int, got 1.5"),
+    ({"history_items": True}, TypeError, "history_items must be an int, got True"),
+    ({"history_items": 11}, ValueError, r"history_items must be in 1\.\.10, got 11"),
+    ({"item_tokens": "no"}, TypeError, "item_tokens must be True or False"),
+    ({"item_ids": None}, TypeError, "item_ids must be True or False"),
+])
+def test_bad_wrapper_arguments(task, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_sb3_env(task, **kwargs)
+
+
+def test_compact_conversions_refuse_floats_and_out_of_range_ids(task):
+    env = make_sb3_env(task)
+    actions = env.env  # the CompactActions wrapper
+    c = len(actions.compact_to_token)
+    with pytest.raises(TypeError, match="actions must hold ints"):
+        actions.to_tokens([0.5])
+    with pytest.raises(ValueError, match=rf"actions must hold values in 0\.\.{c - 1}, got {c}"):
+        actions.to_tokens([0, c])
+    with pytest.raises(ValueError, match=rf"tokens must hold values in 0\.\.{task.vocab_size - 1}, got -1"):
+        actions.to_compact([-1])
+    with pytest.raises(TypeError, match="history must hold ints"):
+        env.encode([[4.5, 7.0]], [2], np.full((1, 4), -1), [0])
+    with pytest.raises(TypeError, match="generated_len must hold ints"):
+        env.encode([[4, 7]], [2], np.full((1, 4), -1), [0.5])

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from recgym.data import Catalogue, Dataset, Examples, load, make_synthetic
 from recgym.envs import RecGenTask
 from recgym.items import ItemTokenizer
+from recgym.prompts import SID_TEMPLATE
 
 SMALL = {"num_items": 300, "num_users": 200}
 
@@ -124,3 +125,71 @@ def test_masked_random_walks_on_real_catalogues_end_in_real_items(real_trees, se
             found = tree.items(s)
             assert len(found) and all(np.array_equal(items.sequences[i], items.sequences[found[0]])
                                       for i in found)
+
+
+# -- bad settings: clear errors naming the setting, never a silent wrong result (issue 15, item 10) --
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"hit_reward": float("nan")}, ValueError, "hit_reward must be a finite number, got nan"),
+    ({"hit_reward": float("inf")}, ValueError, "hit_reward must be a finite number, got inf"),
+    ({"miss_reward": -float("inf")}, ValueError, "miss_reward must be a finite number, got -inf"),
+    ({"miss_reward": np.float32("nan")}, ValueError, "miss_reward must be a finite number"),
+    ({"hit_reward": "1"}, TypeError, "hit_reward must be a number, got '1'"),
+    ({"miss_reward": True}, TypeError, "miss_reward must be a number, got True"),
+    ({"max_prompt_len": 0}, ValueError, "max_prompt_len must be >= 1, got 0"),
+    ({"max_prompt_len": -3}, ValueError, "max_prompt_len must be >= 1, got -3"),
+    ({"max_prompt_len": 99.5}, TypeError, "max_prompt_len must be an int, got 99.5"),
+    ({"representation": "titles"}, ValueError, r"representation must be one of \('title', 'sid'\)"),
+    ({"representation": "sid"}, ValueError, "representation='sid' but the tokenizer writes items as 'title'"),
+    ({"template": SID_TEMPLATE}, ValueError, "template differs from the tokenizer's"),
+    ({"template": "Recommend {history}"}, TypeError, "template must be a PromptTemplate"),
+    ({"reward_fn": 1.0}, TypeError, "reward_fn must be callable"),
+    ({"max_history": 3}, ValueError, "max_history=3 but the dataset's window is 10"),
+    ({"max_history": 2.5}, TypeError, "max_history must be an int"),
+    ({"dataset_kwargs": {"num_items": 10}}, ValueError, "dataset_kwargs only apply"),
+    ({"vocab_size": 300.5}, TypeError, "vocab_size must be an int, got 300.5"),
+    ({"vocab_size": -1}, ValueError, "vocab_size must be >= 1"),
+    ({"tokenizer": 5}, TypeError, "tokenizer must be"),
+])
+def test_bad_settings_are_errors_naming_the_setting(task, kwargs, error, match):
+    kwargs = {"tokenizer": task.items, **kwargs}
+    with pytest.raises(error, match=match):
+        RecGenTask(task.dataset, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"max_history": 0}, ValueError, "max_history must be >= 1, got 0"),
+    ({"max_history": -2}, ValueError, "max_history must be >= 1, got -2"),
+    ({"max_history": 2.5}, TypeError, "max_history must be an int, got 2.5"),
+    ({"dataset_kwargs": [1]}, TypeError, "dataset_kwargs must be a dict"),
+    ({"dataset": 5}, TypeError, "dataset must be a Dataset, a name or a folder"),
+])
+def test_bad_settings_fail_before_loading_the_dataset(monkeypatch, kwargs, error, match):
+    import recgym.data
+
+    def no_load(*args, **kw):
+        raise AssertionError("the dataset was loaded before the settings were checked")
+
+    monkeypatch.setattr(recgym.data, "load", no_load)
+    with pytest.raises(error, match=match):
+        RecGenTask(**{"dataset": "synthetic", "dataset_kwargs": SMALL, **kwargs})
+
+
+@pytest.mark.parametrize("vocab_size", [-1, 0, 10, 256])
+def test_vocab_size_is_checked_before_a_tokenizer_is_trained(monkeypatch, task, vocab_size):
+    import recgym.items
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a tokenizer was trained before vocab_size was checked")
+
+    monkeypatch.setattr(recgym.items, "train_tokenizer", no_training)
+    with pytest.raises(ValueError, match=f"vocab_size must be >= 257 .*got {vocab_size}"):
+        RecGenTask(task.dataset, representation="sid", vocab_size=vocab_size)
+
+
+def test_same_window_and_settings_as_the_tokenizer_are_accepted(task):
+    same = RecGenTask(task.dataset, tokenizer=task.items, representation="title",
+                      template=task.items.template,
+                      max_history=task.dataset.max_history, dataset_kwargs={}, hit_reward=np.float32(2),
+                      miss_reward=-1, max_prompt_len=np.int64(task.max_prompt_len))
+    assert same.hit_reward == 2.0 and same.miss_reward == -1.0 and same.max_prompt_len == task.max_prompt_len

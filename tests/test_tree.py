@@ -459,3 +459,36 @@ def test_mask_of_wide_nodes_uses_cached_rows_and_matches_index_lists():
         expect = np.zeros((200, 1000), bool)
         expect[np.repeat(np.arange(200), np.diff(offsets)), tokens] = True
         np.testing.assert_array_equal(mask.astype(bool), expect)
+
+
+# -- bad input: clear errors naming the argument, never a silent truncation (issue 15, item 10) --
+
+@pytest.mark.parametrize("vocab_size", [9.7, True, "10", np.float64(10.0)])
+def test_vocab_size_must_be_an_int(vocab_size) -> None:
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        PrefixTree([[1, 0]], vocab_size=vocab_size)
+
+
+def test_integral_arguments_are_not_truncated(tree: PrefixTree) -> None:
+    with pytest.raises(TypeError, match="nodes must hold integers"):
+        tree.paths([1.5])
+    for bad in (-1, tree.num_nodes):
+        with pytest.raises(ValueError, match=f"state {bad} is not a node"):
+            tree.paths([bad])
+    with pytest.raises(TypeError, match="width must be an int"):
+        tree.allowed_padded([0], width=2.5)
+    with pytest.raises(TypeError, match="pad must be an int"):
+        tree.allowed_padded([0], pad=0.5)
+    with pytest.raises(TypeError, match="pad must be an int"):
+        tree.path_states([1, 2, EOS], pad=0.5)
+    for batch in (2.5, True):
+        with pytest.raises(TypeError, match="batch must be an int"):
+            tree.mask_buffer(batch)
+        with pytest.raises(TypeError, match="batch must be an int"):
+            tree.initial_states(batch)
+    with pytest.raises(ValueError, match="batch must be >= 0"):
+        tree.initial_states(-1)
+    for item in (True, 1.0):
+        with pytest.raises(TypeError, match="item_id must be an int"):
+            tree.sequence_of(item)
+    assert tree.sequence_of(np.int32(1)).tolist() == [1, 3, EOS]

@@ -149,3 +149,59 @@ def test_custom_requests(task):
         actions = np.array([task.tree.sequence_of(3)[min(t, len(task.tree.sequence_of(3)) - 1)], seq[t]])
         _, rewards, term, _, info = envs.step(actions)
     assert info["hit"][1] and rewards[1] == 1.0
+
+
+# -- bad input: clear errors naming the argument, never a silent wrong result (issue 15, item 10) --
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"group": 2}, ValueError, r"unknown reset options \['group'\].*did you mean 'group_size'.*"
+                             r"known options: \['group_size', 'requests', 'reset_mask', 'rows'\]"),
+    ({"group_size": 2.7}, TypeError, r"options\['group_size'\] must be an int, got 2.7"),
+    ({"group_size": True}, TypeError, r"options\['group_size'\] must be an int, got True"),
+    ({"group_size": 0}, ValueError, r"options\['group_size'\] must be >= 1"),
+    ({"rows": [1.5, 2.2, 3.9, 4.1]}, TypeError, r"options\['rows'\] must hold ints"),
+    ({"rows": [True, False, True, False]}, TypeError, r"options\['rows'\] must hold ints"),
+    ({"rows": "1234"}, TypeError, r"options\['rows'\] must be a sequence of ints, got the string"),
+    ({"rows": [1, 2, 3, 10**7]}, ValueError, r"options\['rows'\] must hold values in 0\.\.\d+, got 10000000"),
+    ({"rows": [1, 2, 3]}, ValueError, r"options\['rows'\] must have 4 entries, got 3"),
+    ({"requests": [("12", 3)] * 4}, TypeError, r"options\['requests'\]\[0\] history must be a sequence"),
+    ({"requests": [([1.5], 3)] * 4}, TypeError, r"options\['requests'\]\[0\] history must hold ints"),
+    ({"requests": [([1], 3)] * 3 + [([1], 3.0)]}, TypeError, r"options\['requests'\]\[3\] target"),
+    ({"requests": [1, 2, 3, 4]}, TypeError, r"options\['requests'\]\[0\] must be a \(history, target\) pair"),
+    ({"requests": [([1], 3)] * 4, "rows": [1, 2, 3, 4]}, ValueError, r"'requests' .*not both"),
+])
+def test_bad_reset_options_are_errors_that_change_nothing(task, options, error, match):
+    envs = RecGenVectorEnv(4, task, autoreset_mode="disabled", dense_masks=False)
+    _, info = envs.reset(seed=0)
+    envs.step(envs.tree.sample_tokens(info["state"], np.random.default_rng(0)))
+    before = [a.copy() for a in (envs.rows, envs.states, envs.generated_len, envs.done)]
+    with pytest.raises(error, match=match):
+        envs.reset(options=options)
+    for old, new in zip(before, (envs.rows, envs.states, envs.generated_len, envs.done)):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"num_envs": 2.5}, TypeError, "num_envs must be an int, got 2.5"),
+    ({"num_envs": True}, TypeError, "num_envs must be an int, got True"),
+    ({"num_envs": "4"}, TypeError, "num_envs must be an int, got '4'"),
+    ({"num_envs": 0}, ValueError, "num_envs must be >= 1, got 0"),
+    ({"num_envs": -1}, ValueError, "num_envs must be >= 1, got -1"),
+    ({"num_envs": 2, "strict": "no"}, TypeError, "strict must be True or False"),
+    ({"num_envs": 2, "render_mode": "human"}, ValueError, "does not render"),
+])
+def test_bad_constructor_arguments(task, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RecGenVectorEnv(task=task, **kwargs)
+
+
+def test_single_and_vector_env_share_one_options_check(task):
+    """Both envs refuse unknown keys with the same message, each listing its own known keys."""
+    messages = []
+    for env in (RecGenEnv(task), RecGenVectorEnv(2, task)):
+        with pytest.raises(ValueError) as err:
+            env.reset(options={"seed": 3})
+        messages.append(str(err.value))
+    assert messages[0].startswith("unknown reset options ['seed'] for RecGenEnv")
+    assert messages[1].startswith("unknown reset options ['seed'] for RecGenVectorEnv")
+    assert all("; known options: [" in m for m in messages)

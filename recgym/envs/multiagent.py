@@ -9,6 +9,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
+from recgym._checks import check_choice, check_int, check_real
 from recgym.envs.recgen import as_action, check_render_mode, observation_space
 from recgym.envs.task import RecGenTask, Request, resolve_task
 
@@ -76,10 +77,13 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
     ## Arguments
 
     ``task`` (a prebuilt :class:`~recgym.envs.task.RecGenTask`) or the task keywords,
-    ``num_agents``, ``mode``, ``duplicate_penalty``, ``render_mode`` (``"ansi"``).
+    ``num_agents`` (an int >= 1), ``mode``, ``duplicate_penalty`` (finite, >= 0),
+    ``render_mode`` (``"ansi"``).
     ``reset(seed=...)`` seeds the request draws (and the agents' action spaces);
     ``reset(options={"row": i})`` or ``reset(options={"history": [...], "target": t})`` pick the
-    request as in :class:`~recgym.envs.recgen.RecGenEnv`.
+    request as in :class:`~recgym.envs.recgen.RecGenEnv`, with the same checks, except that an
+    unknown key is a ``UserWarning`` (and ignored) rather than an error: PettingZoo's
+    ``parallel_api_test`` resets with ``options={"options": 1}``.
 
     ## Version History
 
@@ -108,15 +112,15 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
-        if num_agents < 1:
-            raise ValueError(f"num_agents must be >= 1, got {num_agents}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        num_agents = check_int(num_agents, "num_agents", minimum=1)
+        check_choice(mode, "mode", MODES)
+        # A negative penalty would reward duplicates: 0 turns the penalty off.
+        duplicate_penalty = check_real(duplicate_penalty, "duplicate_penalty", minimum=0.0)
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
         self.mode = mode
-        self.duplicate_penalty = float(duplicate_penalty)
+        self.duplicate_penalty = duplicate_penalty
         self.render_mode = render_mode
         self.wait_token = self.task.pad_token_id
         self.possible_agents = [f"recommender_{i}" for i in range(num_agents)]
@@ -162,8 +166,10 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
             for i, agent in enumerate(self.possible_agents):
                 self.action_spaces[agent].seed(seed + i)
         task = self.task
-        self._request, self._prompt, self._prompt_len = task.request_from_options(options or {},
-                                                                                  self.np_random)
+        # Unknown keys warn here rather than raise: PettingZoo's own parallel_api_test resets with
+        # options={"options": 1} to probe the signature. Bad values of known keys still raise.
+        self._request, self._prompt, self._prompt_len = task.request_from_options(
+            options, self.np_random, type(self).__name__, unknown="warn")
         self._states[:] = self.tree.root
         self._generated[:] = task.pad_token_id
         self._generated_len[:] = 0

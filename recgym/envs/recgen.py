@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from recgym._checks import check_bool
 from recgym.envs.task import RecGenTask, Request, resolve_task
 
 
@@ -106,7 +107,8 @@ class RecGenEnv(gym.Env):
 
     ``reset(options={"row": i})`` plays row i of the split; ``reset(options={"history": [...],
     "target": t})`` plays a request of your own. Otherwise rows are drawn uniformly with
-    ``self.np_random``.
+    ``self.np_random``. Other keys, and values that are not ints (``row=1.9``, ``history="123"``),
+    are errors naming the option: nothing is silently ignored or truncated.
 
     ## Version History
 
@@ -136,9 +138,9 @@ class RecGenEnv(gym.Env):
         **task_kwargs: Any,
     ) -> None:
         check_render_mode(render_mode, self.metadata["render_modes"])
+        self.strict = check_bool(strict, "strict")  # before the (costly) task is built
         self.task = resolve_task(task, task_kwargs)
         self.tree = self.task.tree
-        self.strict = strict
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(self.task.vocab_size)
         self.observation_space = observation_space(self.task)
@@ -156,8 +158,8 @@ class RecGenEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         task = self.task
-        self._request, self._prompt, self._prompt_len = task.request_from_options(options or {},
-                                                                                  self.np_random)
+        self._request, self._prompt, self._prompt_len = task.request_from_options(
+            options, self.np_random, type(self).__name__)
         self._generated = []
         self._state = self.tree.root
         self._done = False

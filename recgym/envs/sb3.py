@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from recgym._checks import check_bool, check_int, int_array
 from recgym.envs.recgen import RecGenEnv, as_action
 from recgym.envs.task import RecGenTask
 from recgym.tree import PrefixTree
@@ -81,12 +82,16 @@ class CompactActions(gym.Wrapper):
         self._mask = np.ones(len(self.compact_to_token), dtype=bool)
 
     def to_tokens(self, actions: Any) -> np.ndarray:
-        """Token ids of compact actions (vectorized)."""
-        return self.compact_to_token[np.asarray(actions, dtype=np.int64)]
+        """Token ids of compact actions (vectorized; ints in ``[0, C)``, any shape)."""
+        a = np.asarray(actions)
+        return self.compact_to_token[int_array(actions, "actions", ndim=a.ndim, minimum=0,
+                                               maximum=len(self.compact_to_token) - 1)]
 
     def to_compact(self, tokens: Any) -> np.ndarray:
-        """Compact actions of token ids (vectorized; -1 for tokens outside the tree)."""
-        return self.token_to_compact[np.asarray(tokens, dtype=np.int64)]
+        """Compact actions of token ids (vectorized; -1 for tokens outside the tree, any shape)."""
+        t = np.asarray(tokens)
+        return self.token_to_compact[int_array(tokens, "tokens", ndim=t.ndim, minimum=0,
+                                               maximum=len(self.token_to_compact) - 1)]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -148,8 +153,9 @@ class CompactObservation(gym.ObservationWrapper):
     ) -> None:
         super().__init__(env)
         base = _recgen(env)
-        if not 1 <= history_items <= base.task.max_history:
-            raise ValueError(f"history_items must be in 1..{base.task.max_history}, got {history_items}")
+        history_items = check_int(history_items, "history_items", minimum=1, maximum=base.task.max_history)
+        item_tokens = check_bool(item_tokens, "item_tokens")
+        item_ids = check_bool(item_ids, "item_ids")
         if not (item_tokens or item_ids):
             raise ValueError("observe the history items by their ids, their tokens or both")
         self.history_items = history_items
@@ -199,10 +205,10 @@ class CompactObservation(gym.ObservationWrapper):
             >>> env.encode([[4, 7, -1], [2, -1, -1]], [2, 1], np.full((2, 4), -1), [0, 0]).tolist()
             [[8, 0, 0, 0, 0], [3, 0, 0, 0, 0]]
         """
-        history = np.asarray(history, dtype=np.int64)
-        length = np.asarray(history_len, dtype=np.int64)
-        generated = np.asarray(generated, dtype=np.int64)
-        count = np.asarray(generated_len, dtype=np.int64)
+        history = int_array(history, "history", ndim=2)
+        length = int_array(history_len, "history_len")
+        generated = int_array(generated, "generated", ndim=2)
+        count = int_array(generated_len, "generated_len")
         # The k most recent items, most recent first; 0 = no item.
         position = length[:, None] - 1 - np.arange(self.history_items)
         picked = np.take_along_axis(history, np.maximum(position, 0), axis=1)

@@ -7,13 +7,15 @@ PettingZoo env and any number of copies use the same tree and prompt cache.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recgym._checks import check_choice, check_int, check_options, check_real, int_array
 from recgym.data.dataset import SPLITS, Dataset, Examples
 
 if TYPE_CHECKING:
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 
 RewardFn = Callable[[np.ndarray, int, dict[str, Any]], float]
 """``reward_fn(generated_item_ids, target_item, request) -> float``; ``request`` holds the history."""
+
+RESET_OPTIONS = ("row", "history", "target")
+"""The keys a single-request env's ``reset(options=...)`` understands (see
+:meth:`RecGenTask.request_from_options`)."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +48,25 @@ class RecGenTask:
     Args:
         dataset: a :class:`~recgym.data.Dataset`, or a name / folder for :func:`recgym.data.load`.
         split: which split's requests episodes draw from.
-        representation: ``"title"`` or ``"sid"``; default: titles when the catalogue has them.
+        representation: ``"title"`` or ``"sid"``; default: titles when the catalogue has them (with
+            an :class:`~recgym.items.ItemTokenizer`: its representation, which a given one must match).
         tokenizer: an :class:`~recgym.items.ItemTokenizer`, a Hugging Face tokenizer, a local path
             or hub name for ``AutoTokenizer``, or None for the offline default (trained on the
             dataset once and cached under ``recgym.data.data_dir()/tokenizers``).
-        template: prompt template override.
-        max_history: history window when ``dataset`` is loaded by name.
+        template: prompt template override (with an ``ItemTokenizer``: must be its template).
+        max_history: history window when ``dataset`` is loaded by name (default 10); with a
+            :class:`~recgym.data.Dataset` it must be the dataset's own window, if given.
         max_prompt_len: pad length of prompt observations; default: a bound computed from the
             longest item text (prompts longer than it raise a ValueError naming the request).
-        hit_reward, miss_reward: reward of a generated item that is / is not the target.
+        hit_reward, miss_reward: reward of a generated item that is / is not the target (finite).
         reward_fn: optional ``(generated_item_ids, target, request) -> float`` replacing the
-            hit / miss reward.
-        vocab_size: vocabulary size of the offline default tokenizer.
-        dataset_kwargs: passed to :func:`recgym.data.load`.
+            hit / miss reward; a non-finite value it returns is a ValueError.
+        vocab_size: vocabulary size of the offline default tokenizer (>= 257: the byte alphabet of
+            byte-level BPE plus the end token); ignored when ``tokenizer`` is given.
+        dataset_kwargs: passed to :func:`recgym.data.load` (only when ``dataset`` is a name or folder).
+
+    Every setting is checked before the dataset is loaded or a tokenizer trained: a float where an
+    int belongs, a NaN reward or a setting that would be ignored is an error naming it.
 
     Example:
         >>> task = RecGenTask("synthetic", representation="sid",
@@ -72,7 +84,7 @@ class RecGenTask:
         representation: str | None = None,
         tokenizer: ItemTokenizer | PreTrainedTokenizerBase | str | None = None,
         template: PromptTemplate | None = None,
-        max_history: int = 10,
+        max_history: int | None = None,
         max_prompt_len: int | None = None,
         hit_reward: float = 1.0,
         miss_reward: float = 0.0,
@@ -80,12 +92,37 @@ class RecGenTask:
         vocab_size: int = 4096,
         dataset_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from recgym.items import ItemTokenizer
+        from recgym.items import ItemTokenizer, check_vocab_size
 
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if not isinstance(dataset, Dataset):
-            dataset = _load_dataset(dataset, max_history, dataset_kwargs or {})
+        # Every setting first: nothing is loaded or trained for a task that cannot be built.
+        check_choice(split, "split", SPLITS)
+        if not isinstance(dataset, (Dataset, str, os.PathLike)):
+            raise TypeError(f"dataset must be a Dataset, a name or a folder, got {type(dataset).__name__}")
+        _check_item_settings(tokenizer, representation, template)
+        if max_history is not None:
+            max_history = check_int(max_history, "max_history", minimum=1)
+        if max_prompt_len is not None:
+            max_prompt_len = check_int(max_prompt_len, "max_prompt_len", minimum=1)
+        hit_reward = check_real(hit_reward, "hit_reward")
+        miss_reward = check_real(miss_reward, "miss_reward")
+        if reward_fn is not None and not callable(reward_fn):
+            raise TypeError(f"reward_fn must be callable or None, got {type(reward_fn).__name__}")
+        if tokenizer is None:
+            vocab_size = check_vocab_size(vocab_size)
+        else:  # unused, but never a nonsense value
+            vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
+        if dataset_kwargs is not None and not isinstance(dataset_kwargs, Mapping):
+            raise TypeError(f"dataset_kwargs must be a dict or None, got {type(dataset_kwargs).__name__}")
+        if isinstance(dataset, Dataset):
+            if dataset_kwargs:
+                raise ValueError(f"dataset_kwargs only apply when dataset is a name or folder, not a "
+                                 f"loaded Dataset: got {sorted(dataset_kwargs)}")
+            if max_history is not None and max_history != dataset.max_history:
+                raise ValueError(f"max_history={max_history} but the dataset's window is "
+                                 f"{dataset.max_history}: load it with max_history={max_history}, or "
+                                 "leave max_history out")
+        else:
+            dataset = _load_dataset(dataset, max_history or 10, dict(dataset_kwargs or {}))
         self.dataset = dataset
         self.split = split
         self.examples: Examples = dataset.split(split)
@@ -106,8 +143,8 @@ class RecGenTask:
         self.vocab_size = self.items.vocab_size
         self.eos_token_id = self.items.eos_token_id
         self.pad_token_id = self.items.pad_token_id
-        self.hit_reward = float(hit_reward)
-        self.miss_reward = float(miss_reward)
+        self.hit_reward = hit_reward
+        self.miss_reward = miss_reward
         self.reward_fn = reward_fn
         self.max_prompt_len = max_prompt_len or self._prompt_len_bound()
         self._prompt_cache: dict[int, np.ndarray] = {}
@@ -173,16 +210,35 @@ class RecGenTask:
         return out, lens
 
     def request_from_options(
-        self, options: dict[str, Any], np_random: np.random.Generator
+        self, options: Mapping[str, Any] | None, np_random: np.random.Generator, where: str = "this env",
+        *, unknown: str = "error",
     ) -> tuple[Request, np.ndarray, int]:
         """The request a single-request env's ``reset(options=...)`` asks for, with its prompt ids.
 
         ``{"history": [...], "target": t}`` is a request of the caller's own; ``{"row": i}`` is row
-        i of the split; otherwise a row is drawn uniformly with ``np_random``.
+        i of the split; otherwise (or with ``row=None``) a row is drawn uniformly with
+        ``np_random``. Keys outside :data:`RESET_OPTIONS`, values that are not ints (floats, bools,
+        strings) and ``row`` together with a custom request are errors naming the option; ``where``
+        (the env's name) goes into the unknown-key message, and ``unknown="warn"`` makes unknown
+        keys a warning instead (see :func:`recgym._checks.check_options`).
+
+        Example:
+            >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
+            ...                   dataset_kwargs={"num_items": 300, "num_users": 100})
+            >>> request, ids, length = task.request_from_options({"row": 2}, np.random.default_rng(0))
+            >>> request.row, request.target == task.request(2).target
+            (2, True)
+            >>> task.request_from_options({"row": 2.0}, np.random.default_rng(0))
+            Traceback (most recent call last):
+            ...
+            TypeError: options['row'] must be an int, got 2.0 (float)
         """
+        options = check_options(options, RESET_OPTIONS, where, unknown=unknown)
         if "history" in options or "target" in options:
             if "history" not in options or "target" not in options:
                 raise ValueError("options need both 'history' and 'target' for a custom request")
+            if "row" in options:
+                raise ValueError("options: give 'row' or 'history' and 'target', not both")
             request = self.validate_request(options["history"], options["target"])
             ids, lens = self.custom_prompt_tokens([request.history])
             return request, ids[0], int(lens[0])
@@ -191,20 +247,34 @@ class RecGenTask:
         row = options.get("row")
         if row is None:
             row = int(np_random.integers(self.num_requests))
-        elif not 0 <= int(row) < self.num_requests:
-            raise ValueError(f"options['row'] must be in 0..{self.num_requests - 1}, got {row}")
+        else:
+            row = check_int(row, "options['row']", minimum=0, maximum=self.num_requests - 1)
         ids, lens = self.prompt_tokens(np.array([row]))
-        return self.request(int(row)), ids[0], int(lens[0])
+        return self.request(row), ids[0], int(lens[0])
 
-    def validate_request(self, history: Sequence[int], target: int) -> Request:
-        """Check a request given through reset options; ids must be catalogue items."""
+    def validate_request(
+        self, history: Sequence[int], target: int,
+        names: tuple[str, str] = ("options['history']", "options['target']"),
+    ) -> Request:
+        """Check a request given through reset options; ids must be catalogue items (ints).
+
+        A history longer than :attr:`max_history` keeps its newest items, like the dataset's own
+        windows. ``names`` are what the errors call the history and the target.
+
+        Example:
+            >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
+            ...                   dataset_kwargs={"num_items": 300, "num_users": 100})
+            >>> task.validate_request(np.arange(12), 5).history[:2]
+            (2, 3)
+            >>> task.validate_request("123", 5)
+            Traceback (most recent call last):
+            ...
+            TypeError: options['history'] must be a sequence of ints, got the string '123'
+        """
         n = self.dataset.catalogue.num_items
-        hist = tuple(int(i) for i in history)
-        if any(not 0 <= i < n for i in hist) or not 0 <= int(target) < n:
-            raise ValueError(f"request items must be in 0..{n - 1}: history={hist}, target={target}")
-        if len(hist) > self.max_history:
-            hist = hist[-self.max_history:]
-        return Request(hist, int(target))
+        hist = int_array(history, names[0], minimum=0, maximum=n - 1)
+        target = check_int(target, names[1], minimum=0, maximum=n - 1)
+        return Request(tuple(hist[-self.max_history:].tolist()), target)
 
     def rewards(
         self, states: np.ndarray, targets: np.ndarray, requests: Sequence[Request] | None = None
@@ -219,11 +289,23 @@ class RecGenTask:
             return np.where(hits, self.hit_reward, self.miss_reward), hits
         assert requests is not None, "reward_fn needs the requests"
         rewards = np.array([
-            float(self.reward_fn(values[offsets[i]:offsets[i + 1]], int(targets[i]),
-                                 {"history": list(requests[i].history), "row": requests[i].row}))
+            self._user_reward(values[offsets[i]:offsets[i + 1]], int(targets[i]), requests[i])
             for i in range(len(states))
         ])
         return rewards, hits
+
+    def _user_reward(self, items: np.ndarray, target: int, request: Request) -> float:
+        value = self.reward_fn(items, target, {"history": list(request.history), "row": request.row})
+        # A NaN reward would silently poison every advantage it is averaged into. Any real scalar
+        # (a numpy or torch 0-d value too) is fine; a string or a bool is a mistake, not a number.
+        try:
+            number = math.nan if isinstance(value, (str, bytes, bool, np.bool_)) else float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"reward_fn returned {value!r} for target {target} (request row {request.row}); "
+                             "it must return a finite number")
+        return number
 
 
 def resolve_task(task: RecGenTask | None, task_kwargs: dict[str, Any]) -> RecGenTask:
@@ -234,9 +316,34 @@ def resolve_task(task: RecGenTask | None, task_kwargs: dict[str, Any]) -> RecGen
         ...                     "dataset_kwargs": {"num_items": 200, "num_users": 50}}).representation
         'sid'
     """
+    if task is not None and not isinstance(task, RecGenTask):
+        raise TypeError(f"task must be a RecGenTask or None, got {type(task).__name__} "
+                        "(pass a dataset as dataset=..., or build RecGenTask(dataset, ...) first)")
     if task is not None and task_kwargs:
         raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
     return task if task is not None else RecGenTask(**task_kwargs)
+
+
+def _check_item_settings(tokenizer: Any, representation: str | None, template: Any) -> None:
+    """How items become tokens: known kinds, and nothing an ItemTokenizer would silently override."""
+    from recgym.items import REPRESENTATIONS, ItemTokenizer
+    from recgym.prompts import PromptTemplate
+
+    if representation is not None:
+        check_choice(representation, "representation", REPRESENTATIONS)
+    if not (tokenizer is None or isinstance(tokenizer, (ItemTokenizer, str, os.PathLike))
+            or (callable(tokenizer) and hasattr(tokenizer, "get_vocab"))):
+        raise TypeError("tokenizer must be an ItemTokenizer, a Hugging Face tokenizer, a local path or "
+                        f"hub name, or None for the offline default; got {type(tokenizer).__name__}")
+    if template is not None and not isinstance(template, PromptTemplate):
+        raise TypeError(f"template must be a PromptTemplate or None, got {type(template).__name__}")
+    if isinstance(tokenizer, ItemTokenizer):
+        if representation is not None and representation != tokenizer.representation:
+            raise ValueError(f"representation={representation!r} but the tokenizer writes items as "
+                             f"{tokenizer.representation!r}: leave representation out or pass a matching one")
+        if template is not None and template != tokenizer.template:
+            raise ValueError("template differs from the tokenizer's: an ItemTokenizer's items are "
+                             "tokenized after its own template's header; leave template out")
 
 
 def _load_dataset(name: str | os.PathLike[str], max_history: int, kwargs: dict[str, Any]) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -9,11 +10,14 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from recgym._checks import check_bool, check_int, check_options, int_array
 from recgym.envs.recgen import observation_space
 from recgym.envs.task import RecGenTask, Request, resolve_task
 from recgym.tree import MaskBuffer
 
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
+VECTOR_RESET_OPTIONS = ("reset_mask", "requests", "group_size", "rows")
+"""The keys :meth:`RecGenVectorEnv.reset` understands; any other key is an error listing these."""
 
 
 class RecGenVectorEnv(VectorEnv):
@@ -30,6 +34,9 @@ class RecGenVectorEnv(VectorEnv):
     **Groups (GRPO).** ``reset(options={"group_size": n})`` fills the slots with ``num_envs / n``
     requests, each repeated in ``n`` consecutive slots. ``options={"rows": [...]}`` picks the
     requests (``num_envs`` rows, or ``num_envs / group_size`` rows with ``group_size``).
+    ``options={"requests": [(history, target), ...]}`` plays requests of your own (not together
+    with ``rows`` or ``group_size``). Any other key, and values that are not ints (``rows`` of
+    floats, ``group_size=2.7``), are errors naming the option, raised before any slot changes.
 
     **Episodes end independently.** ``autoreset_mode="next_step"`` (Gymnasium's default): a slot
     that terminated is reset on the next ``step`` (its action is ignored, reward 0).
@@ -87,8 +94,8 @@ class RecGenVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        num_envs = check_int(num_envs, "num_envs", minimum=1)
+        strict = check_bool(strict, "strict")
         if render_mode is not None:
             raise ValueError("the vector env does not render; render a single RecGenEnv instead")
         if isinstance(autoreset_mode, str):
@@ -133,47 +140,49 @@ class RecGenVectorEnv(VectorEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        reset_mask = options.pop("reset_mask", None)
+        # Every option is checked before any slot changes: a bad reset leaves the episodes as they were.
+        options = check_options(options, VECTOR_RESET_OPTIONS, type(self).__name__)
+        reset_mask = options.get("reset_mask")
         slots = np.arange(self.num_envs) if reset_mask is None else np.flatnonzero(
             self._check_mask(reset_mask))
         if "requests" in options:
-            self._reset_custom(slots, options.pop("requests"))
+            if "rows" in options or "group_size" in options:
+                raise ValueError("options: give 'requests' or 'rows' / 'group_size', not both")
+            self._reset_custom(slots, options["requests"])
         else:
-            self._fill(slots, self._pick_rows(len(slots), options))
-        if options:
-            raise ValueError(f"unknown reset options: {sorted(options)}")
+            self._fill(slots, self._pick_rows(len(slots), options.get("group_size", 1), options.get("rows")))
         return self._obs(), self._info(np.zeros(self.num_envs, bool))
 
     def _check_mask(self, mask: Any) -> np.ndarray:
         mask = np.asarray(mask)
         if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
-            raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
+            raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
+                             f"got shape {mask.shape} dtype {mask.dtype}")
         return mask
 
-    def _pick_rows(self, count: int, options: dict[str, Any]) -> np.ndarray:
-        group = int(options.pop("group_size", 1))
-        if group < 1 or count % group:
-            raise ValueError(f"group_size={group} must divide the number of slots being reset ({count})")
+    def _pick_rows(self, count: int, group_size: Any = 1, rows: Any = None) -> np.ndarray:
+        """Split rows for ``count`` slots: ``rows`` (checked) or drawn, each repeated ``group_size`` times."""
+        group = check_int(group_size, "options['group_size']", minimum=1)
+        if count % group:
+            raise ValueError(f"options['group_size']={group} must divide the number of slots being "
+                             f"reset ({count})")
         n = self.task.num_requests
         if n == 0:
             raise ValueError(f"the {self.task.split!r} split of {self.task.dataset.name!r} has no requests")
-        rows = options.pop("rows", None)
         if rows is None:
-            rows = self.np_random.integers(n, size=count // group)
-        rows = np.asarray(rows, dtype=np.int64)
+            return np.repeat(self.np_random.integers(n, size=count // group), group)
+        rows = int_array(rows, "options['rows']", minimum=0, maximum=n - 1)
         if rows.shape == (count // group,):
-            rows = np.repeat(rows, group)
+            return np.repeat(rows, group)
         if rows.shape != (count,):
-            raise ValueError(
-                f"options['rows'] must have {count // group} or {count} entries, got {rows.shape}")
-        if ((rows < 0) | (rows >= n)).any():
-            raise ValueError(f"options['rows'] must be in 0..{n - 1}")
+            sizes = f"{count // group} or {count}" if group > 1 else f"{count}"
+            raise ValueError(f"options['rows'] must have {sizes} entries, got {len(rows)}")
         return rows
 
     def _fill(self, slots: np.ndarray, rows: np.ndarray) -> None:
         """Start new episodes in ``slots`` for split rows ``rows`` (all arrays, no per-slot loop)."""
         ex, task = self.task.examples, self.task
+        prompt_ids, prompt_len = task.prompt_tokens(rows)  # may raise: before any slot changes
         if self._custom:
             for s in slots.tolist():
                 self._custom.pop(s, None)
@@ -181,13 +190,25 @@ class RecGenVectorEnv(VectorEnv):
         self.targets[slots] = ex.target[rows]
         self.history[slots] = ex.history[rows]
         self.history_len[slots] = ex.history_len[rows]
-        self.prompt_ids[slots], self.prompt_len[slots] = task.prompt_tokens(rows)
+        self.prompt_ids[slots], self.prompt_len[slots] = prompt_ids, prompt_len
         self._start(slots)
 
     def _reset_custom(self, slots: np.ndarray, requests: Any) -> None:
+        if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, (Sequence, np.ndarray)):
+            raise TypeError(f"options['requests'] must be a list of (history, target) pairs, "
+                            f"got {type(requests).__name__}")
         if len(requests) != len(slots):
-            raise ValueError(f"options['requests'] needs {len(slots)} (history, target) pairs")
-        checked = [self.task.validate_request(h, t) for h, t in requests]
+            raise ValueError(f"options['requests'] needs {len(slots)} (history, target) pairs, "
+                             f"got {len(requests)}")
+        checked = []
+        for i, pair in enumerate(requests):
+            name = f"options['requests'][{i}]"
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)) \
+                    or len(pair) != 2:
+                raise TypeError(f"{name} must be a (history, target) pair, got {pair!r}")
+            names = (f"{name} history", f"{name} target")
+            checked.append(self.task.validate_request(pair[0], pair[1], names))
+        prompt_ids, prompt_len = self.task.custom_prompt_tokens([r.history for r in checked])
         self.rows[slots] = -1
         self.targets[slots] = [r.target for r in checked]
         self.history[slots] = -1
@@ -195,8 +216,7 @@ class RecGenVectorEnv(VectorEnv):
             self.history[s, : len(r.history)] = r.history
             self._custom[s] = r
         self.history_len[slots] = [len(r.history) for r in checked]
-        self.prompt_ids[slots], self.prompt_len[slots] = self.task.custom_prompt_tokens(
-            [r.history for r in checked])
+        self.prompt_ids[slots], self.prompt_len[slots] = prompt_ids, prompt_len
         self._start(slots)
 
     def _start(self, slots: np.ndarray) -> None:
@@ -216,7 +236,7 @@ class RecGenVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         if self.autoreset_mode == AutoresetMode.NEXT_STEP and self.done.any():
             finished = np.flatnonzero(self.done)
-            self._fill(finished, self._pick_rows(len(finished), {}))
+            self._fill(finished, self._pick_rows(len(finished)))
             active = np.ones(self.num_envs, bool)
             active[finished] = False
         else:
