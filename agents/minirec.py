@@ -1,25 +1,79 @@
 """MiniRec (Wang et al. 2026): reward-aligned selection of training requests and a curriculum.
 
-A proxy policy (e.g. the SFT policy) rolls out N times per request of the pool; r_bar is the mean
-reward. Then
+A proxy policy (the SFT policy after a short RL run, :func:`train_proxy`) rolls out N times per
+request of the pool; r_bar is the mean reward. Then
 
-    L_i = minmax(exp(-(r_bar_i - mu)^2 / (2 sigma^2)))       learnability (mu = 0.5, sigma = std r_bar)
-    V_i = D_i * (alpha * L_i + R_i)                           value given the selected set S
+    L_i = minmax(exp(-(r_bar_i - mu)^2 / (2 sigma^2)))    learnability (mu = 0.5, sigma = std r_bar)
+    R_i = minmax((1 + cos(u_i, u_mean)) / 2)               representativeness (:func:`representativeness`)
+    D_i = minmax_j(min_{s in S} 1 - cos(e_j, e_s))_i       diversity: cosine distance to the selected set S
+    V_i = D_i * (alpha * L_i + R_i)                        value given S
 
-with R_i = minmax((1 + cos(u_i, u_mean)) / 2) the representativeness (alignment of request i's
-update direction u_i with the pool's mean; two variants, see :func:`representativeness`) and D_i
-the distance from request i to S in the policy's embedding space (final hidden state), divided by
-the largest such distance. Selection is greedy: the request of
-highest V joins S, distances are updated, and so on (the first pick is the highest alpha L + R).
-The curriculum cuts the selection into groups (default 64) in pick order and orders each group
-easy -> hard (high r_bar first); training follows that order.
+with e_i the request's embedding (the proxy's final hidden state) and the min-max of D taken over
+the whole pool (selected requests included). Selection is greedy: the first pick is the highest
+alpha L + R, then the request of highest V joins S, distances are updated, and so on. The
+curriculum puts the selection in index order, shuffles it with Python's ``random`` (seed 42),
+cuts it into folds (64 requests each by default) and orders each fold easy -> hard (r_bar
+descending); training walks the folds in that order.
 
 Comparison selectors on the same inputs: random, learnability only (top L), and K-center (greedy
-max-min distance alone).
+max-min Euclidean distance alone).
+
+Against the official code (github.com/WANGLin0126/MiniRec, commit a98d819, file:line):
+
+Follows it:
+  * learnability: ``gaussian_scores`` (minirec.py:17-26): mu = 0.5 (``mu=None``: the pool mean),
+    sigma = population std of r_bar, a sigma of 0 means "use the std", a zero std becomes 1e-6,
+    min-max scaling, and a constant array maps to ones (not zeros: with alpha > 0 this weighs D*R
+    against D*(alpha + R) the same way they do).
+  * representativeness: ``compute_cosine_scores`` (minirec.py:48-59) on the Hessian-vector
+    products (the second entry of the file gen_grads.py:192 saves, i.e. H g at the final hidden
+    state, gen_grads.py:49-61): cos to the mean direction, (1 + cos) / 2, min-max, constant -> ones.
+  * selection: ``maxmin_select`` (minirec.py:81-105): L2-normalised embeddings (norm + 1e-12),
+    distance 1 - cos, nearest-selected distance updated by a running minimum, D = (d - min d) /
+    (max d - min d + 1e-12) over all requests, V = D * (alpha L + R) with alpha = 1
+    (minirec.py:202, 238), first pick = argmax of alpha L + R, ties to the lowest index (torch /
+    numpy argmax).
+  * curriculum: ``random_fold_sort_with_visual`` (minirec.py:111-137): the selection in sample-id
+    order (``set()`` drops the pick order; the reward file is sorted by id), ``random.seed(42);
+    random.shuffle``, ``n_folds`` folds of N // n_folds (the last takes the remainder), each sorted
+    by r_bar descending with a stable sort. Their runs use n_folds = 4 / 8 / 16 for 256 / 512 /
+    1024 requests (scores/sorted_*_fold_*.npy, train.py:110-117): folds of 64, which ``group=64``
+    gives (n_folds = N // group); applied to their scores/selected_indices_{256,512,1024}.npy and
+    train_diff/all_merged_sorted.jsonl, :func:`curriculum` reproduces their sorted files exactly.
+  * proxy: the rewards (launch_gen_diff.sh:52) and gradients (launch_gen_grads.sh:46) come from
+    ``checkpoint-256-...-1/checkpoint-28``: the SFT'd model after 28 RL optimizer steps on 256
+    requests with RecPO (trainers/RecPOTrainer.py: group-normalised advantages, mean / (std + 1e-8),
+    ratio clip 0.2 / 0.28, no KL, token-mean loss, one update per batch, so the ratio is 1), group
+    size 4 (launch_train.sh:49), 4 requests x 4 accumulation steps x 3 processes = 48 requests per
+    optimizer step (launch_train.sh:16,42, train.py:36), linear warm-up over 32 steps
+    (launch_train.sh:45), so the whole proxy run is in warm-up. :func:`train_proxy` does that with
+    our GRPO (clip 0.2 / 0.28, one minibatch, mu = 1) through :func:`agents.rl.train_rl`.
+  * 4 proxy rollouts per request (launch_gen_diff.sh:49).
+
+Differs, and why:
+  * the proxy's learning rate is our RL default (:class:`agents.configs.RLConfig`), not their 1e-5:
+    theirs is for LoRA (r = 4, alpha = 128, train.py:171) on a 2B model, ours trains all weights
+    of the policy; the schedule after warm-up is irrelevant for 28 steps.
+  * the embeddings come from the same proxy; theirs come from another, longer-trained checkpoint
+    (gen_user_emb_checkpoint.py:331, ``debug-v1/checkpoint-234``) that a selection cannot have
+    without a full RL run. Their embedding is the model's user embedding (last hidden state); ours
+    is the final hidden state at the last prompt token.
+  * the update direction u_i: theirs is H g at the single user-embedding hidden state of one
+    rollout (group size 1, advantage 1: launch_gen_grads.sh:43, RecPOTrainer.py:173-176) under
+    their token + item-retrieval loss; ours is H g at every response position, summed, for the
+    GRPO loss of the N proxy rollouts plus the real next item (our generative model has no
+    separate user embedding or item loss; see the notes above :func:`hidden_directions`). The
+    ``params`` variant (LESS-style projected gradients) is ours only.
+  * rewards: the env's reward (e.g. hit) at the env's temperature 1.0, not their NDCG + softmax mix
+    at temperature 1.5 / top-k 200 (gen_difficulty.py:56-57, 165-168).
+  * arithmetic in float64 (theirs float32 on the GPU) and the min-max of L and R without their
+    redundant ``+ 1e-12`` in the denominator (a relative change below 1e-12); D keeps it.
+  * K-center (a baseline; not in their code) uses Euclidean distance, as Sener & Savarese's core-set.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,31 +89,43 @@ from recgym.envs.task import RecGenTask
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1]; a constant array maps to zeros.
+    """Scale to [0, 1]; a constant array maps to ones (as the official ``gaussian_scores`` does).
 
     Example:
         >>> minmax(np.array([2.0, 4.0, 3.0])).tolist()
         [0.0, 1.0, 0.5]
+        >>> minmax(np.array([0.3, 0.3])).tolist()
+        [1.0, 1.0]
     """
     values = np.asarray(values, dtype=np.float64)
     span = values.max() - values.min() if len(values) else 0.0
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
 
 
-def learnability(mean_rewards: np.ndarray, mu: float = 0.5, sigma: float | None = None) -> np.ndarray:
-    """L = minmax(exp(-(r_bar - mu)^2 / (2 sigma^2))); ``sigma`` defaults to the pool's std of r_bar.
+def learnability(
+    mean_rewards: np.ndarray, mu: float | None = 0.5, sigma: float | None = None
+) -> np.ndarray:
+    """L = minmax(exp(-(r_bar - mu)^2 / (2 sigma^2))), the official ``gaussian_scores``.
 
-    Requests solved every time (too easy) and never (too hard) score lowest.
+    ``sigma`` None or 0 means the pool's (population) std of r_bar, and a zero std becomes 1e-6;
+    ``mu`` None means the pool's mean. Requests solved every time (too easy) and never (too hard)
+    score lowest; a pool where every request scores the same gets ones.
 
     Example:
         >>> learnability(np.array([0.0, 0.5, 1.0, 0.25]), sigma=0.25).round(3).tolist()
         [0.0, 1.0, 0.0, 0.545]
+        >>> learnability(np.full(3, 0.25)).tolist()
+        [1.0, 1.0, 1.0]
     """
     r = np.asarray(mean_rewards, dtype=np.float64)
-    s = float(np.std(r)) if sigma is None else float(sigma)
-    if s <= 0:
-        return np.zeros_like(r)  # every request equally (un)learnable: no preference
-    return minmax(np.exp(-((r - mu) ** 2) / (2 * s**2)))
+    if sigma is not None and sigma < 0:
+        raise ValueError(f"learnability: sigma={sigma} must be positive (or None / 0 for the pool's std)")
+    if len(r) == 0:
+        return r
+    m = float(r.mean()) if mu is None else float(mu)
+    s = float(np.std(r)) if not sigma else float(sigma)
+    s = s if s > 0 else 1e-6
+    return minmax(np.exp(-((r - m) ** 2) / (2 * s**2)))
 
 
 @dataclass
@@ -140,9 +206,10 @@ def request_embeddings(
 #     l_i = -(1/G) sum_j A_j (1/|y_j|) sum_t log pi(y_jt),   A_j = (r_j - mean r) / (std r + eps)
 #
 # u_i is the update direction of l_i, in one of two spaces:
-#   "hidden" (the authors'): u_i = H_i g_i, the Hessian-vector product of l_i with respect to the
-#       final hidden states h (g_i = dl_i/dh, H_i = d^2 l_i/dh^2, by double backprop), summed over
-#       the group's positions; projected to ``dim`` when the hidden size is larger;
+#   "hidden" (the authors' kind; see the module notes for how theirs differs): u_i = H_i g_i, the
+#       Hessian-vector product of l_i with respect to the final hidden states h (g_i = dl_i/dh,
+#       H_i = d^2 l_i/dh^2, by double backprop), summed over the group's positions; projected to
+#       ``dim`` when the hidden size is larger;
 #   "params" (LESS-style): u_i = P vec(dl_i/dW) for the Linear weights W of the last ``layers``
 #       decoder blocks, with a Kronecker Gaussian projection P = P_out (x) P_in per layer, so the
 #       per-request gradient is never materialised: P vec(sum_t d_t x_t^T) = sum_t (P_out d_t)(P_in x_t)^T.
@@ -332,7 +399,7 @@ def representativeness(
 ) -> np.ndarray:
     """R_i = minmax((1 + cos(u_i, u_mean)) / 2) over the pool ``rows`` (see the module notes for u_i).
 
-    ``variant``: "hidden" (HVP with respect to the final hidden state, the authors') or "params"
+    ``variant``: "hidden" (HVP with respect to the final hidden state, the authors' kind) or "params"
     (projected gradients of the last ``layers`` blocks, LESS-style). Memory is bounded: the pool's
     directions are kept as float16 unit vectors of at most ``dim`` numbers (100k requests x 1024 =
     205 MB) plus their float64 sum; one batch of ``batch_size`` requests is differentiated at a time.
@@ -380,7 +447,8 @@ def alignment(directions: np.ndarray, total: np.ndarray | None = None) -> np.nda
     """R = minmax((1 + cos(u_i, u_mean)) / 2) for the rows u_i of ``directions``.
 
     ``total`` is the sum of the raw u_i when ``directions`` holds them already normalised (as
-    :func:`representativeness` stores them); zero rows get cos = 0.
+    :func:`representativeness` stores them); zero rows get cos = 0, and equal scores give ones (the
+    official ``compute_cosine_scores``).
 
     Example:
         >>> alignment(np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [2.0, 0.0]])).round(3).tolist()
@@ -394,41 +462,60 @@ def alignment(directions: np.ndarray, total: np.ndarray | None = None) -> np.nda
     return minmax((1 + cos) / 2)
 
 
-def greedy_select(
-    embeddings: np.ndarray, scores: np.ndarray, k: int, *, first: int | None = None
-) -> np.ndarray:
-    """Greedy diversity-aware selection: repeatedly pick argmax_i D_i * scores_i.
+DISTANCES = ("cosine", "euclidean")
 
-    D_i is the Euclidean distance from i to the nearest selected request divided by the largest
-    such distance among the unselected (so D is in [0, 1]); the first pick is ``first`` or
-    argmax scores. Ties go to the lower index. Returns the picks in order. Each pick is one
+
+def greedy_select(
+    embeddings: np.ndarray, scores: np.ndarray, k: int, *, first: int | None = None, metric: str = "cosine",
+) -> np.ndarray:
+    """Greedy diversity-aware selection (the official ``maxmin_select``): repeatedly pick argmax_i D_i * s_i.
+
+    d_i is the distance from request i to its nearest selected request: ``cosine`` (MiniRec's,
+    1 - cos on L2-normalised embeddings) or ``euclidean``; D = (d - min d) / (max d - min d + 1e-12)
+    over the whole pool, selected requests included. The first pick is ``first`` or argmax
+    ``scores``; ties go to the lower index. Returns the picks in order. Each pick is one
     vectorized pass over the pool (distances to the newest pick only).
 
     Example:
-        >>> emb = np.array([[0.0], [0.1], [5.0], [10.0]])
-        >>> greedy_select(emb, np.array([1.0, 0.9, 0.5, 0.2]), 3).tolist()  # 0.5 * 0.5 > 1.0 * 0.2
-        [0, 2, 3]
+        >>> emb = np.array([[1.0, 0.0], [10.0, 1.0], [0.0, 1.0]])  # 1 is near 0 in angle, far in length
+        >>> greedy_select(emb, np.array([1.0, 0.9, 0.5]), 3).tolist()
+        [0, 2, 1]
+        >>> greedy_select(emb, np.array([1.0, 0.9, 0.5]), 3, metric="euclidean").tolist()
+        [0, 1, 2]
     """
     x = np.asarray(embeddings, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     n = len(s)
+    if x.ndim != 2 or len(x) != n:
+        raise ValueError(f"greedy_select: embeddings must be (n, dim) with n = len(scores) = {n}, "
+                         f"got shape {x.shape}")
+    if metric not in DISTANCES:
+        raise ValueError(f"greedy_select: unknown metric {metric!r}: choose one of {DISTANCES}")
     k = min(int(k), n)
-    picks = np.empty(k, dtype=np.int64)
-    if k == 0:
+    picks = np.empty(max(k, 0), dtype=np.int64)
+    if k <= 0:
         return picks
-    nearest = np.full(n, np.inf)
+    if first is not None and not 0 <= int(first) < n:
+        raise ValueError(f"greedy_select: first={first} is not a row of the {n} embeddings")
+    if metric == "cosine":
+        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+    def distance(i: int) -> np.ndarray:
+        return 1.0 - x @ x[i] if metric == "cosine" else np.linalg.norm(x - x[i], axis=1)
+
     taken = np.zeros(n, dtype=bool)
     pick = int(np.argmax(s)) if first is None else int(first)
+    nearest = distance(pick)
     for t in range(k):  # one pick per iteration; each one is vectorized over the pool
         picks[t] = pick
         taken[pick] = True
-        nearest = np.minimum(nearest, np.linalg.norm(x - x[pick], axis=1))
         if t + 1 == k:
             break
-        far = nearest[~taken].max()
-        d = nearest / far if far > 0 else np.zeros(n)
-        value = np.where(taken, -np.inf, d * s)
-        pick = int(np.argmax(value))
+        if t > 0:
+            nearest = np.minimum(nearest, distance(pick))
+        low = nearest.min()
+        d = (nearest - low) / (nearest.max() - low + 1e-12)
+        pick = int(np.argmax(np.where(taken, -np.inf, d * s)))
     return picks
 
 
@@ -438,9 +525,10 @@ def select(
 ) -> np.ndarray:
     """Pick ``size`` requests (a count, or a fraction of the pool when < 1) by ``method``.
 
-    * ``minirec``: :func:`greedy_select` with scores alpha * L + R (needs all three inputs);
+    * ``minirec``: :func:`greedy_select` (cosine distance) with scores alpha * L + R (needs all
+      three inputs);
     * ``learnability``: the top-L requests;
-    * ``kcenter``: greedy max-min distance on the embeddings from a seeded random start;
+    * ``kcenter``: greedy max-min Euclidean distance on the embeddings from a seeded random start;
     * ``random``: a seeded uniform sample.
 
     Returns pool indices in pick order.
@@ -449,7 +537,9 @@ def select(
         >>> select("random", 0.5, learn=np.zeros(6), seed=1).shape
         (3,)
     """
-    sized = next(a for a in (learn, embeddings, represent) if a is not None)
+    sized = next((a for a in (learn, embeddings, represent) if a is not None), None)
+    if sized is None:
+        raise ValueError("select: pass learn, embeddings or represent (they give the pool size)")
     n = len(sized)
     k = int(round(size * n)) if isinstance(size, float) and size < 1 else int(size)
     if not 0 < k <= n:
@@ -460,30 +550,53 @@ def select(
     if method == "learnability":
         return np.argsort(-np.asarray(learn), kind="stable")[:k]
     if method == "kcenter":
-        return greedy_select(embeddings, np.ones(n), k, first=int(rng.integers(n)))
+        if embeddings is None:
+            raise ValueError("kcenter selection needs embeddings")
+        return greedy_select(embeddings, np.ones(n), k, first=int(rng.integers(n)), metric="euclidean")
     if method == "minirec":
         if embeddings is None or learn is None or represent is None:
             raise ValueError("minirec selection needs embeddings, learnability and representativeness")
-        return greedy_select(embeddings, alpha * np.asarray(learn) + np.asarray(represent), k)
+        scores = alpha * np.asarray(learn) + np.asarray(represent)
+        return greedy_select(embeddings, scores, k, metric="cosine")
     raise ValueError(f"unknown selection method {method!r}: choose minirec, learnability, kcenter or random")
 
 
-def curriculum(selected: np.ndarray, mean_rewards: np.ndarray, group: int = 64) -> np.ndarray:
-    """Training order: the selection cut into groups of ``group`` (pick order), each sorted easy -> hard.
+def curriculum(
+    selected: np.ndarray, mean_rewards: np.ndarray, group: int = 64, *, seed: int = 42,
+    folds: int | None = None,
+) -> np.ndarray:
+    """Training order by the official rule (``random_fold_sort_with_visual``): shuffled folds, easy -> hard.
 
-    Easy means a high proxy reward r_bar; ties keep pick order. ``mean_rewards`` is indexed by
+    The selection is put in ascending order (the official code reads it back in sample-id order),
+    shuffled by Python's ``random.Random(seed).shuffle`` (the official ``random.seed(42);
+    random.shuffle``), and cut into ``folds`` folds (default ``len(selected) // group``, at least
+    1) of ``len // folds`` requests, the last one taking the remainder. Each fold is ordered by
+    r_bar descending (easy first); ties keep the shuffled order. ``mean_rewards`` is indexed by
     the values in ``selected``.
 
     Example:
         >>> r_bar = np.array([0, .1, .9, 0, 0, .2, 0, .5])
-        >>> curriculum(np.array([1, 5, 7, 2]), r_bar, group=2).tolist()  # groups [1, 5] and [7, 2]
-        [5, 1, 2, 7]
+        >>> curriculum(np.array([1, 5, 7, 2]), r_bar, group=2).tolist()  # shuffled: [5, 2], [7, 1]
+        [2, 5, 7, 1]
     """
-    selected = np.asarray(selected, dtype=np.int64)
-    r = np.asarray(mean_rewards)[selected]
-    group_id = np.arange(len(selected)) // group
-    order = np.lexsort((np.arange(len(selected)), -r, group_id))  # by group, then r_bar desc, then pick
-    return selected[order]
+    import random
+
+    ids = np.sort(np.asarray(selected, dtype=np.int64))
+    n = len(ids)
+    if group < 1:
+        raise ValueError(f"curriculum: group={group} must be at least 1")
+    if n == 0:
+        return ids
+    count = max(1, n // group) if folds is None else int(folds)
+    if not 1 <= count <= n:
+        raise ValueError(f"curriculum: folds={folds} must be between 1 and the {n} selected requests")
+    perm = list(range(n))
+    random.Random(seed).shuffle(perm)  # the permutation depends on n and the seed only
+    ids = ids[np.asarray(perm, dtype=np.int64)]
+    size = n // count
+    fold = np.minimum(np.arange(n) // size, count - 1)  # the last fold takes the remainder
+    r = np.asarray(mean_rewards, dtype=np.float64)[ids]
+    return ids[np.lexsort((-r, fold))]  # by fold, then r_bar descending; lexsort is stable
 
 
 class CurriculumSampler:
@@ -526,19 +639,74 @@ def describe_subset(rows: np.ndarray, mean_rewards: np.ndarray | None = None,
     return out
 
 
-def run_selection(
-    policy: LLMPolicy, task: RecGenTask, pool: np.ndarray, method: str, size: int | float, *,
-    rollouts: int = 4, variant: str = "hidden", alpha: float = 1.0, mu: float = 0.5,
-    sigma: float | None = None, group: int = 64, use_curriculum: bool | None = None, seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The whole selection: what ``method`` needs from the proxy ``policy``, the picks, the training order.
+PROXY_STEPS = 28  # official: checkpoint-28 of an RL run on 256 requests (launch_gen_diff.sh:52)
+PROXY_SAMPLES = 256
 
-    ``pool`` holds request rows of ``task``. Only what the method uses is computed (random needs
-    nothing, K-center the embeddings, learnability the proxy rollouts, MiniRec all three and R),
-    and each part is timed. ``use_curriculum`` (default: on for MiniRec) orders the picks by
-    :func:`curriculum`. Returns a JSON-ready dict whose ``order`` (task rows, training order)
-    :class:`CurriculumSampler` walks.
+
+def train_proxy(
+    policy: LLMPolicy, task: RecGenTask, *, steps: int = PROXY_STEPS, samples: int = PROXY_SAMPLES,
+    pool: np.ndarray | None = None, requests_per_step: int = 48, group_size: int = 4, lr: float | None = None,
+    warmup_steps: int = 32, seed: int = 0, progress: bool = True,
+) -> LLMPolicy:
+    """MiniRec's proxy: a copy of ``policy`` after a short GRPO run on a seeded sample of the pool.
+
+    The official proxy is the SFT'd model after 28 RL optimizer steps on 256 requests (group size
+    4, 48 requests per step, warm-up over 32 steps: see the module notes). This copies ``policy``
+    (``copy.deepcopy``: the caller's policy does not change; memory for a second model is needed),
+    draws ``samples`` rows of ``pool`` (default: every request of ``task``) with
+    ``numpy.random.default_rng(seed)``, and trains the copy for ``steps`` steps with GRPO (ratio
+    clip 0.2 / 0.28, one optimizer step per batch) through :func:`agents.rl.train_rl`, without
+    validation. ``lr`` defaults to our RL learning rate (``RLConfig().lr``). ``steps=0`` returns an
+    untrained copy.
+
+    Example:
+        >>> # proxy = train_proxy(sft_policy, train_task, pool=np.arange(train_task.num_requests))
+        >>> # sel = run_selection(proxy, train_task, pool, "minirec", 1024, proxy_steps=0)
+    """
+    from agents.learners import make_learner
+    from agents.rl import EpochSampler, RLConfig, train_rl
+
+    if steps < 0:
+        raise ValueError(f"train_proxy: steps={steps} must be >= 0 (0: no RL, the policy as is)")
+    if samples < 1 or requests_per_step < 1:
+        raise ValueError(f"train_proxy: samples={samples} and requests_per_step={requests_per_step} "
+                         "must be positive")
+    rows = np.arange(task.num_requests) if pool is None else np.asarray(pool, dtype=np.int64)
+    if len(rows) == 0:
+        raise ValueError("train_proxy: the pool is empty")
+    if rows.min() < 0 or rows.max() >= task.num_requests:
+        raise ValueError(f"train_proxy: pool rows must lie in [0, {task.num_requests}) "
+                         f"({task.split!r} split), got [{rows.min()}, {rows.max()}]")
+    proxy = copy.deepcopy(policy)
+    if steps == 0:
+        return proxy
+    sample = np.sort(np.random.default_rng(seed).choice(rows, min(samples, len(rows)), replace=False))
+    config = RLConfig(steps=steps, requests_per_step=requests_per_step,
+                      lr=RLConfig().lr if lr is None else lr, warmup_steps=warmup_steps, mu=1,
+                      minibatches=1, eval_every=0, seed=seed, progress=progress)
+    learner = make_learner("grpo", group_size=group_size, clip_low=0.2, clip_high=0.28)
+    train_rl(proxy, learner, task, None, config, None, EpochSampler(sample, requests_per_step, seed=seed))
+    proxy.model.eval()
+    return proxy
+
+
+def run_selection(
+    policy: LLMPolicy | None, task: RecGenTask, pool: np.ndarray, method: str, size: int | float, *,
+    rollouts: int = 4, variant: str = "hidden", alpha: float = 1.0, mu: float | None = 0.5,
+    sigma: float | None = None, group: int = 64, use_curriculum: bool | None = None, seed: int = 0,
+    proxy_steps: int = PROXY_STEPS, proxy_samples: int = PROXY_SAMPLES,
+    proxy_settings: dict[str, Any] | None = None, curriculum_seed: int = 42, progress: bool = True,
+) -> dict[str, Any]:
+    """The whole selection: a proxy from ``policy``, what ``method`` needs from it, the picks, their order.
+
+    ``pool`` holds request rows of ``task``. Unless ``proxy_steps`` is 0 (use ``policy`` as is),
+    the proxy is :func:`train_proxy` (``proxy_steps`` GRPO steps on ``proxy_samples`` requests of
+    the pool; ``proxy_settings`` passes its other arguments, e.g. ``{"lr": 1e-5}``); ``policy``
+    itself does not change. Only what the method uses is computed (random needs nothing, not
+    even a policy; K-center the embeddings, learnability the proxy rollouts, MiniRec all three
+    and R), and each part is timed. ``use_curriculum`` (default: on for MiniRec) orders the
+    picks by :func:`curriculum` (folds of ``group``, shuffled with ``curriculum_seed``). Returns
+    a JSON-ready dict whose ``order`` (task rows, training order) :class:`CurriculumSampler` walks.
 
     Example:
         >>> # sel = run_selection(sft_policy, train_task, np.arange(2560), "minirec", 0.1)
@@ -555,32 +723,49 @@ def run_selection(
         seconds[name] = round(time.perf_counter() - start, 2)
         return out
 
+    proxy = policy
+    if method in ("minirec", "learnability", "kcenter"):
+        if policy is None:
+            raise ValueError(f"the {method!r} selector needs a proxy policy (e.g. the SFT policy)")
+        if proxy_steps > 0:
+            proxy = timed("proxy_training", train_proxy, policy, task, steps=proxy_steps,
+                          samples=proxy_samples, pool=pool, seed=seed, progress=progress,
+                          **(proxy_settings or {}))
     r_bar = learn = represent = embeddings = None
     if method in ("minirec", "learnability"):
-        proxy = timed("proxy_rollouts", proxy_rollouts, policy, task, pool, rollouts=rollouts, seed=seed,
-                      progress=progress)
-        r_bar = proxy.mean_rewards
+        rollout = timed("proxy_rollouts", proxy_rollouts, proxy, task, pool, rollouts=rollouts, seed=seed,
+                        progress=progress)
+        r_bar = rollout.mean_rewards
         learn = learnability(r_bar, mu=mu, sigma=sigma)
         if method == "minirec":
-            represent = timed("representativeness", representativeness, policy, task, pool, proxy,
+            represent = timed("representativeness", representativeness, proxy, task, pool, rollout,
                               variant=variant, seed=seed, progress=progress)
     if method in ("minirec", "kcenter"):
-        embeddings = timed("embeddings", request_embeddings, policy, task, pool, progress=progress)
+        embeddings = timed("embeddings", request_embeddings, proxy, task, pool, progress=progress)
     picks = timed("select", select, method, size, embeddings=embeddings,
                   learn=learn if learn is not None else np.zeros(len(pool)), represent=represent, alpha=alpha,
                   seed=seed)
     ordered = use_curriculum if use_curriculum is not None else method == "minirec"
-    if ordered and r_bar is None:
-        raise ValueError(f"a curriculum needs proxy rewards, which the {method!r} selector does not compute")
-    order = curriculum(picks, r_bar, group) if ordered else picks
+    if ordered:
+        if r_bar is None:
+            raise ValueError(f"a curriculum needs proxy rewards, which the {method!r} selector does not "
+                             "compute: pass use_curriculum=False (--no-curriculum)")
+        by_row = np.zeros(int(pool.max()) + 1)  # r_bar indexed by task row: folds shuffle rows in row order
+        by_row[pool] = r_bar
+        order = curriculum(pool[picks], by_row, group, seed=curriculum_seed)
+    else:
+        order = pool[picks]
     seconds["total"] = round(sum(seconds.values()), 2)
     return {"method": method, "size": size, "pool": len(pool), "selected": len(picks),
-            "curriculum": bool(ordered), "order": pool[order].tolist(),
+            "curriculum": bool(ordered), "order": order.tolist(),
             "stats": describe_subset(picks, r_bar, learn), "seconds": seconds,
             "config": {"rollouts": rollouts, "variant": variant, "alpha": alpha, "mu": mu, "sigma": sigma,
-                       "group": group, "seed": seed}}
+                       "group": group, "seed": seed, "curriculum_seed": curriculum_seed,
+                       "proxy_steps": proxy_steps if method != "random" else 0,
+                       "proxy_samples": proxy_samples, "proxy_settings": proxy_settings or {}}}
 
 
 __all__ = ["CurriculumSampler", "GradientProjector", "ProxyRollouts", "alignment", "curriculum",
            "describe_subset", "greedy_select", "hidden_directions", "learnability", "minmax",
-           "proxy_rollouts", "representativeness", "request_embeddings", "run_selection", "select"]
+           "proxy_rollouts", "representativeness", "request_embeddings", "run_selection", "select",
+           "train_proxy"]

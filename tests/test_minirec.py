@@ -1,4 +1,5 @@
 import copy
+import random
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from agents.minirec import (
     proxy_rollouts,
     representativeness,
     request_embeddings,
+    run_selection,
     select,
+    train_proxy,
 )
 
 
@@ -30,21 +33,48 @@ def test_learnability_prefers_moderate_difficulty():
     assert L.argmax() == 2 and L[0] == L[4] == 0.0 and L[1] == pytest.approx(L[3])
     # Never-solved requests rank below partly solved ones, whatever mu.
     assert learnability(np.array([0.0, 0.1, 0.2]), mu=0.5).tolist()[0] == 0.0
-    assert learnability(np.full(4, 0.25)).tolist() == [0.0] * 4
+    # Official gaussian_scores: a constant pool (std 0 -> sigma 1e-6) gets ones, sigma=0 means the std,
+    # mu=None the pool mean.
+    assert learnability(np.full(4, 0.25)).tolist() == [1.0] * 4
+    np.testing.assert_allclose(learnability(r_bar, sigma=0), L)
+    r = np.array([0.0, 0.1, 0.5])  # mean 0.2: 0.1 is closest (0.1 away), 0.5 farthest (0.3)
+
+    def g(gap):
+        return np.exp(-(gap**2) / (2 * r.std() ** 2))
+
+    expected = [(g(0.2) - g(0.3)) / (g(0.1) - g(0.3)), 1.0, 0.0]
+    assert learnability(r, mu=None).tolist() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="sigma"):
+        learnability(r, sigma=-1.0)
 
 
 def test_greedy_picks_by_hand():
-    # Two tight clusters and an outlier; scores favour the first cluster.
-    emb = np.array([[0.0, 0.0], [0.0, 0.1], [3.0, 4.0], [6.0, 8.0]])
-    scores = np.array([1.0, 0.95, 0.4, 0.3])
-    # Pick 0 (top score). Distances to {0}: [0, 0.1, 5, 10] / 10 -> V = [-, 0.0095, 0.2, 0.3]: pick 3.
-    # Distances to {0, 3}: [0, 0.1, 5, 0] / 5 -> V = [-, 0.019, 0.4, -]: pick 2, then 1.
-    assert greedy_select(emb, scores, 4).tolist() == [0, 3, 2, 1]
-    assert select("minirec", 2, embeddings=emb, learn=scores, represent=np.zeros(4)).tolist() == [0, 3]
-    # alpha weighs learnability against representativeness.
+    # MiniRec's D is the cosine distance on L2-normalised embeddings (official maxmin_select):
+    # row 1 points almost the way row 0 does but is far from it in length.
+    emb = np.array([[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    scores = np.array([1.0, 0.9, 0.5, 0.45])
+    c1, c3 = 1 - 10 / np.sqrt(101), 1 - 1 / np.sqrt(2)  # 0.00496 and 0.29289
+    # Pick 0 (top score). d(., {0}) = [0, c1, 1, c3], min 0, max 1 -> V = [-, 0.9 c1, 0.5, 0.45 c3]
+    # = [-, 0.0045, 0.5, 0.132]: pick 2. d(., {0, 2}) = [0, c1, 0, c3] (1 - cos(row 1, row 2) = 0.90
+    # and 1 - cos(row 3, row 2) = c3 do not lower them) -> D = [0, c1 / c3, 0, 1]: V3 = 0.45 > V1 = 0.015.
+    assert 0.9 * c1 < 0.5 and 0.45 * c3 < 0.5 and 0.9 * c1 / c3 < 0.45
+    assert greedy_select(emb, scores, 4).tolist() == [0, 2, 3, 1]
+    assert select("minirec", 3, embeddings=emb, learn=scores, represent=np.zeros(4)).tolist() == [0, 2, 3]
+    # The same rows by Euclidean distance: d(., {0}) = [0, 9.06, 1.41, 1] -> V = [-, 0.9, 0.078, 0.050]: 1;
+    # d(., {0, 1}) = [0, 0, 1.41, 1] -> V = [-, -, 0.5, 0.318]: 2, then 3.
+    assert greedy_select(emb, scores, 4, metric="euclidean").tolist() == [0, 1, 2, 3]
+    # D is min-maxed over the whole pool, selected rows included (official): a zero embedding is at
+    # distance 1 from everything, itself too, so after picking it every D is 0 and the lower index wins.
+    zero = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert greedy_select(zero, np.array([1.0, 0.2, 0.8]), 3).tolist() == [0, 1, 2]
+    # alpha weighs learnability against representativeness (the first pick is argmax alpha L + R).
     represent = np.array([0.0, 0.0, 0.0, 2.0])
     assert select("minirec", 1, embeddings=emb, learn=scores, represent=represent, alpha=1.0).tolist() == [3]
     assert select("minirec", 1, embeddings=emb, learn=scores, represent=represent, alpha=5.0).tolist() == [0]
+    with pytest.raises(ValueError, match="metric"):
+        greedy_select(emb, scores, 2, metric="manhattan")
+    with pytest.raises(ValueError, match="embeddings must be"):
+        greedy_select(emb[:3], scores, 2)
 
 
 def test_selectors_sizes_determinism_and_errors():
@@ -70,18 +100,54 @@ def test_selectors_sizes_determinism_and_errors():
         select("best", 5, learn=learn)
 
 
-def test_curriculum_orders_each_group_easy_to_hard():
-    selected = np.array([10, 11, 12, 13, 14])
+def _python_shuffle(n, seed):
+    """Python's random.shuffle written out (Fisher-Yates with getrandbits rejection sampling)."""
+    rng = random.Random(seed)
+    x = list(range(n))
+    for i in reversed(range(1, n)):
+        bits = (i + 1).bit_length()
+        j = rng.getrandbits(bits)
+        while j > i:
+            j = rng.getrandbits(bits)
+        x[i], x[j] = x[j], x[i]
+    return x
+
+
+def test_curriculum_follows_the_official_folds():
+    selected = np.array([16, 10, 13, 11, 15, 12, 14])  # pick order
     r_bar = np.zeros(20)
-    r_bar[[10, 11, 12, 13, 14]] = [0.25, 0.75, 0.5, 0.5, 1.0]
-    # Groups of 3 in pick order: [10, 11, 12] -> [11, 12, 10]; [13, 14] -> [14, 13].
-    assert curriculum(selected, r_bar, group=3).tolist() == [11, 12, 10, 14, 13]
-    order = curriculum(selected, r_bar, group=64)
-    assert order.tolist() == [14, 11, 12, 13, 10]  # ties (12, 13) keep pick order
-    sampler = CurriculumSampler(order, batch_size=2)
-    assert [sampler.rows(s).tolist() for s in range(3)] == [[14, 11], [12, 13], [10, 14]]
+    r_bar[10:17] = [0.25, 0.5, 1.0, 0.75, 0.5, 0.9, 0.25]  # r_bar of rows 10..16
+    # Official: ids in ascending order, random.seed(42); random.shuffle; n_folds = 7 // 3 = 2 folds
+    # of 7 // 2 = 3, the last taking the remainder; each fold by r_bar descending, ties in shuffled order.
+    perm = _python_shuffle(7, 42)
+    assert perm == [1, 3, 4, 2, 6, 0, 5]
+    state = random.getstate()
+    try:
+        official = list(range(7))
+        random.seed(42)
+        random.shuffle(official)  # the official call itself
+    finally:
+        random.setstate(state)
+    assert official == perm
+    # shuffled rows: [11, 13, 14, 12, 16, 10, 15]; folds [11, 13, 14] and [12, 16, 10, 15]:
+    # r_bar [.5, .75, .5] -> [13, 11, 14]; [1.0, .25, .25, .9] -> [12, 15, 16, 10] (16 before 10:
+    # shuffled order)
+    assert curriculum(selected, r_bar, group=3).tolist() == [13, 11, 14, 12, 15, 16, 10]
+    # Folds cut in pick order would give [13, 16, 10, 12, 11, 15, 14]; a separate remainder fold [15]
+    # would give [13, 11, 14, 12, 16, 10, 15].
+    # seed 7: shuffle [5, 6, 4, 0, 3, 1, 2] -> [15, 16, 14 | 10, 13, 11, 12] -> [15, 14, 16, 12, 13, 11, 10]
+    assert _python_shuffle(7, 7) == [5, 6, 4, 0, 3, 1, 2]
+    assert curriculum(selected, r_bar, group=3, seed=7).tolist() == [15, 14, 16, 12, 13, 11, 10]
+    # folds=1 (or group >= 7): one fold, all of it easy -> hard; the shuffle only orders ties.
+    assert curriculum(selected, r_bar, group=64).tolist() == [12, 15, 13, 11, 14, 16, 10]
+    assert curriculum(selected, r_bar, folds=7).tolist() == [11, 13, 14, 12, 16, 10, 15]  # the shuffle
+    with pytest.raises(ValueError, match="folds"):
+        curriculum(selected, r_bar, folds=8)
+    order = curriculum(selected, r_bar, group=3)
+    sampler = CurriculumSampler(order, batch_size=3)
+    assert [sampler.rows(s).tolist() for s in range(3)] == [[13, 11, 14], [12, 15, 16], [10, 13, 11]]
     stats = describe_subset(selected, r_bar, np.linspace(0, 1, 20))
-    assert stats["size"] == 5 and stats["solved_always"] == 0.2
+    assert stats["size"] == 7 and stats["solved_always"] == pytest.approx(1 / 7)
 
 
 def test_proxy_rewards_and_embeddings_from_a_policy(tiny_sid):
@@ -197,3 +263,71 @@ def test_representativeness_both_variants(double_pool):
         np.testing.assert_allclose(R, again, atol=2e-3)  # batching does not matter (float16 storage)
     with pytest.raises(ValueError, match="variant"):
         representativeness(policy, task, rows, proxy, variant="grad")
+
+
+def _weights(policy):
+    return {name: p.detach().clone() for name, p in policy.model.named_parameters()}
+
+
+def test_train_proxy_trains_a_copy(tiny_sid):
+    task, policy = tiny_sid
+    start = _weights(policy)
+    proxy = train_proxy(policy, task, steps=2, samples=8, pool=np.arange(30), requests_per_step=4,
+                        group_size=4, lr=1e-2, seed=0, progress=False)
+    assert proxy is not policy and proxy.model is not policy.model
+    after = _weights(proxy)
+    changed = [name for name in start if not torch.equal(start[name], after[name])]
+    assert len(changed) > len(start) // 2  # GRPO steps moved most weights
+    assert all(torch.equal(start[name], p) for name, p in _weights(policy).items())  # the caller's is intact
+    assert not proxy.model.training
+    again = train_proxy(policy, task, steps=2, samples=8, pool=np.arange(30), requests_per_step=4,
+                        group_size=4, lr=1e-2, seed=0, progress=False)
+    assert all(torch.equal(after[name], p) for name, p in _weights(again).items())  # seeded
+    untrained = train_proxy(policy, task, steps=0, progress=False)
+    assert untrained is not policy and all(torch.equal(start[n], p) for n, p in _weights(untrained).items())
+    with pytest.raises(ValueError, match="steps"):
+        train_proxy(policy, task, steps=-1)
+    with pytest.raises(ValueError, match="pool rows"):
+        train_proxy(policy, task, steps=1, pool=np.array([task.num_requests]))
+
+
+def _direct_minirec(policy, task, pool, size, seed, group):
+    """MiniRec by hand from the module's parts, on ``policy`` as given."""
+    proxy = proxy_rollouts(policy, task, pool, rollouts=4, seed=seed, progress=False)
+    learn = learnability(proxy.mean_rewards)
+    represent = representativeness(policy, task, pool, proxy, seed=seed, progress=False)
+    emb = request_embeddings(policy, task, pool, progress=False)
+    picks = select("minirec", size, embeddings=emb, learn=learn, represent=represent, seed=seed)
+    return curriculum(pool[picks], np.bincount(pool, weights=proxy.mean_rewards, minlength=pool.max() + 1),
+                      group)
+
+
+def test_run_selection_uses_the_trained_proxy(tiny_sid):
+    task, policy = tiny_sid
+    pool = np.arange(3, 19)  # task rows: order comes back as rows
+    start = _weights(policy)
+    plain = run_selection(policy, task, pool, "minirec", 8, group=4, seed=1, proxy_steps=0, progress=False)
+    order = _direct_minirec(policy, task, pool, 8, seed=1, group=4)
+    assert plain["order"] == order.tolist() and plain["config"]["proxy_steps"] == 0
+    assert "proxy_training" not in plain["seconds"] and plain["curriculum"]
+    settings = {"requests_per_step": 4, "group_size": 4, "lr": 1e-2}
+    trained = run_selection(policy, task, pool, "minirec", 8, group=4, seed=1, proxy_steps=2,
+                            proxy_samples=8, proxy_settings=settings, progress=False)
+    assert all(torch.equal(start[name], p) for name, p in _weights(policy).items())
+    proxy = train_proxy(policy, task, steps=2, samples=8, pool=pool, seed=1, progress=False, **settings)
+    order_p = _direct_minirec(proxy, task, pool, 8, seed=1, group=4)
+    assert trained["order"] == order_p.tolist() and "proxy_training" in trained["seconds"]
+    assert order_p.tolist() != order.tolist()  # so the check above tells the proxy from the policy
+    # K-center works on the proxy's embeddings too; random needs no policy at all.
+    k_plain = run_selection(policy, task, pool, "kcenter", 8, seed=1, proxy_steps=0, progress=False)
+    k_proxy = run_selection(policy, task, pool, "kcenter", 8, seed=1, proxy_steps=2, proxy_samples=8,
+                            proxy_settings=settings, progress=False)
+    emb = request_embeddings(proxy, task, pool, progress=False)
+    assert k_proxy["order"] == pool[select("kcenter", 8, embeddings=emb, seed=1)].tolist()
+    emb_policy = request_embeddings(policy, task, pool, progress=False)
+    assert k_plain["order"] == pool[select("kcenter", 8, embeddings=emb_policy, seed=1)].tolist()
+    assert k_plain["order"] != k_proxy["order"]
+    rand = run_selection(None, task, pool, "random", 4, seed=1, progress=False)
+    assert rand["config"]["proxy_steps"] == 0 and len(rand["order"]) == 4
+    with pytest.raises(ValueError, match="needs a proxy policy"):
+        run_selection(None, task, pool, "kcenter", 4, progress=False)
