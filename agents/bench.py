@@ -34,7 +34,9 @@ Plug-ins: a Python file or module that calls :func:`agents.learners.register_lea
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -47,15 +49,18 @@ from tqdm.auto import tqdm
 from agents.plugins import load_plugin
 from recgym.metrics import KS
 
-# --agents ablation: RISER's components one at a time on top of oversampling. Every
-# variant trains with full_vocab=True: under the constrained distribution a forced token has
-# probability 1, so the certainty mask would change nothing (see agents/riser.py).
+# --agents ablation, as the RISER paper reports it: GRPO, RISER's components added one at a time on
+# top of oversampling, RISER without each one, and RISER; all from the one SFT start, under the
+# policy's objective (full vocabulary: every component acts). GRPO and "+oversample" train groups
+# of the same size n (riser_group); oversampling variants draw m (rollouts_per_request) first.
+_OFF = {"oversample": {"oversample": None}, "simpo": {"simpo_weight": 0.0}, "certainty": {"certainty_d": 1.0},
+        "kl_cov": {"kl_cov_k": 0.0}}
 ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", {}),
-    "+oversample": ("riser", {"simpo_weight": 0.0, "certainty_d": 1.0, "kl_cov_k": 0.0}),
-    "+simpo": ("riser", {"certainty_d": 1.0, "kl_cov_k": 0.0}),
-    "+certainty": ("riser", {"simpo_weight": 0.0, "kl_cov_k": 0.0}),
-    "+kl_cov": ("riser", {"simpo_weight": 0.0, "certainty_d": 1.0}),
+    "+oversample": ("riser", {**_OFF["simpo"], **_OFF["certainty"], **_OFF["kl_cov"]}),
+    **{f"+{name}": ("riser", {k: v for other, off in _OFF.items() if other not in ("oversample", name)
+                              for k, v in off.items()}) for name in ("simpo", "certainty", "kl_cov")},
+    **{f"-{name}": ("riser", dict(off)) for name, off in _OFF.items()},
     "riser": ("riser", {}),
 }
 
@@ -75,8 +80,10 @@ class BenchPreset:
         rl_steps, requests_per_step, rollouts_per_request: the RL rollout budget (their product).
         riser_group: RISER's n (groups kept after de-duplicating ``rollouts_per_request``).
         rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
-        eval_requests: validation sample size; ``test_requests`` / ``test_seed``: the test sample
-            (None: every test request); ``beam``: beam width (>= 20 for HR@20).
+        eval_requests: validation sample size (None: the whole valid split); ``test_requests`` /
+            ``test_seed``: the test sample (None: every test request); ``beam``: the test's beam
+            width (50, the reference protocol; >= 50 for HR@50); ``valid_beam``: validation's
+            (model selection by NDCG@10).
         sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads: SASRec's size (early
             stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
             a ranker's preset fields are ``<name>_<setting>``.
@@ -107,10 +114,11 @@ class BenchPreset:
     mu: int = 1
     minibatches: int = 2
     rl_eval_every: int = 20
-    eval_requests: int | None = 256
+    eval_requests: int | None = None
     test_requests: int | None = 1000
     test_seed: int = 0
-    beam: int = 20
+    beam: int = 50
+    valid_beam: int = 20
     sasrec_epochs: int = 20
     sasrec_hidden: int = 64
     sasrec_batch_size: int = 128
@@ -129,9 +137,21 @@ class BenchPreset:
         if self.beam < max(KS):
             raise ValueError(f"beam={self.beam} must be at least {max(KS)} (HR@{max(KS)})")
         for name in ("sft_steps", "rl_steps", "requests_per_step", "sft_batch_size", "sasrec_epochs",
-                     "ppo_envs", "ppo_episodes_per_update"):
+                     "ppo_envs", "ppo_episodes_per_update", "mu", "minibatches", "rollouts_per_request",
+                     "valid_beam"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("test_requests", "eval_requests"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive or None (all requests), got {getattr(self, name)}")
+        for name in ("sft_eval_every", "rl_eval_every", "test_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("sft_lr", "rl_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     @property
     def rollout_budget(self) -> int:
@@ -147,7 +167,7 @@ PRESETS: dict[str, BenchPreset] = {
               "dataset_kwargs": {"num_items": 300, "num_users": 400}},
         model_preset="tiny", sft_steps=300, sft_batch_size=32, sft_lr=5e-3, sft_eval_every=100,
         rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
-        rl_eval_every=10, eval_requests=200, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
+        rl_eval_every=10, eval_requests=None, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
         ppo_episodes_per_update=16, ppo_hidden=64),
     # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: 36 min on 2 CPU cores (one
     # thread, the other core busy) for popularity, sasrec, sft, simpo, grpo, riser and
@@ -160,7 +180,7 @@ PRESETS: dict[str, BenchPreset] = {
     "cpu": BenchPreset(
         name="cpu", env="RecGen-Games-v0", task={"max_history": 5}, model_preset="small", sft_steps=2000,
         sft_batch_size=32, sft_lr=2e-3, sft_eval_every=500, rl_steps=100, requests_per_step=16,
-        rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=200,
+        rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
         test_requests=1000, sasrec_epochs=3, sasrec_hidden=64, sasrec_batch_size=256,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
     # The papers' scale: a pretrained Qwen2-1.5B-class model (--model PATH), titles, a GPU.
@@ -168,7 +188,7 @@ PRESETS: dict[str, BenchPreset] = {
         name="paper", env="RecGen-Games-v0", task={"dataset": "games", "representation": "title"},
         sft_steps=3000, sft_batch_size=64, sft_lr=3e-5, sft_eval_every=500, rl_steps=500,
         requests_per_step=32, rollouts_per_request=20, riser_group=16, rl_lr=1e-6, rl_eval_every=100,
-        eval_requests=1000, test_requests=None, sasrec_epochs=200, sasrec_hidden=64,
+        eval_requests=None, test_requests=None, sasrec_epochs=200, sasrec_hidden=64,
         sasrec_batch_size=256, sasrec_num_threads=None, ppo_episodes_per_update=64, ppo_hidden=256,
         ppo_item_tokens=False),
 }
@@ -205,7 +225,7 @@ class AgentSpec:
     :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``.
 
     Example:
-        >>> AgentSpec("+simpo", "rl", "riser", {"full_vocab": True}).learner
+        >>> AgentSpec("+simpo", "rl", "riser", {"kl_cov_k": 0.0}).learner
         'riser'
     """
 
@@ -248,8 +268,9 @@ def parse_agents(
     ``learner_settings`` maps an agent name to extra learner settings (``--learner-set``).
 
     Example:
-        >>> [s.name for s in parse_agents("sft,ablation", PRESETS["ci"])]
-        ['sft', 'grpo', '+oversample', '+simpo', '+certainty', '+kl_cov', 'riser']
+        >>> [s.name for s in parse_agents("sft,ablation", PRESETS["ci"])]  # doctest: +NORMALIZE_WHITESPACE
+        ['sft', 'grpo', '+oversample', '+simpo', '+certainty', '+kl_cov', '-oversample', '-simpo',
+         '-certainty', '-kl_cov', 'riser']
         >>> parse_agents("sft,ppo", PRESETS["ci"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -266,8 +287,10 @@ def parse_agents(
     for name in names:
         if name == "ablation":
             for variant, (learner, settings) in ABLATION.items():
-                merged = {**budget_settings(learner, preset), **settings, "full_vocab": True,
-                          **extra.get(variant, {})}
+                budget = budget_settings(learner, preset)
+                if learner == "grpo":  # the same group size n as the oversampling variants
+                    budget = {"group_size": preset.riser_group}
+                merged = {**budget, **settings, **extra.get(variant, {})}
                 specs.append(AgentSpec(variant, "rl", learner, merged))
         elif name in ranker_names() or name in ("sft", "maskable_ppo"):
             kind = name if name in ("sft", "maskable_ppo") else "classic"
@@ -320,14 +343,40 @@ def run_bench(
     sft: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train and test every agent for every seed; write results.json/.md, metrics.png, curves.png.
 
-    Returns the results dict written to ``results.json``.
+    Returns the results dict written to ``results.json``. ``out`` is locked while the bench runs.
+    A rerun into the same ``out`` resumes its SFT and RL runs when their settings are the same
+    and is refused (before anything trains) when they differ; ``restart`` starts every run over.
 
     Example:
         >>> # run_bench(PRESETS["ci"], parse_agents("popularity,sft,grpo", PRESETS["ci"]), [0], "runs/b")
     """
+    from agents.runs import RunLock
+
+    out = Path(out)
+    seeds = list(seeds)
+    _check_learners(agents)
+    for seed in seeds:  # every training config is checked before anything is loaded or trained
+        _sft_config(preset, seed, progress, preset.sft_batch_size)
+        _rl_config(preset, seed, progress)
+    if any(a.kind == "maskable_ppo" for a in agents):
+        from agents.baselines.maskable_ppo import import_maskable_ppo
+
+        import_maskable_ppo()  # fail before any training when sb3-contrib is missing
+    if preset.name == "paper" and any(a.kind in ("sft", "rl") for a in agents) and not (preset.model or sft):
+        raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
+                         "or --sft DIR")
+    with RunLock(out):
+        return _run_bench(preset, agents, seeds, out, task_overrides, sft, device, progress, restart)
+
+
+def _run_bench(
+    preset: BenchPreset, agents: Sequence[AgentSpec], seeds: list[int], out: Path,
+    task_overrides: dict[str, Any] | None, sft: str | None, device: str | None, progress: bool, restart: bool,
+) -> dict[str, Any]:
     import torch
 
     from agents.bench_report import machine_info, write_report
@@ -337,8 +386,11 @@ def run_bench(
     from agents.policy import LLMPolicy
     from agents.tracking import write_atomically
 
-    out = Path(out)
-    seeds = list(seeds)
+    if restart:  # the runs start over in train_sft / train_rl; the bench's own outputs go now
+        for name in ("results.json", "results.md", "metrics.png", "curves.png"):
+            (out / name).unlink(missing_ok=True)
+        if (out / "sft" / "final").is_dir():
+            shutil.rmtree(out / "sft" / "final")
     if not progress:  # also the bars transformers shows while saving and loading weights
         from transformers.utils import logging as hf_logging
 
@@ -346,21 +398,15 @@ def run_bench(
     task = {**preset.task, **(task_overrides or {})}
     if "dataset_kwargs" in preset.task and "dataset_kwargs" in (task_overrides or {}):
         task["dataset_kwargs"] = {**preset.task["dataset_kwargs"], **task_overrides["dataset_kwargs"]}
-    _check_learners(agents)
-    if any(a.kind == "maskable_ppo" for a in agents):
-        from agents.baselines.maskable_ppo import import_maskable_ppo
-
-        import_maskable_ppo()  # fail before any training when sb3-contrib is missing
     needs_llm = any(a.kind in ("sft", "rl") for a in agents)
-    if needs_llm and preset.name == "paper" and not (preset.model or sft):
-        raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
-                         "or --sft DIR")
     policy = LLMPolicy.from_pretrained(sft, device=device) if sft and needs_llm else None
+    source = f"--sft {sft}"
     train = make_task(preset.env, "train", task,
-                      tokenizer=policy.items if policy is not None else preset.model)
-    valid = make_task(preset.env, "valid", task, tokenizer=train.items)
-    test = make_task(preset.env, "test", task, tokenizer=train.items)
+                      tokenizer=policy.items if policy is not None else preset.model, source=source)
+    valid = make_task(preset.env, "valid", task, tokenizer=train.items, source=source)
+    test = make_task(preset.env, "test", task, tokenizer=train.items, source=source)
     tasks = SimpleNamespace(train=train, valid=valid if valid.num_requests else None, test=test)
+    _check_rl_folders(agents, seeds, tasks, preset, task, out, progress, restart)
     test_requests = len(select_rows(test.num_requests, preset.test_requests))
     results: dict[str, Any] = {
         "env": preset.env, "task": task, "representation": train.representation,
@@ -368,7 +414,12 @@ def run_bench(
         "budget": {"rl_steps": preset.rl_steps, "requests_per_step": preset.requests_per_step,
                    "rollouts_per_request": preset.rollouts_per_request, "rollouts": preset.rollout_budget},
         "test_protocol": {"split": "test", "sample_seed": preset.test_seed, "beam": preset.beam,
-                          "ks": list(KS), "requests": test_requests},
+                          "ks": [k for k in KS if k <= preset.beam], "requests": test_requests,
+                          "scoring": "the policy's objective (full-vocabulary log-softmax, disallowed tokens "
+                                     "masked, no renormalisation, no length penalty) unless --sft loads a "
+                                     "constrained policy",
+                          "model_selection": f"NDCG@10 on {preset.eval_requests or 'all'} valid requests, "
+                                             f"beam {preset.valid_beam}"},
         "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "agents": {},
     }
     sft_dir: Path | None = None
@@ -376,7 +427,8 @@ def run_bench(
         if policy is None:  # the one SFT start, trained with the first seed
             policy = build_policy(train.items, model=preset.model, preset=preset.model_preset, seed=seeds[0],
                                   device=device)
-            results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress)
+            results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress, restart,
+                                        _run_info(preset, task))
             sft_dir = out / "sft" / "final"  # the best-on-valid weights train_sft ends with
             write_folder_atomically(sft_dir, policy.save_pretrained)
         else:
@@ -396,10 +448,11 @@ def run_bench(
             record = {"metrics": _test(policy, tasks, preset, progress), "rollouts": 0,
                       "train_seconds": results["sft"]["train_seconds"], "config": results["sft"]["config"]}
         elif spec.kind == "maskable_ppo":
-            record = _run_maskable_ppo(seed, tasks, preset, run_dir, progress)
+            record = _run_maskable_ppo(seed, tasks, preset, run_dir, progress)  # no checkpoints: starts over
         else:
             assert sft_dir is not None
-            record = _run_rl(spec, seed, tasks, preset, sft_dir, run_dir, device, progress)
+            record = _run_rl(spec, seed, tasks, preset, sft_dir, run_dir, device, progress, restart,
+                             _run_info(preset, task))
         if spec.kind in ("rl", "maskable_ppo"):  # its metrics.jsonl: the curves
             record["run_dir"] = str(run_dir)
         record["wall_seconds"] = round(time.time() - tick, 3)
@@ -449,17 +502,64 @@ def _check_budget(spec: AgentSpec, learner: Any) -> None:
                          f"the bench's budget is {wanted}: its factory must honour group_size")
 
 
+def _sft_config(preset: BenchPreset, seed: int, progress: bool, train_requests: int) -> Any:
+    from agents.configs import SFTConfig
+
+    epochs = -(-preset.sft_steps * preset.sft_batch_size // train_requests)  # enough epochs
+    return SFTConfig(epochs=max(1, epochs), batch_size=preset.sft_batch_size, lr=preset.sft_lr,
+                     eval_every=preset.sft_eval_every, eval_requests=preset.eval_requests,
+                     beam=preset.valid_beam, patience=0, max_steps=preset.sft_steps, seed=seed,
+                     progress=progress)
+
+
+def _rl_config(preset: BenchPreset, seed: int, progress: bool) -> Any:
+    from agents.configs import RLConfig
+
+    # patience=0: every RL agent spends the whole rollout budget (the best weights still win).
+    return RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
+                    mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
+                    eval_requests=preset.eval_requests, beam=preset.valid_beam, patience=0, seed=seed,
+                    progress=progress, env_id=preset.env)
+
+
+def _run_info(preset: BenchPreset, task: dict[str, Any]) -> dict[str, Any]:
+    """What a bench run's fingerprint adds to its config and data: the env, task options, model."""
+    return {"env": preset.env, "task": task, "model": preset.model or preset.model_preset}
+
+
+def _check_rl_folders(
+    agents: Sequence[AgentSpec], seeds: Sequence[int], tasks: SimpleNamespace, preset: BenchPreset,
+    task: dict[str, Any], out: Path, progress: bool, restart: bool,
+) -> None:
+    """Refuse, before anything trains, an RL run folder that holds a run with other settings."""
+    from agents.learners import make_learner
+    from agents.runs import check_run_folder, run_fingerprint
+
+    for spec in agents:
+        if spec.kind != "rl":
+            continue
+        learner = make_learner(spec.learner, **spec.settings)
+        for seed in seeds:
+            fingerprint = run_fingerprint("rl", _rl_config(preset, seed, progress), tasks.train, tasks.valid,
+                                          learner=learner, extra=_run_info(preset, task))
+            check_run_folder(out / "runs" / f"{_slug(spec.name)}-seed{seed}", fingerprint, restart=restart,
+                             skip=("start",))
+
+
 def _train_sft(
-    policy: Any, tasks: SimpleNamespace, preset: BenchPreset, seed: int, run_dir: Path, progress: bool
+    policy: Any, tasks: SimpleNamespace, preset: BenchPreset, seed: int, run_dir: Path, progress: bool,
+    restart: bool = False, run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from agents.sft import SFTConfig, train_sft
+    from agents.runs import DivergedError
+    from agents.sft import train_sft
 
     tick = time.time()
-    epochs = -(-preset.sft_steps * preset.sft_batch_size // tasks.train.num_requests)  # enough epochs
-    config = SFTConfig(epochs=max(1, epochs), batch_size=preset.sft_batch_size, lr=preset.sft_lr,
-                       eval_every=preset.sft_eval_every, eval_requests=preset.eval_requests, beam=preset.beam,
-                       patience=0, max_steps=preset.sft_steps, seed=seed, progress=progress)
-    summary = train_sft(policy, tasks.train, tasks.valid, config, run_dir=run_dir)
+    config = _sft_config(preset, seed, progress, tasks.train.num_requests)
+    try:
+        summary = train_sft(policy, tasks.train, tasks.valid, config, run_dir=run_dir, restart=restart,
+                            run_info=run_info)
+    except DivergedError as err:
+        raise err.with_flag("--preset-set sft_lr=...") from err
     return {**summary, "config": {**asdict(config), "model": preset.model or preset.model_preset},
             "train_seconds": round(time.time() - tick, 2)}
 
@@ -508,20 +608,22 @@ def ranker_settings(name: str, preset: BenchPreset) -> dict[str, Any]:
 
 def _run_rl(
     spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, sft_dir: Path, run_dir: Path,
-    device: str | None, progress: bool,
+    device: str | None, progress: bool, restart: bool = False, run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from agents.learners import make_learner
     from agents.policy import LLMPolicy
-    from agents.rl import RLConfig, train_rl
+    from agents.rl import train_rl
+    from agents.runs import DivergedError
 
     learner = make_learner(spec.learner, **spec.settings)
     _check_budget(spec, learner)
     policy = LLMPolicy.from_pretrained(sft_dir, device=device)  # a fresh copy of the one SFT start
-    config = RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
-                      mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
-                      eval_requests=preset.eval_requests, beam=preset.beam, seed=seed, progress=progress,
-                      env_id=preset.env)
-    summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir)
+    config = _rl_config(preset, seed, progress)
+    try:
+        summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir,
+                           restart=restart, run_info=run_info)
+    except DivergedError as err:
+        raise err.with_flag("--preset-set rl_lr=...") from err
     metrics = _test(policy, tasks, preset, progress)
     return {"metrics": metrics, "rollouts": summary["rollouts"], "train_seconds": summary["seconds"],
             "config": {**learner.describe(), "rl": asdict(config), "start": str(sft_dir)}, "summary": summary}
@@ -531,7 +633,9 @@ def _run_maskable_ppo(
     seed: int, tasks: SimpleNamespace, preset: BenchPreset, run_dir: Path, progress: bool
 ) -> dict[str, Any]:
     from agents.baselines.maskable_ppo import MaskablePPOConfig, train_maskable_ppo
+    from agents.runs import clear_run
 
+    clear_run(run_dir)  # MaskablePPO keeps no checkpoint: each bench run trains it anew (and logs anew)
     config = MaskablePPOConfig(num_envs=preset.ppo_envs, episodes_per_update=preset.ppo_episodes_per_update,
                                epochs=preset.ppo_epochs, hidden=preset.ppo_hidden,
                                item_tokens=preset.ppo_item_tokens, item_ids=preset.ppo_item_ids, seed=seed,
@@ -539,7 +643,7 @@ def _run_maskable_ppo(
     every = preset.rl_eval_every * preset.requests_per_step * preset.rollouts_per_request
     agent, summary = train_maskable_ppo(tasks.train, tasks.valid, preset.rollout_budget, config,
                                         run_dir=run_dir, eval_every_episodes=every,
-                                        eval_requests=preset.eval_requests, beam=preset.beam)
+                                        eval_requests=preset.eval_requests, beam=preset.valid_beam)
     return {"metrics": _test(agent, tasks, preset, progress), "rollouts": summary["episodes"],
             "train_seconds": summary["seconds"], "config": {"name": "maskable_ppo", **summary["config"]},
             "summary": {k: v for k, v in summary.items() if k != "config"}}

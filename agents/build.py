@@ -6,35 +6,116 @@ The library side of the command line: :mod:`agents.cli` parses arguments and cal
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
+from recgym.data import Dataset
 
-def make_task(env_id: str, split: str, overrides: dict[str, Any], tokenizer: Any = None) -> Any:
+
+def make_task(
+    env_id: str, split: str, overrides: dict[str, Any], tokenizer: Any = None, source: str = "the policy",
+) -> Any:
     """The :class:`~recgym.envs.task.RecGenTask` behind a registered env id (its kwargs, then ``overrides``).
+
+    With an :class:`~recgym.items.ItemTokenizer` (a saved policy's ``items``), the env's dataset is
+    loaded first and its catalogue compared with the policy's: another catalogue (item ids would
+    mean other items) or another ``representation`` is a
+    :class:`~agents.runs.CatalogueMismatchError` naming ``source`` (e.g. ``"--sft runs/x/best"``).
+    Unknown or ill-typed task options (``--set``) and a missing dataset are ValueErrors /
+    FileNotFoundErrors that speak the command line.
 
     Example:
         >>> task = make_task("RecGen-Synthetic-v0", "valid", {"representation": "sid", "vocab_size": 400,
         ...                  "dataset_kwargs": {"num_items": 300, "num_users": 100}})
         >>> task.split, task.representation
         ('valid', 'sid')
+        >>> make_task("RecGen-Synthetic-v0", "valid", {"vocab": 400})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --set: unknown task option(s) ['vocab']; known: dataset, dataset_kwargs, ...
     """
     import gymnasium as gym
 
     import recgym  # noqa: F401  (registers the ids)
     from recgym.envs.task import RecGenTask
+    from recgym.items import ItemTokenizer
 
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as err:
         raise ValueError(f"--env: {err}") from err
+    known = set(inspect.signature(RecGenTask).parameters) - {"split"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"--set: unknown task option(s) {unknown}; known: {', '.join(sorted(known))}")
     kwargs = {**spec.kwargs, **overrides, "split": split}
+    if isinstance(tokenizer, ItemTokenizer):
+        wanted = kwargs.pop("representation", None)
+        if wanted is not None and wanted != tokenizer.representation:
+            raise CatalogueMismatchError(
+                f"--representation {wanted}: {source} writes items as {tokenizer.representation!r}; leave "
+                f"--representation out (a saved policy brings its own) or use a policy trained on {wanted!r}")
+        name = kwargs.get("dataset", "synthetic")
+        if not isinstance(name, Dataset):
+            kwargs["dataset"] = _load(name, kwargs.pop("max_history", None) or 10,
+                                      kwargs.pop("dataset_kwargs", None) or {})
+        theirs = catalogue_fingerprint(kwargs["dataset"].catalogue, tokenizer.representation)
+        mine = catalogue_fingerprint(tokenizer.catalogue, tokenizer.representation)
+        if mine != theirs:
+            raise CatalogueMismatchError(catalogue_message(source, mine, theirs))
     if tokenizer is not None:
+        if isinstance(tokenizer, (str, os.PathLike)):  # a named offline model -> its converted folder
+            from agents.pretrained import resolve_model
+
+            tokenizer = resolve_model(os.fspath(tokenizer))
         kwargs["tokenizer"] = tokenizer
-    return RecGenTask(**kwargs)
+    try:
+        return RecGenTask(**kwargs)
+    except TypeError as err:  # an ill-typed option value (the message names it)
+        raise ValueError(f"task option: {err} (check --set / --dataset-set)") from err
+    except FileNotFoundError as err:
+        raise dataset_not_found(kwargs.get("dataset", "synthetic"), err) from err
+
+
+def _load(name: Any, max_history: int, dataset_kwargs: dict[str, Any]) -> Dataset:
+    from recgym.data import load
+
+    try:
+        return load(name, max_history=max_history, **dataset_kwargs)
+    except FileNotFoundError as err:
+        raise dataset_not_found(name, err) from err
+
+
+def dataset_not_found(name: Any, err: FileNotFoundError) -> FileNotFoundError:
+    """A missing dataset, said for the command line: what to run or where to put it.
+
+    Example:
+        >>> print(dataset_not_found("games", FileNotFoundError("/c/x.gz does not exist; pass ...")))
+        /c/x.gz does not exist: dataset 'games' is not downloaded yet; run `recgym data download games`
+    """
+    from recgym.data.registry import PREPARED_FOLDERS, RAW_PIPELINES, available, search_path
+
+    cause = err.__cause__ if isinstance(err.__cause__, FileNotFoundError) else err
+    first = str(cause).split(";")[0].split(". Get it with")[0]
+    key = os.fspath(name)
+    if key in RAW_PIPELINES:
+        return FileNotFoundError(f"{first}: dataset {key!r} is not downloaded yet; run `recgym data download "
+                                 f"{key}`")
+    if key in PREPARED_FOLDERS:
+        roots = ", ".join(str(p) for p in search_path())
+        return FileNotFoundError(f"dataset {key!r} not found: put the folder {PREPARED_FOLDERS[key][0]!r} in "
+                                 f"one of [{roots}] (RECGYM_DATA_DIR, or set RECGYM_DATA_PATH to the folder "
+                                 f"that holds it), or pass --dataset path/to/{PREPARED_FOLDERS[key][0]}")
+    if not Path(key).exists():
+        return FileNotFoundError(f"--dataset {key}: no such folder, and not a dataset name (one of "
+                                 f"{', '.join(available())}; `recgym data list` describes them)")
+    return FileNotFoundError(f"--dataset {key}: {first}")
 
 
 def dataset_name(env_id: str, overrides: dict[str, Any] | None = None) -> str:
@@ -103,4 +184,4 @@ def write_json(path: str | Path | None, results: dict[str, Any]) -> Path | None:
     return written
 
 
-__all__ = ["build_policy", "dataset_name", "load_subset", "make_task", "write_json"]
+__all__ = ["build_policy", "dataset_name", "dataset_not_found", "load_subset", "make_task", "write_json"]

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.runs import RESTART_HINT, CheckpointError
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -56,7 +58,9 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     tmp.mkdir(parents=True)
     write(tmp)
     old = path.with_name(path.name + ".old")
-    if old.exists():
+    if old.exists() and not path.exists():  # an earlier swap was interrupted: ``old`` is the complete one
+        old.rename(path)
+    elif old.exists():
         shutil.rmtree(old)
     if path.exists():
         path.rename(old)
@@ -80,16 +84,45 @@ def save_checkpoint(path: str | os.PathLike[str], policy: Any, trainer_state: di
 
 
 def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The trainer state of a checkpoint folder (tensors and primitives only)."""
-    return torch.load(Path(path) / STATE_FILE, weights_only=True)
+    """The trainer state of a checkpoint folder (tensors and primitives only).
+
+    A missing, truncated or foreign file is a :class:`~agents.runs.CheckpointError` naming it.
+    """
+    file = Path(path) / STATE_FILE
+    if not file.exists():
+        raise CheckpointError(f"{file} is missing: the checkpoint in {Path(path)} is incomplete and the run "
+                              f"cannot resume from it; {RESTART_HINT}")
+    try:
+        state = torch.load(file, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damage
+        raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); {RESTART_HINT}") from err
+    keys = ("optimizer", "scheduler", "rng", "state")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{file} is not a trainer state written by recgym (no {missing}); "
+                              f"{RESTART_HINT}")
+    return state
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
-    """The complete checkpoint at ``path`` (or the previous one if a save was interrupted)."""
+    """The complete checkpoint at ``path`` (or the previous one if a save was interrupted), or None.
+
+    A ``path`` folder without its trainer state (and no complete previous one) is a
+    :class:`~agents.runs.CheckpointError`: resuming from step 0 would silently redo the run.
+
+    Example:
+        >>> import tempfile
+        >>> find_checkpoint(Path(tempfile.mkdtemp()) / "checkpoint") is None
+        True
+    """
     path = Path(path)
     for candidate in (path, path.with_name(path.name + ".old")):
         if (candidate / STATE_FILE).exists():
             return candidate
+    if path.exists():
+        raise CheckpointError(f"{path / STATE_FILE} is missing: the checkpoint in {path} is incomplete and "
+                              f"the run cannot resume from it; {RESTART_HINT}")
     return None
 
 
@@ -116,14 +149,43 @@ def restore_training(
         return None
     saved = load_trainer_state(found)
     load_weights(policy, found)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{found / STATE_FILE} does not fit this run's optimizer ({err}); "
+                              f"{RESTART_HINT}") from err
     return saved["state"]
 
 
 def load_weights(policy: Any, folder: str | os.PathLike[str]) -> None:
-    """Copy the weights saved in ``folder`` (``save_pretrained``) into ``policy.model`` in place."""
-    fresh = type(policy.model).from_pretrained(folder)
-    policy.model.load_state_dict(fresh.state_dict())
+    """Copy the weights saved in ``folder`` (``save_pretrained``) into ``policy.model`` in place.
 
+    A missing or damaged weights file is a :class:`~agents.runs.CheckpointError` naming it.
+    """
+    folder = Path(folder)
+    try:
+        if hasattr(policy, "load_weights"):  # an LLMPolicy: its adapters (LoRA, new token rows) too
+            policy.load_weights(folder)
+        else:
+            fresh = type(policy.model).from_pretrained(folder)
+            policy.model.load_state_dict(fresh.state_dict())
+    except Exception as err:  # safetensors, OSError, size mismatches: all mean "not these weights"
+        raise CheckpointError(f"{weights_file(folder)}: the weights cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); {RESTART_HINT}") from err
+
+
+def weights_file(folder: str | os.PathLike[str]) -> Path:
+    """The weights file of a ``save_pretrained`` folder (the first shard or index when sharded).
+
+    Example:
+        >>> weights_file("runs/x/best")
+        PosixPath('runs/x/best/model.safetensors')
+    """
+    folder = Path(folder)
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return folder / name
+    shards = sorted(folder.glob("model-*.safetensors"))
+    return shards[0] if shards else folder / "model.safetensors"

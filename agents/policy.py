@@ -1,21 +1,34 @@
 """An LLM policy over the catalogue's prefix tree: constrained sampling, beam search, teacher forcing.
 
-The policy *is* the constrained distribution: at a tree node with allowed tokens A,
+The policy *is* the LLM: its distribution is the full-vocabulary softmax
 
-    pi(a | x, y_<t) = exp(z_a / T) / sum_{b in A} exp(z_b / T),   z = W h   (W: output embedding)
+    pi(a | x, y_<t) = exp(z_a / T) / sum_{b in V} exp(z_b / T),   z = W h   (W: output embedding)
 
-so log-probs are normalised over the allowed tokens only, in rollouts, beam search and teacher
-forcing alike. Two savings follow and both are used everywhere:
+and the prefix tree only constrains decoding (disallowed tokens get -inf). This is the objective of
+D3 / BIGRec / ReRe / MiniOneRec and the RISER paper: SFT is cross-entropy over the whole vocabulary,
+RL log-probs and ratios are full-vocabulary, and beams are scored with the full-vocabulary
+log-softmax with disallowed tokens masked (no renormalisation, length penalty 0). Forced tokens then
+carry probability < 1 and gradient, which RISER's certainty mask and KL-Cov act on.
+
+``objective="constrained"`` is the documented switch to the renormalised distribution
+pi_A(a) = exp(z_a) / sum_{b in A} exp(z_b) over the allowed tokens A, for training and scoring alike.
+
+Sampling from the allowed set is the same draw under either objective (masking the full softmax and
+renormalising give the same categorical), so rollouts use two savings everywhere:
 
 * **sparse head**: logits are computed only for the union of the allowed tokens in the batch
   (``h @ W[U].T``), never for the whole vocabulary (151,936 rows for Qwen2);
 * **shared prompt**: a group of n rollouts of one request runs the prompt once; its KV cache is
   expanded n ways (``DynamicCache.batch_repeat_interleave``) and the first token's distribution,
   which depends on the prompt only, is computed once per group.
+
+The full vocabulary is needed only where log-probs are scored: the update's response positions
+and each beam step's normaliser (:meth:`LLMPolicy.full_logsumexp`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +40,23 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
 
+from agents.adapters import (
+    ADAPTER_FILE,
+    AdapterConfig,
+    add_new_rows,
+    detach_trunk_input,
+    drop_new_rows,
+    head_parts,
+    inject_lora,
+    load_state,
+    lora_merged,
+    lora_targets,
+    merge_lora,
+    parse_freeze,
+    resolve_lora_targets,
+    set_trainable,
+    split_state,
+)
 from agents.configs import MODEL_PRESETS
 from recgym.data import Dataset, Examples
 from recgym.envs.task import RecGenTask
@@ -35,6 +65,7 @@ from recgym.items import ItemTokenizer
 
 PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.configs)
 POLICY_CONFIG = "recgym_policy.json"
+OBJECTIVES = ("full", "constrained")
 
 
 @dataclass
@@ -46,7 +77,8 @@ class Rollout:
     Attributes:
         prompt_ids: (R, P) left-padded prompts of the R distinct requests; ``prompt_mask`` (R, P).
         tokens: (B, T) generated tokens, right-padded with the pad token; ``mask`` (B, T) real ones.
-        logprobs: (B, T) constrained log-probs of the sampled tokens under the sampling policy.
+        logprobs: (B, T) log-probs of the sampled tokens renormalised over the allowed tokens (the
+            sampling distribution; learners recompute the objective's log-probs in the update).
         states: (B, T) tree node each token was generated from (-1 on padding).
         rewards, hits: (B,) from the env; ``terminal``: (B,) final tree node (-1 if invalid).
         rows, targets: (B,) request row in the split and target item.
@@ -79,6 +111,17 @@ class LLMPolicy(nn.Module):
             ``last_hidden_state``) and output embeddings.
         items: the env's item tokenization (tokenizer, representation, template).
         device, dtype: where and in which precision to run (default: CUDA in bf16 if available).
+        objective: ``"full"`` (default: the LLM's full-vocabulary distribution, the papers') or
+            ``"constrained"`` (renormalised over the allowed tokens); SFT, RL and beam scoring all
+            follow it, and it is saved with the policy.
+        base_vocab_size: rows of the pretrained vocabulary (default: every row of the model's
+            embeddings); rows beyond it (e.g. SID tokens added to a pretrained tokenizer) are the
+            "new" ones that :meth:`add_lora` / :meth:`freeze` can train alone.
+
+    Parameter-efficient training (:mod:`agents.adapters`): :meth:`add_lora` injects LoRA
+    adapters, :meth:`freeze` trains only the top blocks or the new token rows; both save and load
+    with the policy, :meth:`merged_adapters` speeds up evaluation and :meth:`merge_adapters`
+    makes a plain model again. ``adapter`` records the current setting (None: all weights train).
 
     Example:
         >>> from recgym.envs import RecGenTask
@@ -92,9 +135,12 @@ class LLMPolicy(nn.Module):
 
     def __init__(
         self, model: nn.Module, items: ItemTokenizer, *, device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None, objective: str = "full", base_vocab_size: int | None = None,
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: choose one of {OBJECTIVES}")
+        self.objective = objective
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -111,6 +157,12 @@ class LLMPolicy(nn.Module):
                              f"tokenizer's {self.tree.vocab_size} tokens: resize its embeddings")
         if getattr(head, "bias", None) is not None:
             raise ValueError("output layers with a bias are not supported by the sparse head")
+        rows = model.get_input_embeddings().weight.shape[0]
+        self.base_vocab_size = rows if base_vocab_size is None else min(int(base_vocab_size), rows)
+        self.adapter: dict[str, Any] | None = None  # LoRA / frozen-trunk setting (agents.adapters)
+        # Rollouts and beam search fold LoRA into the weights while they run (1.1-1.2x faster on CPU;
+        # the merged copies of the adapted weights cost their memory meanwhile): False turns it off.
+        self.merge_at_inference = True
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -140,34 +192,295 @@ class LLMPolicy(nn.Module):
     def from_pretrained(
         cls, path: str | os.PathLike[str], items: ItemTokenizer | None = None, **kwargs: Any
     ) -> LLMPolicy:
-        """Load a model from a local folder or hub name.
+        """Load a model from a local folder, a hub name or a named offline model (``smollm2-135m``).
 
         A folder written by :meth:`save_pretrained` also restores the tokenizer, representation,
         template and catalogue (so the env's tree is rebuilt); for any other model pass ``items``.
+        Such a folder records its catalogue's fingerprint: ``items`` over another catalogue or
+        representation is a :class:`~agents.runs.CatalogueMismatchError`, and a damaged folder an
+        error naming the file.
+
+        Example:
+            >>> # policy = LLMPolicy.from_pretrained("runs/sft/best")
         """
         from transformers import AutoModelForCausalLM
 
+        from agents.checkpoint import weights_file
+        from agents.pretrained import resolve_model
+        from agents.runs import CheckpointError
+
+        path = resolve_model(os.fspath(path))  # a named offline model -> its converted folder
         path_ = Path(path)
+        recorded = cls._read_policy_config(path_)
         if items is None:
-            if not (path_ / POLICY_CONFIG).exists():
-                raise ValueError(f"{path}: no {POLICY_CONFIG}; pass items=ItemTokenizer(...) for this model")
+            if recorded is None:
+                raise ValueError(
+                    f"{path}: no {POLICY_CONFIG}, so not a policy saved by recgym (a run's best/, sft/final/ "
+                    f"or checkpoint/); to start from a plain causal LM use --model {path} (in Python: "
+                    "LLMPolicy.from_pretrained(path, items=task.items))")
             catalogue = Dataset.load(path_ / "catalogue.npz").catalogue
             items = ItemTokenizer.load(path_, catalogue)
-        model = AutoModelForCausalLM.from_pretrained(path)
-        return cls(model, items, **kwargs)
+            cls._check_policy_catalogue(path_, recorded, items, own=True)
+        elif recorded is not None:
+            cls._check_policy_catalogue(path_, recorded, items, own=False)
+        if recorded is not None and "objective" not in kwargs:
+            # Folders saved before the objective was recorded were trained on the constrained one.
+            kwargs["objective"] = recorded.get("objective", "constrained")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path)
+        except Exception as err:
+            if not path_.is_dir():
+                raise
+            raise CheckpointError(
+                f"{weights_file(path_)}: the model cannot be read ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); the folder is damaged or incomplete: "
+                "save it again (rerun the run that wrote it, with --restart) or use another folder") from err
+        kwargs.setdefault("base_vocab_size", (recorded or {}).get("base_vocab_size",
+                                                                 model.get_input_embeddings().weight.shape[0]))
+        if model.get_input_embeddings().weight.shape[0] < items.vocab_size:  # SID tokens added to it
+            model.resize_token_embeddings(items.vocab_size)
+        policy = cls(model, items, **kwargs)
+        policy._restore_adapters(path_, recorded)  # LoRA / frozen trunk saved with the policy
+        return policy
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Save model (safetensors), tokenizer, item config and catalogue; the last file marks completion."""
+        """Save model (safetensors), tokenizer, item config and catalogue; the last file marks completion.
+
+        ``recgym_policy.json`` records the representation, the objective and the catalogue's
+        fingerprint (:func:`agents.runs.catalogue_fingerprint`), checked when the policy is loaded.
+
+        Example:
+            >>> # policy.save_pretrained("runs/x/best")
+        """
+        from agents.runs import catalogue_fingerprint
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self._save_model(path)  # plain Hugging Face weights (+ adapter.safetensors with adapters)
         self.items.save(path)
         empty = Examples.empty(1)
         Dataset("catalogue", self.items.catalogue, empty, empty, empty).save(path / "catalogue.npz")
         tmp = path / (POLICY_CONFIG + ".tmp")
-        tmp.write_text(json.dumps({"format": 1, "representation": self.items.representation}))
+        tmp.write_text(json.dumps({
+            "format": 1, "representation": self.items.representation, "objective": self.objective,
+            "catalogue": catalogue_fingerprint(self.items.catalogue, self.items.representation),
+            "base_vocab_size": self.base_vocab_size, "adapter": self.adapter}))
         os.replace(tmp, path / POLICY_CONFIG)
         return path
+
+    @staticmethod
+    def _read_policy_config(folder: Path) -> dict[str, Any] | None:
+        """``recgym_policy.json`` of a saved policy folder (None when absent); damage names the file."""
+        saved = folder / POLICY_CONFIG
+        if not saved.is_file():
+            return None
+        try:
+            recorded = json.loads(saved.read_text())
+            if not isinstance(recorded, dict) or "representation" not in recorded:
+                raise ValueError("no representation recorded")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{saved} is damaged ({err}): save the policy again") from err
+        return recorded
+
+    @staticmethod
+    def _check_policy_catalogue(
+        folder: Path, recorded: dict[str, Any], items: ItemTokenizer, own: bool
+    ) -> None:
+        """The catalogue of ``items`` against the one ``folder``'s policy was trained on."""
+        from agents.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
+
+        if items.representation != recorded["representation"]:
+            raise CatalogueMismatchError(
+                f"{folder} writes items as {recorded['representation']!r}, not {items.representation!r}: "
+                "a saved policy brings its own representation (leave --representation out), or train one for "
+                f"{items.representation!r}")
+        expected = recorded.get("catalogue")
+        if expected is None:  # saved before the fingerprint was recorded: compare with its catalogue file
+            if own:
+                return
+            expected = catalogue_fingerprint(Dataset.load(folder / "catalogue.npz").catalogue,
+                                             recorded["representation"])
+        given = catalogue_fingerprint(items.catalogue, items.representation)
+        if given != expected:
+            if own:
+                raise CatalogueMismatchError(
+                    f"{folder / 'catalogue.npz'} does not match the catalogue recorded in "
+                    f"{folder / POLICY_CONFIG} (the folder was altered or damaged): save the policy again")
+            raise CatalogueMismatchError(catalogue_message(str(folder), expected, given))
+
+    # -- adapters: LoRA, frozen trunk, new-token rows (agents.adapters) ------------------------------
+
+    def add_lora(
+        self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+        target_modules: str | list[str] = "all-linear", *, embeddings: str = "new", top: int | None = None,
+        seed: int = 0,
+    ) -> LLMPolicy:
+        """Inject LoRA adapters in place (``peft``) and freeze everything else; returns the policy.
+
+        ``target_modules``: Linear layer names (``["q_proj", "v_proj"]``) or ``"all-linear"`` (every
+        Linear of the decoder, never the output layer). ``embeddings``: ``"new"`` also trains the
+        rows beyond the pretrained vocabulary (``base_vocab_size``), ``"all"`` the whole embedding
+        and output matrices, ``"none"`` nothing more. ``top``: adapters in the top ``top`` blocks
+        only, the blocks below running without autograd. A (from ``seed``) and B = 0 leave the
+        model's output unchanged at first.
+
+        Example:
+            >>> from recgym.envs import RecGenTask
+            >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
+            ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
+            >>> policy = LLMPolicy.from_config("tiny", task.items, device="cpu").add_lora(r=4)
+            >>> sorted({n.split(".")[-3] for n, p in policy.model.named_parameters() if p.requires_grad})
+            ['lora_A', 'lora_B']
+        """
+        config = AdapterConfig(lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
+                               lora_targets=target_modules if isinstance(target_modules, str)
+                               else ",".join(target_modules),
+                               freeze=None if top is None else f"top:{top}", train_embeddings=embeddings)
+        lora = {"r": r, "alpha": float(alpha), "dropout": float(dropout), "targets": lora_targets(target_modules)}
+        self._install_adapters({"freeze": config.freeze, "embeddings": embeddings, "lora": lora}, seed=seed)
+        return self
+
+    def freeze(self, trainable: str = "top:2", *, embeddings: str = "new") -> LLMPolicy:
+        """Train only part of the model; returns the policy.
+
+        ``"top:K"``: the top K decoder blocks and the final norm (plus the output layer's rows per
+        ``embeddings``); the input embeddings' output is detached, so the blocks below build no
+        autograd graph (no saved activations, no backward through them). ``"embeddings"``: only
+        token rows (``embeddings="new"``: those beyond the pretrained vocabulary, e.g. SID tokens,
+        as MiniOneRec's ``--freeze_LLM``; ``"all"``: the whole matrices); gradients reach the
+        input rows through the frozen blocks (activation gradients only).
+
+        Example:
+            >>> from recgym.envs import RecGenTask
+            >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
+            ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
+            >>> policy = LLMPolicy.from_config("tiny", task.items, device="cpu").freeze("top:1")
+            >>> sorted({n.split(".")[1] for n, p in policy.model.named_parameters() if p.requires_grad})
+            ['layers', 'norm']
+        """
+        AdapterConfig(freeze=trainable, train_embeddings=embeddings)
+        self._install_adapters({"freeze": trainable, "embeddings": embeddings, "lora": None})
+        return self
+
+    def _install_adapters(self, record: dict[str, Any], *, seed: int = 0) -> None:
+        """Build the adapters ``record`` describes (a new one, or one read back from a saved folder)."""
+        if self.adapter is not None:
+            raise ValueError(f"the policy already has adapters {self.adapter}: merge them first "
+                             "(policy.merge_adapters()) to add others")
+        kind, top = parse_freeze(record["freeze"]) if record.get("freeze") else (None, None)
+        lora, embeddings = record.get("lora"), record["embeddings"]
+        model = self.model
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if kind == "embeddings" and embeddings == "new" and self.base_vocab_size >= vocab:
+            raise ValueError(f"freeze('embeddings'): the model has no rows beyond its pretrained vocabulary "
+                             f"(base_vocab_size={self.base_vocab_size}, {vocab} rows), so nothing would "
+                             "train; use embeddings='all' to train the whole embedding and output matrices")
+        modules = None
+        if lora is not None:
+            modules = record.get("modules") or resolve_lora_targets(model, lora["targets"], top)
+            inject_lora(model, modules, lora["r"], lora["alpha"], lora["dropout"],
+                        seed=record.get("seed", seed))
+        elif top is not None:
+            resolve_lora_targets(model, "all-linear", top)  # checks that the model has that many blocks
+        rows = add_new_rows(model, self.base_vocab_size, inputs=kind != "top") if embeddings == "new" else []
+        if kind == "top":
+            detach_trunk_input(model)
+        set_trainable(model, lora=lora is not None, top=top, embeddings=embeddings)
+        self.adapter = {"freeze": record.get("freeze"), "embeddings": embeddings, "lora": lora,
+                        "modules": modules, "seed": record.get("seed", seed),
+                        "new_rows": int(rows[0].shape[0]) if rows else 0}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The model's parameters that train (``requires_grad``): what an optimizer should get.
+
+        Example:
+            >>> # optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
+        """
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def merged_adapters(self) -> Any:
+        """A context manager: LoRA folded into the base weights within the block, restored exactly after.
+
+        The adapters' extra matmuls are skipped, which speeds up inference (beam search merges by
+        itself); nothing trains inside the block. Without LoRA it does nothing.
+
+        Example:
+            >>> # with policy.merged_adapters():
+            >>> #     metrics = evaluate(policy, valid_task)
+        """
+        return lora_merged(self.model)
+
+    def _inference_merge(self) -> Any:
+        """:meth:`merged_adapters` where inference merges LoRA (``merge_at_inference``), else a no-op."""
+        if self.adapter is None or not self.adapter.get("lora") or not self.merge_at_inference:
+            return contextlib.nullcontext()
+        return self.merged_adapters()
+
+    def merge_adapters(self) -> LLMPolicy:
+        """Fold LoRA and new-token rows into plain weights for good; every weight trains again.
+
+        Example:
+            >>> # policy.merge_adapters().save_pretrained("runs/x/merged")  # a plain Hugging Face model
+        """
+        merge_lora(self.model)
+        drop_new_rows(self.model)  # also removes the frozen-trunk boundary
+        self.model.requires_grad_(True)
+        self.adapter = None
+        return self
+
+    def load_weights(self, folder: str | os.PathLike[str]) -> None:
+        """Copy the weights :meth:`save_pretrained` wrote in ``folder`` into this policy, adapters included.
+
+        The folder's adapters must be this policy's (same LoRA layers, same new-token rows).
+
+        Example:
+            >>> # policy.load_weights("runs/x/checkpoint")  # exact resume
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        recorded = self._read_policy_config(folder) or {}
+        saved = recorded.get("adapter")
+        mine = self.adapter
+        shape = ("lora", "modules", "new_rows")
+        if (saved is None) != (mine is None) or (saved and {k: saved.get(k) for k in shape}
+                                                 != {k: mine.get(k) for k in shape}):
+            raise ValueError(f"{folder}: saved with adapters {saved}, but this policy has {mine}: load it "
+                             "with LLMPolicy.from_pretrained, or give the policy the same adapters first")
+        fresh = type(self.model).from_pretrained(folder)
+        if mine is None:
+            self.model.load_state_dict(fresh.state_dict())
+            return
+        load_state(self.model, fresh.state_dict(), load_file(folder / ADAPTER_FILE), str(folder))
+
+    def _save_model(self, path: Path) -> None:
+        """The model's weights into ``path``: plain Hugging Face files, plus ``adapter.safetensors``."""
+        if self.adapter is None:
+            self.model.save_pretrained(path)
+            return
+        from safetensors.torch import save_file
+
+        base, adapter = split_state(self.model)
+        self.model.save_pretrained(path, state_dict=base)
+        tmp = path / (ADAPTER_FILE + ".tmp")
+        save_file({k: v.contiguous() for k, v in adapter.items()}, str(tmp))
+        os.replace(tmp, path / ADAPTER_FILE)
+
+    def _restore_adapters(self, folder: Path, recorded: dict[str, Any] | None) -> None:
+        """Rebuild the adapters recorded in ``folder`` and load their tensors (after the base weights)."""
+        if not recorded or not recorded.get("adapter"):
+            return
+        from safetensors.torch import load_file
+
+        from agents.runs import CheckpointError
+
+        self._install_adapters(recorded["adapter"])
+        try:
+            tensors = load_file(folder / ADAPTER_FILE)
+        except Exception as err:
+            raise CheckpointError(f"{folder / ADAPTER_FILE}: the adapter weights cannot be read "
+                                  f"({type(err).__name__}: {err}); save the policy again") from err
+        load_state(self.model, None, tensors, str(folder))
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +488,41 @@ class LLMPolicy(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
+        """The output layer's weight (V, H); rows trained as new-token rows are in :meth:`head_rows`."""
         return self.model.get_output_embeddings().weight
+
+    def head_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` of the output layer as the model uses them (trainable new-token rows included)."""
+        w, rows = head_parts(self.model)
+        if rows is None:
+            return w[index]
+        first = w.shape[0] - rows.shape[0]
+        new = rows.to(w.dtype)[(index - first).clamp(min=0)]
+        return torch.where((index >= first)[:, None], new, w[index])
+
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary, ``hidden`` (N, H) -> (N, V), at least float32."""
+        w, rows = head_parts(self.model)
+        h = hidden.to(w.dtype)
+        if rows is None:
+            return _at_least_float32(h @ w.T)
+        first = w.shape[0] - rows.shape[0]
+        return _at_least_float32(torch.cat([h @ w[:first].T, h @ rows.to(w.dtype).T], dim=-1))
+
+    @property
+    def full_vocab(self) -> bool:
+        """Whether log-probs are normalised over the whole vocabulary (``objective == "full"``)."""
+        return self.objective == "full"
+
+    def full_logsumexp(
+        self, hidden: torch.Tensor, temperature: float = 1.0, chunk: int = 256
+    ) -> torch.Tensor:
+        """log sum_{b in V} exp(z_b / T) per row of ``hidden`` (N, H): the full softmax's normaliser.
+
+        Rows go through the output layer ``chunk`` at a time, so an N x V logit matrix never exists.
+        """
+        out = [torch.logsumexp(self.full_logits(h) / temperature, dim=-1) for h in hidden.split(chunk)]
+        return torch.cat(out) if out else hidden.new_zeros(0)
 
     # -- model pieces ----------------------------------------------------------------------------
 
@@ -212,7 +559,7 @@ class LLMPolicy(nn.Module):
         """
         tokens, valid = self.tables.allowed_padded(states)
         union, inverse = torch.unique(tokens[valid], return_inverse=True)
-        dense = hidden.to(self.head_weight.dtype) @ self.head_weight[union].T  # (N, |U|)
+        dense = hidden.to(self.head_weight.dtype) @ self.head_rows(union).T  # (N, |U|)
         col = torch.zeros_like(tokens)
         col[valid] = inverse
         logits = _at_least_float32(dense.gather(1, col)) / temperature
@@ -245,6 +592,13 @@ class LLMPolicy(nn.Module):
         options: dict[str, Any] = {"group_size": group_size}
         if rows is not None:
             options["rows"] = rows
+        with self._inference_merge():
+            return self._rollout(envs, options, group_size, temperature, top_k, generator, seed)
+
+    def _rollout(
+        self, envs: RecGenVectorEnv, options: dict[str, Any], group_size: int, temperature: float,
+        top_k: int | None, generator: torch.Generator | None, seed: int | None,
+    ) -> Rollout:
         obs, info = envs.reset(seed=seed, options=options)
         n, b = group_size, envs.num_envs
         prompt_ids, prompt_mask = self.left_pad(obs["prompt_ids"][::n], obs["prompt_len"][::n])
@@ -300,12 +654,16 @@ class LLMPolicy(nn.Module):
 
     @torch.no_grad()
     def beam_search(
-        self, prompt_ids: Any, prompt_len: Any, *, width: int = 20, k: int | None = None,
-        length_normalize: bool = False, batch_size: int | None = None,
+        self, prompt_ids: Any, prompt_len: Any, *, width: int = 50, k: int | None = None,
+        length_normalize: bool = False, batch_size: int | None = None, scoring: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Constrained beam search: the top-``k`` distinct items (terminal nodes) per prompt.
 
-        Scores are summed constrained log-probs (divided by the length with ``length_normalize``).
+        Scores are summed log-probs (divided by the length with ``length_normalize``; the papers use
+        no length penalty). ``scoring="full"`` (the default under the full objective) scores each
+        token with the full-vocabulary log-softmax, disallowed tokens masked and nothing
+        renormalised, as D3 / ReRe / MiniOneRec evaluate; ``"constrained"`` renormalises over the
+        allowed tokens.
         Every terminal is a distinct token sequence, i.e. a distinct title / SID (which may denote
         several items: ``self.tree.items(node)``). Beams are pruned exactly: search stops once no
         unfinished beam can beat the k-th finished one (log-probs only decrease).
@@ -317,14 +675,19 @@ class LLMPolicy(nn.Module):
         k = k or width
         if k > width:
             raise ValueError(f"k={k} needs a beam width of at least k, got width={width}")
+        scoring = scoring or self.objective
+        if scoring not in OBJECTIVES:
+            raise ValueError(f"scoring={scoring!r}: choose one of {OBJECTIVES}")
         prompt_ids, prompt_len = np.asarray(prompt_ids), np.asarray(prompt_len)
         step = batch_size or len(prompt_ids)
-        parts = [self._beam_batch(prompt_ids[i:i + step], prompt_len[i:i + step], width, k, length_normalize)
-                 for i in range(0, len(prompt_ids), step)]
+        with self._inference_merge():
+            parts = [self._beam_batch(prompt_ids[i:i + step], prompt_len[i:i + step], width, k,
+                                      length_normalize, scoring == "full")
+                     for i in range(0, len(prompt_ids), step)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _beam_batch(
-        self, prompt_ids: np.ndarray, prompt_len: np.ndarray, w: int, k: int, normalize: bool
+        self, prompt_ids: np.ndarray, prompt_len: np.ndarray, w: int, k: int, normalize: bool, full: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
         ids, attn = self.left_pad(prompt_ids, prompt_len)
@@ -341,7 +704,12 @@ class LLMPolicy(nn.Module):
             live = torch.isfinite(scores)  # (R, beams)
             flat_states = states.reshape(-1)
             tokens, logits = self.allowed_logits(h, torch.where(live.reshape(-1), flat_states, 0))
-            logp = torch.log_softmax(logits, dim=-1).reshape(r, beams, -1)
+            # Full scoring: log-softmax over the whole vocabulary, then the mask (no renormalising).
+            if full:
+                norm = self.full_logsumexp(h)[:, None]
+            else:
+                norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            logp = (logits - norm).reshape(r, beams, -1)
             cand_scores = (scores[..., None] + logp).masked_fill(~live[..., None], ninf)  # (R, beams, K)
             width_k = cand_scores.shape[-1]
             top_scores, top_idx = cand_scores.reshape(r, -1).topk(min(w, beams * width_k), dim=1)
@@ -386,18 +754,20 @@ class LLMPolicy(nn.Module):
 
     def sequence_logprobs(
         self, prompt_ids: Any, prompt_len: Any, responses: torch.Tensor | np.ndarray,
-        temperature: float = 1.0, *, full_vocab: bool = False,
+        temperature: float = 1.0, *, full_vocab: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Constrained log-probs and entropies of given responses, batched (gradients flow).
+        """Log-probs and entropies of given responses under the policy's objective, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
         One forward over ``[left-padded prompt; response]`` per row: the straightforward way.
         :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
-        ``full_vocab=True`` normalises over the whole vocabulary instead (as TRL / ReRe train).
+        ``full_vocab`` overrides the objective (True: whole vocabulary, as TRL / ReRe train; False:
+        renormalised over the allowed tokens; None: the policy's ``objective``).
 
         Returns:
             ``(logprobs [B, T], entropies [B, T], mask [B, T])``; zeros on padding.
         """
+        full_vocab = self.full_vocab if full_vocab is None else full_vocab
         resp, states, mask = self._responses(responses)
         ids, attn = self.left_pad(prompt_ids, prompt_len)
         full_ids = torch.cat([ids, resp.clamp(min=0)], dim=1)
@@ -410,7 +780,7 @@ class LLMPolicy(nn.Module):
 
     def group_logprobs(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor | np.ndarray,
-        prompt_index: torch.Tensor | np.ndarray, temperature: float = 1.0, *, full_vocab: bool = False,
+        prompt_index: torch.Tensor | np.ndarray, temperature: float = 1.0, *, full_vocab: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sequence_logprobs` with a **shared prompt**: one prompt forward per request.
 
@@ -424,6 +794,7 @@ class LLMPolicy(nn.Module):
             >>> # logp, ent, mask = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses,
             >>> #                                         np.repeat(np.arange(R), n))
         """
+        full_vocab = self.full_vocab if full_vocab is None else full_vocab
         resp, states, mask = self._responses(responses)
         index = _as_long(prompt_index, self.device)
         hidden, cache = self._forward(prompt_ids, prompt_mask)
@@ -462,7 +833,7 @@ class LLMPolicy(nn.Module):
         whole output layer.
         """
         if full_vocab:
-            logits = _at_least_float32(h.to(self.head_weight.dtype) @ self.head_weight.T) / temperature
+            logits = self.full_logits(h) / temperature
             logp_all = torch.log_softmax(logits, dim=-1)
             ent = -(logp_all.exp() * logp_all).sum(dim=1)
             return (logp_all if tokens is None else logp_all.gather(1, tokens[:, None]).squeeze(1)), ent

@@ -18,7 +18,9 @@ run does (on CPU).
 from __future__ import annotations
 
 import copy
+import math
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,8 +34,17 @@ from agents.checkpoint import load_weights, restore_training, save_training, wri
 from agents.configs import RLConfig
 from agents.learners.base import Learner
 from agents.policy import LLMPolicy, make_rollout_env
+from agents.runs import (
+    DivergedError,
+    check_finite,
+    check_finite_weights,
+    check_policy_task,
+    open_run,
+    run_fingerprint,
+    saved_note,
+)
 from agents.tracking import MetricLogger
-from agents.training import make_optimizer, validate
+from agents.training import check_valid_sample, make_optimizer, validate
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
 
@@ -86,62 +97,96 @@ def train_rl(
     config: RLConfig | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     sampler: RequestSampler | None = None,
+    *,
+    restart: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``policy`` with ``learner`` on ``train_task``'s requests; returns a summary.
 
     With ``run_dir``: ``metrics.jsonl`` (and TensorBoard), ``checkpoint/`` (resumed from when
-    present), ``best/`` (best validation weights, loaded into the policy at the end) and
-    ``reference/`` (the frozen starting policy, when the learner needs one).
+    present), ``best/`` (best validation weights, loaded into the policy at the end),
+    ``reference/`` (the frozen starting policy, when the learner needs one) and
+    ``fingerprint.json``. A folder holding a run with another fingerprint (config, learner, data,
+    sampler, starting weights, plus ``run_info`` from the caller) is refused unless ``restart``,
+    which starts over there (:mod:`agents.runs`); the folder is locked while the run uses it.
+    A non-finite loss or gradient norm stops training with a :class:`~agents.runs.DivergedError`
+    before anything non-finite is saved.
 
     Example:
         >>> # summary = train_rl(policy, make_learner("riser"), train, valid, RLConfig(steps=50), "runs/r")
     """
     cfg = config or RLConfig()
+    check_valid_sample(cfg.eval_requests, valid_task)
     if train_task.num_requests == 0:
         raise ValueError(f"the {train_task.split!r} split has no requests to train on")
+    for task in (train_task, valid_task):
+        if task is not None:
+            check_policy_task(policy.items, task)
+    if run_dir is None:
+        return _train_rl(policy, learner, train_task, valid_task, cfg, None, sampler, False)
+    run = Path(run_dir)
+    fingerprint = run_fingerprint("rl", cfg, train_task, valid_task, policy=policy, learner=learner,
+                                  sampler=sampler, extra=run_info)
+    with open_run(run, fingerprint, restart=restart) as resuming:
+        return _train_rl(policy, learner, train_task, valid_task, cfg, run, sampler, resuming)
+
+
+def _train_rl(
+    policy: LLMPolicy, learner: Learner, train_task: RecGenTask, valid_task: RecGenTask | None, cfg: RLConfig,
+    run: Path | None, sampler: RequestSampler | None, resuming: bool,
+) -> dict[str, Any]:
     sampler = sampler or EpochSampler(train_task.num_requests, cfg.requests_per_step, cfg.seed)
     envs = make_rollout_env(train_task, cfg.requests_per_step * learner.rollouts_per_request, cfg.env_id)
     torch.manual_seed(cfg.seed)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
-    run = Path(run_dir) if run_dir is not None else None
-    logger = MetricLogger(run) if run is not None else None
     reference = _reference(policy, run) if learner.needs_reference else None
-    restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if run is not None else None
+    restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
     state: dict[str, Any] = restored or {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0,
                                          "history": [], "rollouts": 0}
+    saved_step = state["step"] if restored is not None else None
+    if restored is not None and cfg.progress:
+        print(f"resuming {run} from step {state['step']} (--restart starts over)", file=sys.stderr)
+    logger = MetricLogger(run, from_step=state["step"] + 1 if restored else 0) if run is not None else None
     start_time = time.time()
     policy.model.train()
-    if valid_task is not None and restored is None:  # the starting point (e.g. the SFT policy)
-        validate(policy, valid_task, cfg, state, logger, run)
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=learner.name, disable=not cfg.progress)
-    stop = False
-    while state["step"] < cfg.steps and not stop:
-        step = state["step"]
-        tick = time.time()
-        record = _train_step(policy, learner, envs, sampler.rows(step), reference, optimizer, params, cfg,
-                             step)
-        scheduler.step()
-        state["step"] += 1
-        state["rollouts"] += int(record.pop("rollouts"))
-        record.update(lr=scheduler.get_last_lr()[0], rollouts=state["rollouts"],
-                      step_seconds=round(time.time() - tick, 3))
-        bar.update(1)
-        bar.set_postfix(hit=f"{record['hit_rate']:.3f}", ent=f"{record.get('entropy', 0):.2f}")
+    bar = None
+    try:
+        if valid_task is not None and restored is None:  # the starting point (e.g. the SFT policy)
+            validate(policy, valid_task, cfg, state, logger, run)
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc=learner.name, disable=not cfg.progress)
+        stop = False
+        while state["step"] < cfg.steps and not stop:
+            step = state["step"]
+            tick = time.time()
+            record = _train_step(policy, learner, envs, sampler.rows(step), reference, optimizer, params, cfg,
+                                 step, saved_note(run, saved_step))
+            scheduler.step()
+            state["step"] += 1
+            state["rollouts"] += int(record.pop("rollouts"))
+            record.update(lr=scheduler.get_last_lr()[0], rollouts=state["rollouts"],
+                          step_seconds=round(time.time() - tick, 3))
+            bar.update(1)
+            bar.set_postfix(hit=f"{record['hit_rate']:.3f}", ent=f"{record.get('entropy', 0):.2f}")
+            if logger is not None:
+                logger.log(record, state["step"])
+            last = state["step"] >= cfg.steps
+            due = cfg.eval_every and state["step"] % cfg.eval_every == 0
+            if valid_task is not None and (due or last):
+                stop = validate(policy, valid_task, cfg, state, logger, run, saved_note(run, saved_step))
+            if run is not None and (due or last or stop):
+                saved = saved_note(run, saved_step)
+                check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
+                save_training(run / "checkpoint", policy, optimizer, scheduler, state,
+                              {"rl": asdict(cfg), "learner": learner.describe()})
+                saved_step = state["step"]
+    finally:
+        if bar is not None:
+            bar.close()
         if logger is not None:
-            logger.log(record, state["step"])
-        last = state["step"] >= cfg.steps
-        due = cfg.eval_every and state["step"] % cfg.eval_every == 0
-        if valid_task is not None and (due or last):
-            stop = validate(policy, valid_task, cfg, state, logger, run)
-        if run is not None and (due or last or stop):
-            save_training(run / "checkpoint", policy, optimizer, scheduler, state,
-                          {"rl": asdict(cfg), "learner": learner.describe()})
-    bar.close()
+            logger.close()
     if run is not None and (run / "best").exists():
         load_weights(policy, run / "best")
-    if logger is not None:
-        logger.close()
     policy.model.eval()
     return {"learner": learner.describe(), "steps": state["step"], "rollouts": state["rollouts"],
             "best_valid": state["best"], "best_step": state["best_step"], "metric": cfg.metric,
@@ -151,11 +196,21 @@ def train_rl(
 def _train_step(
     policy: LLMPolicy, learner: Learner, envs: RecGenVectorEnv, rows: np.ndarray, reference: LLMPolicy | None,
     optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], cfg: RLConfig, step: int,
+    saved: str = "",
 ) -> dict[str, float]:
-    """Rollouts, then mu x minibatches optimizer steps; returns the step's numbers."""
+    """Rollouts, then mu x minibatches optimizer steps; returns the step's numbers.
+
+    Stops with :class:`~agents.runs.DivergedError` (before the optimizer step) at a non-finite loss
+    or gradient norm, and when the policy's sampling distribution is no longer finite.
+    """
     tick = time.time()
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed * 1_000_003 + step)
-    batch = learner.collect(policy, envs, rows, generator=generator, seed=cfg.seed * 1_000_003 + step)
+    try:
+        batch = learner.collect(policy, envs, rows, generator=generator, seed=cfg.seed * 1_000_003 + step)
+    except RuntimeError as err:  # torch.multinomial on NaN / inf probabilities: the weights diverged
+        if "inf" not in str(err) and "nan" not in str(err):
+            raise
+        raise DivergedError("sampling distribution", math.nan, step + 1, cfg.lr, saved) from err
     rollout_seconds = time.time() - tick
     with torch.no_grad():
         if reference is not None:
@@ -167,9 +222,11 @@ def _train_step(
     for _ in range(cfg.mu):
         for minibatch in batch.split(cfg.minibatches):
             loss, stats = learner.loss(policy, minibatch)
+            check_finite(float(loss.detach()), "loss", step + 1, cfg.lr, saved)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            check_finite(float(grad_norm), "gradient norm", step + 1, cfg.lr, saved)
             optimizer.step()
             for key, value in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value

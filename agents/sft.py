@@ -1,11 +1,13 @@
 """Supervised fine-tuning: next-item prediction on the train split, loss on response tokens only.
 
-The loss is the negative constrained log-likelihood of the target item's tokens,
+The loss is the negative log-likelihood of the target item's tokens,
 
     L = - (1 / sum_i |y_i|) * sum_i sum_t log pi(y_i,t | x_i, y_i,<t)
 
-with pi normalised over the tokens the prefix tree allows (the same distribution the policy samples
-from), token-averaged over the batch. Validation HR@K (constrained beam search) drives early
+token-averaged over the batch, with pi the policy's objective: by default the full-vocabulary
+softmax (cross-entropy over the whole vocabulary, as D3 / BIGRec / ReRe / MiniOneRec), the same
+distribution RL then trains; ``LLMPolicy(objective="constrained")`` renormalises over the tokens the
+prefix tree allows instead. Validation HR@K (constrained beam search) drives early
 stopping; checkpoints are atomic and training resumes exactly where it stopped.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,8 +28,16 @@ from tqdm.auto import tqdm
 from agents.checkpoint import load_weights, restore_training, save_training
 from agents.configs import SFTConfig
 from agents.policy import LLMPolicy
+from agents.runs import (
+    check_finite,
+    check_finite_weights,
+    check_policy_task,
+    open_run,
+    run_fingerprint,
+    saved_note,
+)
 from agents.tracking import MetricLogger
-from agents.training import validate, warmup_cosine
+from agents.training import check_valid_sample, validate, warmup_cosine
 from recgym.envs.task import RecGenTask
 
 
@@ -36,21 +47,45 @@ def train_sft(
     valid_task: RecGenTask | None = None,
     config: SFTConfig | None = None,
     run_dir: str | os.PathLike[str] | None = None,
+    *,
+    restart: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``policy`` on ``train_task``'s requests; returns a summary with the best validation.
 
     With ``run_dir``, metrics go to ``metrics.jsonl`` (and TensorBoard), the latest state to
     ``checkpoint/`` (resumed from when present) and the best weights to ``best/``; at the end the
-    policy holds the best weights.
+    policy holds the best weights. ``fingerprint.json`` records what determines the result
+    (config, data, starting weights, plus ``run_info`` from the caller): a folder holding a run
+    with another fingerprint is refused unless ``restart``, which starts over there
+    (:mod:`agents.runs`); the folder is locked while the run uses it. A non-finite loss or
+    gradient norm stops training with a :class:`~agents.runs.DivergedError` before anything
+    non-finite is saved.
 
     Example:
         >>> # summary = train_sft(policy, RecGenTask(ds, split="train", tokenizer=policy.items),
         >>> #                     RecGenTask(ds, split="valid", tokenizer=policy.items), SFTConfig(epochs=1))
     """
     cfg = config or SFTConfig()
-    n = train_task.num_requests
-    if n == 0:
+    check_valid_sample(cfg.eval_requests, valid_task)
+    if train_task.num_requests == 0:
         raise ValueError(f"the {train_task.split!r} split has no requests to train on")
+    for task in (train_task, valid_task):
+        if task is not None:
+            check_policy_task(policy.items, task)
+    if run_dir is None:
+        return _train_sft(policy, train_task, valid_task, cfg, None, False)
+    run = Path(run_dir)
+    fingerprint = run_fingerprint("sft", cfg, train_task, valid_task, policy=policy, extra=run_info)
+    with open_run(run, fingerprint, restart=restart) as resuming:
+        return _train_sft(policy, train_task, valid_task, cfg, run, resuming)
+
+
+def _train_sft(
+    policy: LLMPolicy, train_task: RecGenTask, valid_task: RecGenTask | None, cfg: SFTConfig,
+    run: Path | None, resuming: bool,
+) -> dict[str, Any]:
+    n = train_task.num_requests
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -59,45 +94,54 @@ def train_sft(
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
-    run = Path(run_dir) if run_dir is not None else None
-    logger = MetricLogger(run) if run is not None else None
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
-    if run is not None:
-        state = restore_training(run / "checkpoint", policy, optimizer, scheduler) or state
+    restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
+    state = restored or state
+    saved_step = state["step"] if restored is not None else None
+    if restored is not None and cfg.progress:
+        print(f"resuming {run} from step {state['step']} (--restart starts over)", file=sys.stderr)
+    logger = MetricLogger(run, from_step=state["step"] + 1 if restored else 0) if run is not None else None
     start_time = time.time()
     bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress)
     stop = state["step"] >= total
     policy.model.train()
-    while not stop:
-        epoch, offset = divmod(state["step"], steps_per_epoch)
-        order = np.random.default_rng(cfg.seed + epoch).permutation(n)  # reproducible on resume
-        for b in range(offset, steps_per_epoch):
-            rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss, tokens = sft_loss(policy, train_task, rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            state["step"] += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if logger is not None:
-                logger.log({"loss": loss.item(), "grad_norm": float(grad_norm),
-                            "lr": scheduler.get_last_lr()[0], "tokens": tokens}, state["step"])
-            last = state["step"] >= total
-            if valid_task is not None and (state["step"] % eval_every == 0 or last):
-                stop = validate(policy, valid_task, cfg, state, logger, run) or last
-            if run is not None and (state["step"] % eval_every == 0 or last):
-                save_training(run / "checkpoint", policy, optimizer, scheduler, state, asdict(cfg))
-            if stop or last:
-                stop = True
-                break
-    bar.close()
+    try:
+        while not stop:
+            epoch, offset = divmod(state["step"], steps_per_epoch)
+            order = np.random.default_rng(cfg.seed + epoch).permutation(n)  # reproducible on resume
+            for b in range(offset, steps_per_epoch):
+                rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                saved = saved_note(run, saved_step)
+                loss, tokens = sft_loss(policy, train_task, rows)
+                check_finite(loss.item(), "loss", state["step"] + 1, cfg.lr, saved)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
+                check_finite(float(grad_norm), "gradient norm", state["step"] + 1, cfg.lr, saved)
+                optimizer.step()
+                scheduler.step()
+                state["step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if logger is not None:
+                    logger.log({"loss": loss.item(), "grad_norm": float(grad_norm),
+                                "lr": scheduler.get_last_lr()[0], "tokens": tokens}, state["step"])
+                last = state["step"] >= total
+                if valid_task is not None and (state["step"] % eval_every == 0 or last):
+                    stop = validate(policy, valid_task, cfg, state, logger, run, saved) or last
+                if run is not None and (state["step"] % eval_every == 0 or last):
+                    check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
+                    save_training(run / "checkpoint", policy, optimizer, scheduler, state, asdict(cfg))
+                    saved_step = state["step"]
+                if stop or last:
+                    stop = True
+                    break
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
     if run is not None and (run / "best").exists():
         load_weights(policy, run / "best")
-    if logger is not None:
-        logger.close()
     policy.model.eval()
     return {"steps": state["step"], "best_valid": state["best"], "best_step": state["best_step"],
             "metric": cfg.metric, "seconds": round(time.time() - start_time, 2),
@@ -105,7 +149,7 @@ def train_sft(
 
 
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
-    """Token-mean negative constrained log-likelihood of the target items of ``rows``."""
+    """Token-mean negative log-likelihood of the target items of ``rows`` under the policy's objective."""
     responses = policy.item_responses(task.examples.target[rows])
     logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
     tokens = int(mask.sum())

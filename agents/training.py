@@ -8,6 +8,7 @@ valid split and keep the best weights (:func:`validate`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ import torch
 
 from agents.evaluate import evaluate
 from recgym.envs.task import RecGenTask
-from recgym.metrics import KS
 
 
 def warmup_cosine(warmup: int, total: int) -> Any:
@@ -53,36 +53,68 @@ def make_optimizer(
 
 def validate(
     policy: Any, task: RecGenTask, cfg: Any, state: dict[str, Any], logger: Any = None,
-    run: Path | None = None,
+    run: Path | None = None, saved: str = "",
 ) -> bool:
     """One validation of a training loop: evaluate, log, keep the best weights; True when patience ran out.
 
     ``cfg`` supplies ``beam``, ``eval_requests``, ``metric``, ``patience``, ``seed`` and ``progress``;
     ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` (and, in RL,
     ``rollouts``, logged beside the metrics) and is updated.
-    The best weights go to ``<run>/best`` (atomically).
+    The best weights go to ``<run>/best`` (atomically), never when any of them is NaN or infinite
+    (a :class:`~agents.runs.DivergedError`; ``saved`` says which checkpoint the run keeps).
 
     Example:
         >>> # stop = validate(policy, valid_task, config, state, logger, Path("runs/x"))
     """
     from agents.checkpoint import write_folder_atomically
+    from agents.runs import check_finite_weights
 
     training = policy.model.training
     policy.model.eval()
-    ks = tuple(k for k in KS if k <= cfg.beam)
-    metrics = evaluate(policy, task, beam=cfg.beam, ks=ks, max_requests=cfg.eval_requests, seed=cfg.seed,
+    metrics = evaluate(policy, task, beam=cfg.beam, max_requests=cfg.eval_requests, seed=cfg.seed,
                        progress=cfg.progress)
     policy.model.train(training)
+    if cfg.metric not in metrics:
+        raise ValueError(f"metric={cfg.metric!r} is not computed at beam={cfg.beam}; choose one of "
+                         f"{sorted(k for k in metrics if '@' in k)}")
     value = metrics[cfg.metric]
-    state["history"].append({"step": state["step"], **{k: v for k, v in metrics.items() if "@" in k}})
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    state["history"].append({"step": state["step"], **{k: v for k, v in numbers.items() if "@" in k}})
     if logger is not None:  # RL runs also count rollouts, so curves can be drawn against them
         extra = {"rollouts": state["rollouts"]} if "rollouts" in state else {}
-        logger.log({**{f"valid/{k}": v for k, v in metrics.items()}, **extra}, state["step"])
-    if value > state["best"]:
-        state.update(best=value, best_step=state["step"], bad_evals=0)
+        logger.log({**{f"valid/{k}": v for k, v in numbers.items()}, **extra}, state["step"])
+    # A tie moves the best weights to the later (trained) ones: on a small or coarse validation a
+    # strict ">" would silently keep the start. Only a strict improvement resets the patience.
+    improved = value > state["best"]
+    if value >= state["best"]:
+        state.update(best=value, best_step=state["step"])
         if run is not None:
+            check_finite_weights(policy.model, "best/", state["step"], cfg.lr, saved)
             write_folder_atomically(run / "best", policy.save_pretrained)
+    if improved:
+        state["bad_evals"] = 0
         return False
     state["bad_evals"] += 1
     return cfg.patience > 0 and state["bad_evals"] >= cfg.patience
+
+
+MIN_VALID_SAMPLE = 2000
+
+
+def check_valid_sample(eval_requests: int | None, task: RecGenTask | None) -> None:
+    """Warn when model selection reads a sample too small to tell checkpoints apart.
+
+    Model selection is by the whole valid split by default; a seeded sample of fewer than
+    ``MIN_VALID_SAMPLE`` requests (or the whole split, when smaller) makes HR/NDCG@10 differences of a
+    few hundredths noise.
+
+    Example:
+        >>> check_valid_sample(None, None)  # the whole split: nothing to say
+    """
+    if task is None or eval_requests is None:
+        return
+    if eval_requests < min(MIN_VALID_SAMPLE, task.num_requests):
+        warnings.warn(f"model selection on {eval_requests} of {task.num_requests} valid requests is noisy: "
+                      f"use the whole split (--eval-requests none; eval_requests=None in Python) or at least "
+                      f"{MIN_VALID_SAMPLE}", stacklevel=3)
 

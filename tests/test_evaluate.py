@@ -52,4 +52,4 @@ def test_beam_must_cover_k():
     task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="beam"):
-        evaluate(LLMPolicy.from_config("tiny", task.items, device="cpu"), task, beam=5)
+        evaluate(LLMPolicy.from_config("tiny", task.items, device="cpu"), task, beam=5, ks=(1, 10))

@@ -60,8 +60,8 @@ def test_rollout_logprobs_equal_teacher_forced_logprobs(setup):
     assert (ro.rows[:4] == ro.rows[0]).all()
     prompts, lens = task.prompt_tokens(ro.rows)
     responses = np.where(ro.mask.numpy(), ro.tokens.numpy(), -1)
-    with torch.no_grad():
-        logp, entropy, mask = policy.sequence_logprobs(prompts, lens, responses)
+    with torch.no_grad():  # rollouts record the sampling distribution: renormalised over allowed tokens
+        logp, entropy, mask = policy.sequence_logprobs(prompts, lens, responses, full_vocab=False)
     torch.testing.assert_close(logp, ro.logprobs, atol=1e-5, rtol=0)
     assert (mask == ro.mask).all() and (entropy[mask] >= -1e-6).all()
     # The env's rewards are hits on the sampled items.
@@ -147,5 +147,5 @@ def test_shared_prompt_logprobs_equal_full_recompute_with_gradients(setup, full_
         torch.testing.assert_close(shared[0][[0, 2, 3], : ro.tokens.shape[1]], ro.logprobs[[0, 2, 3]],
                                    atol=1e-5, rtol=1e-5)
     else:  # the full-vocabulary distribution gives lower log-probs than the constrained one
-        constrained = policy.sequence_logprobs(prompts, lens, responses)[0].detach()
+        constrained = policy.sequence_logprobs(prompts, lens, responses, full_vocab=False)[0].detach()
         assert (shared[0] <= constrained + 1e-6).all() and (shared[0] < constrained - 1e-3).any()

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from agents.learners.base import first_in_group
 from agents.learners.grpo import GRPO, GRPOConfig
 from agents.learners.riser import (
     RISER,
@@ -11,7 +10,6 @@ from agents.learners.riser import (
     kl_cov_penalty,
     unique_group_selection,
 )
-from agents.learners.simpo import preference_loss
 from agents.policy import make_rollout_env
 from recgym.envs import RecGenTask
 from recgym.tree import PrefixTree
@@ -25,10 +23,23 @@ def rollout(task, policy, requests=4, m=8, seed=0, temperature=2.0):
 
 def test_unique_group_selection_by_hand():
     terminal = np.array([[7, 7, 7, 7, 7], [1, 2, 1, 3, 4], [5, 6, 5, 6, 5]])
-    select, distinct = unique_group_selection(terminal, 4)
+    # Request 1's target is item 4 (sampled last), request 2's is item 5 (sampled three times).
+    hits = np.array([[0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [1, 0, 1, 0, 1]], dtype=bool)
+    select, distinct = unique_group_selection(terminal, 4, hits)
     assert distinct.tolist() == [1, 4, 2]
-    # Distinct items first in sampling order; cyclic repeats only when fewer than n are distinct.
-    assert select.reshape(3, 4).tolist() == [[0, 0, 0, 0], [5, 6, 8, 9], [10, 11, 10, 11]]
+    # Hits first, then first copies of missed items, then the rest, each in sampling order.
+    assert select.reshape(3, 4).tolist() == [[0, 1, 2, 3], [9, 5, 6, 8], [10, 12, 14, 11]]
+
+
+def test_a_hit_seen_after_the_nth_distinct_item_survives_de_duplication():
+    terminal = np.array([[1, 2, 3, 4, 5, 6]])
+    hits = terminal == 6  # the ground truth comes last, after n = 3 distinct misses
+    select, _ = unique_group_selection(terminal, 3, hits)
+    assert select.tolist() == [5, 0, 1]
+    # Never more copies of a rare hit than were sampled (the old cyclic fill doubled them).
+    terminal = np.array([[9, 8, 9, 9]])
+    select, _ = unique_group_selection(terminal, 4, terminal == 8)
+    assert int((terminal.reshape(-1)[select] == 8).sum()) == 1
 
 
 def test_kl_cov_selects_top_covariance_tokens_by_hand():
@@ -81,6 +92,7 @@ def test_riser_with_every_component_off_is_exactly_grpo(tiny_sid):
         old = grpo.logprobs(policy, batch_g)[0] + 0.3 * torch.randn(batch_g.responses.shape,
                                                                    generator=torch.Generator().manual_seed(0))
     batch_g.old_logp = batch_r.old_logp = old * batch_g.mask
+    batch_g.ref_logp = batch_r.ref_logp = (old - 0.2) * batch_g.mask  # GRPO's default beta > 0: a KL term
     loss_g, grads_g, stats_g = _loss_and_grads(policy, grpo, batch_g)
     loss_r, grads_r, _ = _loss_and_grads(policy, riser, batch_r)
     assert stats_g["clip_frac"] > 0 and (batch_g.group_rewards().std(dim=1) > 0).all()
@@ -92,48 +104,145 @@ def test_riser_with_every_component_off_is_exactly_grpo(tiny_sid):
 def test_riser_components(tiny_sid):
     task, policy = tiny_sid
     ro = rollout(task, policy, m=12, seed=1)
-    base = dict(group_size=6, oversample=12, certainty_d=1.0, kl_cov_k=0.0)
+    base = dict(group_size=6, oversample=12, certainty_d=1.0, kl_cov_k=0.0, beta=0.0)
     off = RISER(RISERConfig(**base, simpo_weight=0.0))
     on = RISER(RISERConfig(**base, simpo_weight=0.5, simpo_beta=2.0, simpo_gamma=0.3))
     batch = on.make_batch(policy, ro)
-    # Oversampling: groups of n = 6 built from the distinct items of m = 12 rollouts.
+    # Oversampling: groups of n = 6 from m = 12 rollouts: hits, first copies of misses, the rest.
     assert batch.responses.shape[0] == 4 * 6
     for g in range(4):
         raw = ro.terminal[g * 12:(g + 1) * 12].tolist()
-        kept = batch.terminal[g * 6:(g + 1) * 6].tolist()
-        distinct = list(dict.fromkeys(raw))
-        assert kept == [distinct[i % len(distinct)] for i in range(6)]
+        hit = ro.hits[g * 12:(g + 1) * 12].tolist()
+        seen, firsts, rest = set(), [], []
+        for i, item in enumerate(raw):
+            if not hit[i]:
+                (rest if item in seen else firsts).append(i)
+                seen.add(item)
+        order = [i for i in range(12) if hit[i]] + firsts + rest
+        assert batch.terminal[g * 6:(g + 1) * 6].tolist() == [raw[i] for i in order[:6]]
     assert batch.unique.tolist() == [len(set(ro.terminal[g * 12:(g + 1) * 12].tolist())) for g in range(4)]
-    # SimPO on failed groups only: L(w) - L(0) = w * L_SimPO over (target, distinct failed item) pairs.
-    failed = torch.nonzero(~batch.hits.reshape(4, 6).any(dim=1)).squeeze(1)
+    # SimPO on failed groups only: L(w) - L(0) = w * L_SimPO, L_SimPO computed here by hand.
+    failed = torch.nonzero(~batch.hits.reshape(4, 6).any(dim=1)).squeeze(1).tolist()
     assert len(failed) > 0
     with torch.no_grad():
         loss_on, stats = on.loss(policy, batch)
         loss_off, _ = off.loss(policy, batch)
-        groups = torch.arange(4)
-        logp = on.logprobs(policy, batch, extra=batch.chosen, extra_index=groups)[0]
-        b, t = batch.responses.shape
-        in_failed = torch.zeros(4, dtype=torch.bool)
-        in_failed[failed] = True
-        rejected = in_failed[batch.group_index] & first_in_group(batch.terminal, batch.group_index)
-        simpo, _ = preference_loss(batch, logp[:b, :t], logp[b:, :batch.chosen.shape[1]], batch.chosen >= 0,
-                                   groups, rejected, 2.0, 0.3)
-    assert stats["simpo_pairs"] == int(rejected.sum())
-    assert (loss_on - loss_off).item() == pytest.approx(0.5 * simpo.item(), rel=1e-4, abs=1e-6)
+        logp = on.logprobs(policy, batch, extra=batch.chosen, extra_index=torch.arange(4))[0]
+    b = batch.responses.shape[0]
+    terms = []
+    for g in failed:
+        chosen_len = int((batch.chosen[g] >= 0).sum())
+        r_w = 2.0 / chosen_len * float(logp[b + g, :chosen_len].sum())  # r(y_w) = beta / |y| sum log pi
+        seen = set()
+        for row in range(g * 6, (g + 1) * 6):
+            item = int(batch.terminal[row])
+            if item in seen:
+                continue  # each distinct failed item once
+            seen.add(item)
+            length = int(batch.mask[row].sum())
+            r_l = 2.0 / length * float(logp[row, :length].sum())
+            terms.append(-np.log(1 / (1 + np.exp(-(r_w - r_l - 0.3)))))  # -log sigmoid(margin - gamma)
+    assert stats["simpo_pairs"] == len(terms)
+    assert (loss_on - loss_off).item() == pytest.approx(0.5 * float(np.mean(terms)), rel=1e-4, abs=1e-6)
 
 
-def test_certainty_mask_acts_only_where_forced_tokens_carry_gradient(tiny_sid):
-    """Constrained log-probs: a forced token has pi = 1, so d changes nothing; full vocabulary: it does."""
+def _leaf_logprobs(learner, policy, batch):
+    """Make ``learner.loss`` read its log-probs from a leaf tensor, so token gradients can be compared."""
+    with torch.no_grad():
+        logp, entropy = learner.logprobs(policy, batch, extra=batch.chosen, extra_index=torch.arange(
+            batch.num_groups))
+    leaf = logp.clone().requires_grad_(True)
+    b, t = batch.responses.shape
+
+    def logprobs(policy, batch, extra=None, extra_index=None):
+        rows = b + (0 if extra_index is None else len(extra_index))
+        return leaf[:rows], entropy[:rows]
+
+    learner.logprobs = logprobs
+    return leaf
+
+
+def test_default_riser_weighs_forced_tokens_d_times_grpo(tiny_sid):
+    """Default RISER (full vocabulary): each forced token's gradient is d x GRPO's, branching ones 1 x."""
     task, policy = tiny_sid
     ro = rollout(task, policy, m=6, seed=2)
-    losses = {}
-    for full_vocab in (False, True):
-        for d in (1.0, 0.3):
-            learner = RISER(RISERConfig(group_size=6, oversample=6, simpo_weight=1.0, certainty_d=d,
-                                        kl_cov_k=0.0, full_vocab=full_vocab))
-            batch = learner.make_batch(policy, ro)
-            losses[full_vocab, d] = _loss_and_grads(policy, learner, batch)
-    assert torch.allclose(losses[False, 1.0][0], losses[False, 0.3][0], atol=1e-6)
-    assert not torch.allclose(losses[True, 1.0][0], losses[True, 0.3][0], atol=1e-4)
+    grads = {}
+    for name, learner in (("grpo", GRPO(GRPOConfig(group_size=6, beta=0.0))),
+                          ("riser", RISER(RISERConfig(group_size=6, oversample=6, beta=0.0)))):
+        batch = learner.make_batch(policy, ro)
+        batch.hits[:] = True  # no failed group: SimPO stays out of this comparison
+        batch.rewards = torch.arange(len(batch.rewards), dtype=torch.float32) % 3  # graded: A_i != 0
+        batch.advantages = batch.rewards - batch.group_rewards().mean(dim=1).repeat_interleave(6)
+        leaf = _leaf_logprobs(learner, policy, batch)
+        learner.loss(policy, batch)[0].backward()
+        b, t = batch.responses.shape
+        grads[name] = leaf.grad[:b, :t]
+    assert policy.objective == "full"
+    branching = policy.tables.branching(batch.states.clamp(min=0)) & batch.mask
+    forced = ~policy.tables.branching(batch.states.clamp(min=0)) & batch.mask
+    assert forced.any() and branching.any() and (grads["grpo"][forced] != 0).any()
+    torch.testing.assert_close(grads["riser"][forced], 0.7 * grads["grpo"][forced])
+    torch.testing.assert_close(grads["riser"][branching], grads["grpo"][branching])
+
+
+def test_every_riser_component_changes_the_loss_at_the_defaults(tiny_sid):
+    task, policy = tiny_sid
+    ro = rollout(task, policy, m=20, seed=3)
+    full = RISER(RISERConfig(oversample=20, group_size=16))
+    batch = full.make_batch(policy, ro)
+    with torch.no_grad():  # pi != pi_old (as after a first minibatch update), and a reference
+        noise = torch.randn(batch.responses.shape, generator=torch.Generator().manual_seed(0))
+        batch.old_logp = (full.logprobs(policy, batch)[0] + 0.2 * noise) * batch.mask
+        batch.ref_logp = batch.old_logp
+        reference = full.loss(policy, batch)[0]
+        for off in ({"simpo_weight": 0.0}, {"certainty_d": 1.0}, {"kl_cov_k": 0.0}):
+            other = RISER(RISERConfig(oversample=20, group_size=16, **off)).loss(policy, batch)[0]
+            assert abs(float(other - reference)) > 1e-6, off
+    plain = RISER(RISERConfig(oversample=None, group_size=16)).make_batch(policy, rollout(task, policy, m=16))
+    assert plain.responses.shape == (4 * 16, plain.responses.shape[1])  # oversampling off: m = n
+    assert (batch.unique >= 1).all() and batch.responses.shape[0] == 4 * 16
+
+
+def test_kl_cov_in_riser_loss_matches_verl_formula(tiny_sid):
+    """RISER.loss with KL-Cov only == an independent re-computation of verl's kl_cov, loss and gradient."""
+    task, policy = tiny_sid
+    ro = rollout(task, policy, m=6, seed=4)
+    k, coef = 0.1, 1.0
+    learner = RISER(RISERConfig(group_size=6, oversample=6, simpo_weight=0.0, certainty_d=1.0, beta=0.0,
+                                kl_cov_k=k, kl_cov_coef=coef))
+    batch = learner.make_batch(policy, ro)
+    batch.advantages = torch.linspace(-1, 1, len(batch.advantages))
+    leaf = _leaf_logprobs(learner, policy, batch)
+    b, t = batch.responses.shape
+    old = (leaf.detach()[:b, :t] - 0.5 * torch.sin(torch.arange(b * t, dtype=torch.float32)).reshape(b, t))
+    batch.old_logp = old * batch.mask
+    loss, stats = learner.loss(policy, batch)
+    loss.backward()
+    got = leaf.grad[:b, :t].clone()
+    # verl: pg = -A * ratio on every valid token; the top ceil(k N) tokens by
+    # Cov = (A - mean A)(log pi - mean log pi) get + coef * |log pi - log pi_old|; per-sequence mean.
+    x = leaf.detach()[:b, :t].clone().requires_grad_(True)
+    mask = batch.mask
+    adv = batch.advantages[:, None].expand(b, t)
+    ratio = torch.exp(x - batch.old_logp)
+    pg = -adv * ratio
+    pg_kl = pg + coef * (x - batch.old_logp).abs()
+    valid = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    a_v, lp_v = adv.reshape(-1)[valid], x.detach().reshape(-1)[valid]
+    cov = (a_v - a_v.mean()) * (lp_v - lp_v.mean())
+    top = valid[torch.topk(cov, int(np.ceil(k * len(valid)))).indices]
+    chosen = torch.zeros(b * t, dtype=torch.bool)
+    chosen[top] = True
+    per_token = torch.where(chosen.reshape(b, t), pg_kl, pg) * mask
+    expected = (per_token.sum(dim=1) / mask.sum(dim=1)).mean()
+    expected.backward()
+    assert stats["kl_cov_tokens"] == len(top) > 1
+    torch.testing.assert_close(loss.detach(), expected.detach())
+    torch.testing.assert_close(got, x.grad)
+    # The penalty's own gradient is non-zero once pi != pi_old: without it the gradient differs there.
+    y = x.detach().clone().requires_grad_(True)
+    ((-adv * torch.exp(y - batch.old_logp) * mask).sum(dim=1) / mask.sum(dim=1)).mean().backward()
+    sel = chosen.reshape(b, t)
+    assert (got[sel] - y.grad[sel]).abs().min() > 1e-4 and torch.allclose(got[~sel], y.grad[~sel])
     with pytest.raises(ValueError, match="oversample"):
         RISERConfig(group_size=16, oversample=8)

@@ -69,20 +69,36 @@ def _records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_continues_exactly_and_logs_everything(data, tmp_path):
+def test_resume_continues_exactly_and_logs_everything(data, tmp_path, monkeypatch):
+    import agents.rl
+
     _, train, valid = data
     cfg = RLConfig(steps=4, requests_per_step=4, eval_every=2, eval_requests=20, beam=10, minibatches=2,
                    mu=2, lr=1e-3, progress=False)
     learner = make_learner("riser", group_size=4, oversample=6, beta=0.05)
     straight = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
     train_rl(straight, learner, train, valid, cfg, run_dir=tmp_path / "a")
-    first = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
-    train_rl(first, learner, train, valid, RLConfig(**{**cfg.__dict__, "steps": 2}), run_dir=tmp_path / "b")
-    resumed = LLMPolicy.from_config("tiny", train.items, seed=9, device="cpu")  # weights come from disk
+    # The same run, killed during step 4 (its checkpoint is at step 2, step 3 is logged), then rerun.
+    with monkeypatch.context() as m:
+        interrupted = [0]
+        real = agents.rl._train_step
+
+        def killed_at_step_4(*args, **kwargs):
+            interrupted[0] += 1
+            if interrupted[0] == 4:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        m.setattr(agents.rl, "_train_step", killed_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            train_rl(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), learner, train, valid,
+                     cfg, run_dir=tmp_path / "b")
+    assert [r["step"] for r in _records(tmp_path / "b") if "loss" in r] == [1, 2, 3]
+    resumed = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
     train_rl(resumed, learner, train, valid, cfg, run_dir=tmp_path / "b")
     steps_a = [r for r in _records(tmp_path / "a") if "loss" in r]
     steps_b = [r for r in _records(tmp_path / "b") if "loss" in r]
-    assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b] == [1, 2, 3, 4]
+    assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b] == [1, 2, 3, 4]  # step 3 once
     for key in ("loss", "hit_rate", "entropy", "kl", "clip_frac", "simpo_loss"):
         assert steps_a[-1][key] == pytest.approx(steps_b[-1][key], rel=1e-5, abs=1e-7), key
     record = steps_a[-1]
@@ -144,5 +160,5 @@ def test_grpo_and_riser_raise_valid_hr10_above_the_sft_start(data, tmp_path):
         policy = LLMPolicy.from_pretrained(tmp_path / "sft", device="cpu")
         cfg = RLConfig(steps=steps, lr=lr, eval_every=20, eval_requests=None, progress=False)
         summary = train_rl(policy, make_learner(name), train, valid, cfg)
-        history = [h["HR@10"] for h in summary["valid_history"]]
+        history = [h[cfg.metric] for h in summary["valid_history"]]
         assert summary["best_valid"] > history[0], (name, history)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from agents.baselines import PopularityRecommender
 from agents.evaluate import evaluate, evaluate_ranker
@@ -38,23 +39,47 @@ def test_tiny_model_after_sft_beats_popularity_on_test(data, tmp_path):
     assert (tmp_path / "run" / "checkpoint" / "trainer_state.pt").exists()
 
 
-def test_resume_continues_exactly(data, tmp_path):
+class Interrupted(Exception):
+    """Stands for a kill: raised from inside the loop after a few steps."""
+
+
+def interrupt_after(monkeypatch, module, name, calls):
+    """Make ``module.name`` raise :class:`Interrupted` on its call number ``calls + 1``."""
+    real, count = getattr(module, name), [0]
+
+    def wrapper(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_resume_continues_exactly(data, tmp_path, monkeypatch):
+    import agents.sft
+
     ds, train, valid, _ = data
     cfg = SFTConfig(epochs=1, batch_size=64, max_steps=6, eval_every=3, eval_requests=20, beam=10,
                     progress=False, patience=0)
     straight = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
     train_sft(straight, train, valid, cfg, run_dir=tmp_path / "a")
-    # Same run, interrupted after 3 steps, then resumed from its checkpoint.
-    first = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
-    train_sft(first, train, valid, SFTConfig(**{**cfg.__dict__, "max_steps": 3}), run_dir=tmp_path / "b")
+    # The same run, killed during step 5 (its checkpoint is at step 3), then the same command again.
+    with monkeypatch.context() as m:
+        interrupt_after(m, agents.sft, "sft_loss", 4)
+        with pytest.raises(Interrupted):
+            train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
+                      run_dir=tmp_path / "b")
     state = (tmp_path / "b" / "checkpoint" / "trainer_state.pt")
-    assert state.exists()
-    resumed = LLMPolicy.from_config("tiny", train.items, seed=5, device="cpu")  # weights come from disk
+    assert state.exists() and [r["step"] for r in _records(tmp_path / "b") if "loss" in r] == [1, 2, 3, 4]
+    resumed = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
     train_sft(resumed, train, valid, cfg, run_dir=tmp_path / "b")
-    last_a = [r for r in _records(tmp_path / "a") if "loss" in r][-1]
-    last_b = [r for r in _records(tmp_path / "b") if "loss" in r][-1]
-    assert last_a["step"] == last_b["step"] == 6
-    assert last_a["loss"] == pytest.approx(last_b["loss"], rel=1e-5)
+    steps_a = [r for r in _records(tmp_path / "a") if "loss" in r]
+    steps_b = [r for r in _records(tmp_path / "b") if "loss" in r]
+    assert [r["step"] for r in steps_b] == [r["step"] for r in steps_a] == [1, 2, 3, 4, 5, 6]  # none twice
+    assert steps_a[-1]["loss"] == pytest.approx(steps_b[-1]["loss"], rel=1e-5)
+    for p_a, p_b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p_a, p_b)  # the same best weights, bit for bit
 
 
 def _records(run):
@@ -69,3 +94,43 @@ def test_schedule_and_bad_input(data):
     empty.examples = empty.examples.subset(np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="no requests"):
         train_sft(LLMPolicy.from_config("tiny", train.items, device="cpu"), empty)
+
+
+def test_sft_and_rl_optimise_the_same_full_vocabulary_objective():
+    """By default SFT's loss is cross-entropy over the whole vocabulary, and RL's log-probs are the same."""
+    from agents.learners import make_learner
+    from agents.learners.base import RLBatch
+    from agents.sft import sft_loss
+
+    ds = make_synthetic(num_items=300, num_users=100, seed=0)
+    task = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    assert policy.objective == "full"
+    rows = np.arange(6)
+    with torch.no_grad():
+        loss, tokens = sft_loss(policy, task, rows)
+        # By hand: log_softmax over all V logits of the LM head at each target token.
+        responses = policy.item_responses(task.examples.target[rows])
+        ids, lens = task.prompt_tokens(rows)
+        total, count = 0.0, 0
+        for i in range(len(rows)):
+            prompt = ids[i, : lens[i]].tolist()
+            target = [t for t in responses[i].tolist() if t >= 0]
+            logits = policy.model(torch.tensor([prompt + target])).logits[0]
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            for j, token in enumerate(target):
+                total -= float(logp[len(prompt) - 1 + j, token])
+                count += 1
+        assert tokens == count
+        assert loss.item() == pytest.approx(total / count, rel=1e-4)
+        # RL's teacher-forced log-probs (default GRPO) on the same responses: the same objective.
+        grpo = make_learner("grpo", group_size=2)
+        left, mask = policy.left_pad(ids, lens)
+        batch = RLBatch(prompt_ids=left, prompt_mask=mask, group_index=torch.arange(6),
+                        responses=torch.as_tensor(responses), mask=torch.as_tensor(responses >= 0),
+                        states=torch.zeros(responses.shape, dtype=torch.long), rewards=torch.zeros(6),
+                        hits=torch.zeros(6, dtype=torch.bool), terminal=torch.zeros(6, dtype=torch.long),
+                        rows=rows, targets=task.examples.target[rows], chosen=torch.as_tensor(responses),
+                        unique=torch.ones(6))
+        rl_logp, _ = grpo.logprobs(policy, batch)
+        assert -(rl_logp * batch.mask).sum().item() / count == pytest.approx(total / count, rel=1e-4)

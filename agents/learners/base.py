@@ -169,9 +169,9 @@ class Learner(ABC):
         return getattr(self.config, "temperature", 1.0)
 
     @property
-    def full_vocab(self) -> bool:
-        """Normalise the update's log-probs over the whole vocabulary instead of the allowed tokens."""
-        return getattr(self.config, "full_vocab", False)
+    def full_vocab(self) -> bool | None:
+        """The config's override of the policy's objective (None: the policy's own, full by default)."""
+        return getattr(self.config, "full_vocab", None)
 
     @classmethod
     def from_settings(cls, **settings: Any) -> Learner:

@@ -11,13 +11,16 @@ and every token t of y_i gets A_i. With rho_t = pi(y_t | x, y_<t) / pi_old(y_t |
 
 and the loss aggregates l_t over tokens as named in the literature:
 
-* ``grpo``: mean over each sequence's tokens, then over sequences (the original paper);
+* ``grpo``: mean over each sequence's tokens, then over sequences (the original paper and ReRe;
+  the default);
 * ``dapo``: one mean over all tokens of the batch (DAPO, Yu et al. 2025);
 * ``dr_grpo``: sum over all tokens / (B * T_max), with T_max the longest item in the tree
   (Dr. GRPO, Liu et al. 2025; it also drops the std, ``scale_rewards=False``).
 
-Asymmetric clipping (``clip_high > clip_low``) is DAPO's clip-higher. Token weights w_t (RISER's
-certainty mask) multiply l_t; the aggregation still divides by token counts.
+Defaults follow the original GRPO and ReRe: per-sequence mean and a small k3 KL to the frozen SFT
+reference (beta = 1e-3, ReRe's value). Log-probs are the policy's objective (full vocabulary by
+default). Asymmetric clipping (``clip_high > clip_low``) is DAPO's clip-higher. Token weights w_t
+(RISER's certainty mask) multiply l_t; the aggregation still divides by token counts.
 """
 
 from __future__ import annotations
@@ -41,23 +44,24 @@ class GRPOConfig:
         group_size: n, rollouts per request.
         temperature: sampling temperature (the update uses the same one).
         clip_low, clip_high: eps_low / eps_high of the ratio clip (DAPO's clip-higher: 0.2 / 0.28).
-        beta: weight of the k3 KL to the frozen reference policy (0: no reference model is kept).
-        loss_type: ``grpo``, ``dapo`` or ``dr_grpo`` (module docstring).
+        beta: weight of the k3 KL to the frozen reference policy (1e-3 as ReRe; 0: no reference
+            model is kept).
+        loss_type: ``grpo`` (default), ``dapo`` or ``dr_grpo`` (module docstring).
         scale_rewards: divide advantages by the group's std (False for Dr. GRPO).
         eps: added to the std.
-        full_vocab: normalise the update's log-probs over the whole vocabulary (as TRL / ReRe do)
-            instead of the allowed tokens (what is sampled; the default).
+        full_vocab: override the policy's objective in the update (True: whole vocabulary, False:
+            renormalised over the allowed tokens; None: the policy's, full by default).
     """
 
     group_size: int = 16
     temperature: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.2
-    beta: float = 0.0
-    loss_type: str = "dapo"
+    beta: float = 1e-3
+    loss_type: str = "grpo"
     scale_rewards: bool = True
     eps: float = 1e-4
-    full_vocab: bool = False
+    full_vocab: bool | None = None
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -149,13 +153,20 @@ class GRPO(Learner):
 
     def policy_loss(
         self, policy: LLMPolicy, batch: RLBatch, logp: torch.Tensor, weights: torch.Tensor | None = None,
-        extra: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None, clip: bool = True,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The GRPO objective on the batch's tokens, with optional token weights w_t and extra l_t terms."""
+        """The GRPO objective on the batch's tokens, with optional token weights w_t and extra l_t terms.
+
+        ``clip=False`` uses the unclipped surrogate -A_i * rho_t on every token (KL-Cov's form).
+        """
         c = self.config
         mask = batch.mask
         old = batch.old_logp if batch.old_logp is not None else logp.detach()
-        token_loss, clipped = clipped_token_loss(logp, old, batch.advantages, c.clip_low, c.clip_high)
+        if clip:
+            token_loss, clipped = clipped_token_loss(logp, old, batch.advantages, c.clip_low, c.clip_high)
+        else:
+            token_loss = -batch.advantages[:, None] * torch.exp(logp - old)  # -A_i * rho_t
+            clipped = torch.zeros_like(mask)
         stats: dict[str, float] = {}
         if c.beta > 0:
             if batch.ref_logp is None:

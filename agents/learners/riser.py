@@ -1,10 +1,15 @@
 """RISER (Ding et al. 2026, "Towards Sample-Efficient and Stable RL for LLM-based Recommendation").
 
-GRPO with four additions, each switchable so the paper's ablations are configuration:
+GRPO with four additions, each switchable so the paper's ablations are configuration. All four act
+in the default configuration: the policy's objective is the LLM's full-vocabulary distribution
+(forced tokens have pi < 1 and carry gradient), and ``RLConfig.minibatches = 4`` makes pi move away
+from pi_old within a batch of rollouts.
 
-1. **Oversampling with de-duplication**: m rollouts per request (m = 20); the distinct items among
-   them, in sampling order, form the group of n (n = 16); items repeat (cyclically) only when fewer
-   than n are distinct. The number of distinct items per group is logged.
+1. **Oversampling with de-duplication**: m rollouts per request (m = 20) form a group of n (n = 16)
+   by a rule that never loses a hit (as ReRe's dynamic sampling puts the ground truth in):
+   every sampled copy of the ground-truth item first (up to n), then the first occurrence of each
+   distinct missed item in sampling order, then the remaining samples in sampling order, so a rare
+   hit is never dropped nor duplicated beyond what was sampled. Distinct items per group are logged.
 2. **SimPO on failed groups**: a group where every rollout missed has A_i = 0 for all i and teaches
    GRPO nothing; there the ground-truth item y_w is preferred over each distinct failed item y_l:
 
@@ -12,27 +17,22 @@ GRPO with four additions, each switchable so the paper's ablations are configura
        r(y) = beta / |y| * sum_t w_t log pi(y_t | x, y_<t)
 
 3. **Certainty-aware token mask**: w_t = 1 where token t's prefix-tree node branches (>= 2
-   children) and d (= 0.7) where the next token is forced, in both losses.
-4. **KL-Cov** (Cui et al. 2025): over the (mini)batch's valid tokens,
+   children) and d (= 0.7) where the next token is forced, on the GRPO, KL and SimPO terms alike.
+4. **KL-Cov** (Cui et al. 2025, as verl implements it): the surrogate is the unclipped
+   -A_i * rho_t on every token, and over the (mini)batch's valid tokens
 
        Cov_t = (A_t - mean A) * (log pi_t - mean log pi)       (detached)
 
-   and the top k fraction of tokens by Cov (k = 2e-3, at least one) get coef * |log pi_t - log
-   pi_old,t| added to their loss (coef = 1). It acts once the policy has moved since the rollout
-   (``RLConfig.mu * minibatches > 1``); on the very first step log pi = log pi_old.
+   the top ceil(k * N) tokens by Cov (k = 2e-3) get coef * |log pi_t - log pi_old,t| added
+   (coef = 1). ``kl_cov_clip=True`` keeps PPO's clipped surrogate under the penalty instead.
 
 With ``oversample = group_size``, ``simpo_weight = 0``, ``certainty_d = 1`` and ``kl_cov_k = 0``
 RISER is exactly GRPO (a test checks loss and gradients).
-
-Note on the constrained policy: under the constrained distribution (our default) a forced token has
-pi = 1, so its log-prob and gradient are 0 whatever its weight, and the certainty mask changes
-nothing: the constrained policy never spends gradient on forced tokens in the first place. The mask
-matters with ``full_vocab=True`` (log-probs over the whole vocabulary, as the paper's TRL-based
-training computes them), where forced tokens do carry gradient.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,8 @@ class RISERConfig(GRPOConfig):
         certainty_d: d, the weight of forced tokens (1: mask off).
         kl_cov_k: k, the fraction of tokens KL-Cov penalises (0: off).
         kl_cov_coef: coef of |log pi - log pi_old| on those tokens.
+        kl_cov_clip: keep PPO's clipped surrogate under KL-Cov (Cui et al. and verl drop the clip:
+            the unclipped -A * rho is the default).
     """
 
     oversample: int | None = 20
@@ -67,6 +69,7 @@ class RISERConfig(GRPOConfig):
     certainty_d: float = 0.7
     kl_cov_k: float = 2e-3
     kl_cov_coef: float = 1.0
+    kl_cov_clip: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,23 +77,36 @@ class RISERConfig(GRPOConfig):
             raise ValueError(f"oversample={self.oversample} must be at least group_size={self.group_size}")
 
 
-def unique_group_selection(terminal: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows that form groups of n from (R, m) sampled items: distinct items first, in sampling order,
-    repeated cyclically when fewer than n are distinct.
+def unique_group_selection(
+    terminal: np.ndarray, n: int, hits: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that form groups of n from (R, m) sampled items, never losing a hit.
 
-    Returns ``(select [R * n] flat row indices, distinct [R])``.
+    Per request: every row that hit (the ground-truth item, up to n) first, then the first
+    occurrence of each distinct missed item in sampling order, then the remaining rows in sampling
+    order (repeats of missed items). With m >= n there are always n rows; a hit is kept whenever
+    one was sampled and is never repeated beyond its sampled count.
+
+    Returns ``(select [R * n] flat row indices, distinct [R] items among the m samples)``.
 
     Example:
-        >>> select, distinct = unique_group_selection(np.array([[3, 3, 5, 3], [1, 2, 3, 4]]), 3)
-        >>> select.reshape(2, 3).tolist(), distinct.tolist()
-        ([[0, 2, 0], [4, 5, 6]], [2, 4])
+        >>> terminal = np.array([[3, 3, 5, 3], [1, 2, 3, 4], [7, 8, 7, 9]])
+        >>> hits = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]], dtype=bool)
+        >>> select, distinct = unique_group_selection(terminal, 3, hits)
+        >>> (select.reshape(3, 3) % 4).tolist(), distinct.tolist()
+        ([[0, 2, 1], [3, 0, 1], [3, 0, 1]], [2, 4, 3])
     """
     r, m = terminal.shape
+    if n > m:
+        raise ValueError(f"group size n={n} needs at least n samples per request, got m={m}")
+    hits = np.zeros((r, m), dtype=bool) if hits is None else np.asarray(hits, dtype=bool).reshape(r, m)
     groups = torch.arange(r).repeat_interleave(m)
     is_first = first_in_group(torch.as_tensor(terminal).reshape(-1), groups).reshape(r, m).numpy()
     distinct = is_first.sum(axis=1)
-    firsts = np.argsort(~is_first, axis=1, kind="stable")  # first occurrences, in sampling order
-    cols = np.take_along_axis(firsts, np.arange(n)[None, :] % distinct[:, None], axis=1)
+    # Priority per row: 0 = a hit, 1 = the first copy of a missed item, 2 = a repeat; a stable sort
+    # keeps sampling order within each class.
+    priority = np.where(hits, 0, np.where(is_first, 1, 2))
+    cols = np.argsort(priority, axis=1, kind="stable")[:, :n]
     return (np.arange(r)[:, None] * m + cols).reshape(-1), distinct
 
 
@@ -114,7 +130,7 @@ def kl_cov_penalty(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k: float,
     coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL-Cov: coef * |log pi - log pi_old| on the top-k fraction of valid tokens by Cov_t.
+    """KL-Cov: coef * |log pi - log pi_old| on the top ceil(k * N) of the N valid tokens by Cov_t.
 
     Returns ``(penalty [B, T], selected [B, T] bool)``.
 
@@ -127,7 +143,7 @@ def kl_cov_penalty(
     a = advantages[:, None].expand_as(logp)[mask]
     lp = logp.detach()[mask]
     cov = (a - a.mean()) * (lp - lp.mean())  # Cov_t
-    count = max(1, int(k * len(cov)))
+    count = max(1, math.ceil(k * len(cov)))  # the top ceil(k * N) tokens
     chosen = torch.zeros_like(cov, dtype=torch.bool)
     chosen[cov.topk(min(count, len(cov))).indices] = True
     selected = torch.zeros_like(mask)
@@ -169,7 +185,8 @@ class RISER(GRPO):
         n, m = self.config.group_size, rollout.group_size
         if m == n:
             return super().make_batch(policy, rollout)
-        select, _ = unique_group_selection(rollout.terminal.reshape(-1, m).cpu().numpy(), n)
+        select, _ = unique_group_selection(rollout.terminal.reshape(-1, m).cpu().numpy(), n,
+                                           rollout.hits.reshape(-1, m).cpu().numpy())
         return self.batch_from_rollout(policy, rollout, select, n)
 
     def loss(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -190,7 +207,10 @@ class RISER(GRPO):
             penalty, selected = kl_cov_penalty(logp, old, batch.advantages, batch.mask, c.kl_cov_k,
                                                c.kl_cov_coef)
             stats["kl_cov_tokens"] = float(selected.sum())
-        loss, grpo_stats = self.policy_loss(policy, batch, logp, weights=weights, extra=penalty)
+            stats["kl_cov_abs"] = masked_mean((logp - old).abs().detach(), selected)
+        # KL-Cov replaces the clip by its penalty (unclipped -A * rho), unless kl_cov_clip.
+        clip = c.kl_cov_k == 0 or c.kl_cov_clip
+        loss, grpo_stats = self.policy_loss(policy, batch, logp, weights=weights, extra=penalty, clip=clip)
         stats.update(grpo_stats)
         stats["failed_groups"] = float(len(failed)) / batch.num_groups
         if use_simpo:

@@ -34,7 +34,7 @@ class SimPOConfig:
             constrained beam search of width ``group_size``).
         beta, gamma: SimPO's reward scale and target margin.
         temperature: sampling temperature (the update uses the same one).
-        full_vocab: normalise log-probs over the whole vocabulary instead of the allowed tokens.
+        full_vocab: override the policy's objective (None: the policy's, full vocabulary by default).
     """
 
     group_size: int = 16
@@ -42,7 +42,7 @@ class SimPOConfig:
     beta: float = 2.0
     gamma: float = 1.0
     temperature: float = 1.0
-    full_vocab: bool = False
+    full_vocab: bool | None = None
 
     def __post_init__(self) -> None:
         if self.negatives not in ("sample", "beam"):
