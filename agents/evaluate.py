@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from agents import distributed as dist
 from recgym.data import Examples
 from recgym.envs.task import RecGenTask
 from recgym.metrics import KS, hits_from_item_sets, hits_from_ranked, ranking_metrics
@@ -31,6 +32,7 @@ def evaluate(
     scoring: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> dict[str, float]:
     """Score an :class:`~agents.policy.LLMPolicy` on ``task``'s split by constrained beam search.
 
@@ -47,6 +49,13 @@ def evaluate(
     than from its prompt: one with ``beam_search_rows(task, rows, width=..., k=...) -> (terminals,
     scores)`` (e.g. :class:`~agents.baselines.maskable_ppo.MaskablePPOAgent`); it is scored the
     same way.
+
+    Under ``torchrun`` (``distributed=None``: whenever a process group of several ranks is
+    initialised, :mod:`agents.distributed`) this is a collective that every rank calls: the
+    requests are cut into the batches one process would search (``batch_size`` each), each rank
+    searches a contiguous share of those batches, and the hits are gathered exactly, so every rank
+    returns the metrics one process returns on the same requests. ``distributed=False`` scores
+    every request on this rank alone.
 
     Example:
         >>> # evaluate(policy, RecGenTask(dataset, split="test", tokenizer=policy.items), beam=20)
@@ -65,9 +74,53 @@ def evaluate(
     if scoring is None:
         scoring = getattr(policy, "objective", "full")
     rows = select_rows(task.num_requests, max_requests, seed)
-    hits = np.zeros((len(rows), k), dtype=bool)
+    hits, missing = request_hits(policy, task, rows, beam=beam, k=k, batch_size=batch_size,
+                                 length_normalize=length_normalize, scoring=scoring, progress=progress,
+                                 distributed=distributed)
+    out = ranking_metrics(hits, ks)
+    out["requests"] = len(rows)
+    out["invalid_rate"] = missing / max(1, len(rows) * k)
+    if not searching_rows:
+        out["scoring"] = scoring
+    out["beam"] = beam
+    return out
+
+
+def request_hits(
+    policy: Any,
+    task: RecGenTask,
+    rows: np.ndarray,
+    *,
+    beam: int,
+    k: int,
+    batch_size: int = 16,
+    length_normalize: bool = False,
+    scoring: str = "full",
+    progress: bool = True,
+    distributed: bool | None = None,
+) -> tuple[np.ndarray, int]:
+    """Per request of ``rows``: which of its top-``k`` beam outputs hit the target, and the missing slots.
+
+    Returns ``(hits [len(rows), k] bool, missing)``: ``hits[i, j]`` is True when the j-th ranked
+    output for request ``rows[i]`` denotes its target; ``missing`` counts slots that hold no item.
+    The requests are searched ``batch_size`` at a time; under ``torchrun`` (see :func:`evaluate`)
+    each rank searches a contiguous share of those batches and every rank returns all rows, in
+    order, exactly as one process computes them.
+
+    Example:
+        >>> # hits, missing = request_hits(policy, task, np.arange(32), beam=20, k=20)
+    """
+    searching_rows = hasattr(policy, "beam_search_rows")
+    sharded = dist.is_distributed() if distributed is None else bool(distributed and dist.is_distributed())
+    # Whole batches of one process are the unit of sharding: each request is searched in the same
+    # batch (same padding, same numbers) whatever the number of ranks.
+    starts = np.arange(0, len(rows), batch_size)
+    mine = starts[dist.shard_slice(len(starts))] if sharded else starts
+    first = int(mine[0]) if len(mine) else len(rows)
+    count = min(len(rows), int(mine[-1]) + batch_size) - first if len(mine) else 0
+    hits = np.zeros((count, k), dtype=bool)
     missing = 0
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task.split}", disable=not progress,
+    for start in tqdm(mine, desc=f"eval {task.split}", disable=not progress or not dist.is_main(),
                       leave=False):
         batch = rows[start:start + batch_size]
         if searching_rows:
@@ -78,15 +131,13 @@ def evaluate(
         missing += int((terminals < 0).sum())
         # Missing entries (-1) read as the root, which denotes no item.
         offsets, values = task.tree.items_batch(np.maximum(terminals, task.tree.root).reshape(-1))
-        hits[start:start + len(batch)] = hits_from_item_sets(
+        at = int(start) - first
+        hits[at:at + len(batch)] = hits_from_item_sets(
             offsets, values, task.examples.target[batch], (len(batch), k))
-    out = ranking_metrics(hits, ks)
-    out["requests"] = len(rows)
-    out["invalid_rate"] = missing / max(1, len(rows) * k)
-    if not searching_rows:
-        out["scoring"] = scoring
-    out["beam"] = beam
-    return out
+    if sharded:
+        hits = dist.gather_rows(hits)
+        missing = int(dist.all_sum(missing))
+    return hits, missing
 
 
 def evaluate_ranker(

@@ -181,7 +181,7 @@ def verify_file(path: str | os.PathLike[str], *, size: int | None = None, sha256
         >>> os.unlink(fh.name)
     """
     remedy = ("the file is damaged or another version: delete it and download it again "
-              "(download=True, or `recgym data download NAME`)")
+              "(download=True, or `recgym data download` with the dataset's name)")
     actual_size = Path(path).stat().st_size
     if size is not None and actual_size != size:
         raise DataFormatError(path, f"size mismatch: expected {size} bytes, got {actual_size}; {remedy}")

@@ -129,6 +129,7 @@ class RecGenTask:
         if representation is None:
             representation = "title" if dataset.catalogue.titles is not None else "sid"
         if isinstance(tokenizer, ItemTokenizer):
+            _check_same_catalogue(tokenizer.catalogue, dataset.catalogue)
             self.items = tokenizer
         elif tokenizer is None:
             self.items = _default_item_tokenizer(dataset, representation, template, vocab_size)
@@ -348,14 +349,42 @@ def _check_item_settings(tokenizer: Any, representation: str | None, template: A
 
 def _load_dataset(name: str | os.PathLike[str], max_history: int, kwargs: dict[str, Any]) -> Dataset:
     from recgym.data import load
+    from recgym.data.registry import RAW_PIPELINES
 
     try:
         return load(name, max_history=max_history, **kwargs)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"{err}. Get it with `recgym data download {name}` (raw pipelines), or pass "
-            f"dataset='path/to/folder' for a local folder in D3, LC-Rec or SPRec format"
-        ) from err
+        key = os.fspath(name)
+        hint = (f"get it with `recgym data download {key}` (or load(..., download=True))"
+                if key in RAW_PIPELINES
+                else "pass dataset='path/to/folder' for a local folder in D3, LC-Rec or SPRec format")
+        raise FileNotFoundError(f"{err}. {hint}") from err
+
+
+def _check_same_catalogue(tokenized: Any, catalogue: Any) -> None:
+    """An ItemTokenizer built for another catalogue would score wrong item ids: refuse it.
+
+    Example:
+        >>> from recgym.data import Catalogue
+        >>> _check_same_catalogue(Catalogue(2, titles=["a", "b"]), Catalogue(3, titles=["a", "b", "c"]))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the tokenizer's catalogue has 2 items, the dataset's 3: ...
+    """
+    if tokenized is catalogue:
+        return
+    problem = None
+    if tokenized.num_items != catalogue.num_items:
+        problem = f"has {tokenized.num_items} items, the dataset's {catalogue.num_items}"
+    elif tokenized.titles != catalogue.titles:
+        problem = "has other titles than the dataset's"
+    elif (tokenized.sids is None) != (catalogue.sids is None) or (
+            tokenized.sids is not None and not np.array_equal(tokenized.sids, catalogue.sids)):
+        problem = "has other semantic IDs than the dataset's"
+    if problem:
+        raise ValueError(f"the tokenizer's catalogue {problem}: the policy or tokenizer was built for "
+                         "another catalogue")
 
 
 def _default_item_tokenizer(

@@ -1,0 +1,321 @@
+"""The reliability suite: runs that never lie (issue 15), one test per case.
+
+Each case gives the right result, or a clear error that names the file or argument and the remedy,
+and loses nothing. Every run here is tiny (a 200-item synthetic catalogue, a few steps).
+"""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.build import make_task
+from agents.cli import main
+from agents.evaluate import evaluate
+from agents.policy import LLMPolicy
+from agents.sft import SFTConfig, train_sft
+from agents.tracking import MetricLogger
+from recgym.data import make_synthetic
+from recgym.envs import RecGenTask
+
+SMALL = ["--dataset-set", "num_items=200", "--dataset-set", "num_users=150"]
+SFT = ["sft", "--representation", "sid", *SMALL, "--max-steps", "4", "--batch-size", "16",
+       "--eval-every", "2", "--eval-requests", "8", "--test-requests", "8"]
+TRAIN = ["train", "--representation", "sid", *SMALL, "--sft-steps", "2", "--sft-batch-size", "16",
+         "--steps", "2", "--requests-per-step", "3", "--group-size", "3", "--eval-every", "1",
+         "--eval-requests", "8", "--test-requests", "8"]
+RISER = ["--agent", "riser", "--oversample", "4"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RECGYM_DATA_PATH", raising=False)
+
+
+def cli(argv, capture):
+    """``(exit code, stderr)`` of ``recgym argv`` (argparse's own errors exit through SystemExit);
+    ``capture`` is pytest's capsys or capfd."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capture.readouterr().err
+
+
+def finite_weights(folder: Path) -> bool:
+    from safetensors.torch import load_file
+
+    return all(bool(torch.isfinite(t).all()) for t in load_file(folder / "model.safetensors").values())
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def kill_after(monkeypatch, module, name, calls):
+    """``module.name`` raises :class:`Killed` on call number ``calls + 1``."""
+    real, count = getattr(module, name), [0]
+
+    def wrapper(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(train, valid) of a 60-item synthetic SID task."""
+    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
+    train = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
+    return train, RecGenTask(ds, split="valid", tokenizer=train.items)
+
+
+# 1 -------------------------------------------------------------------------------------------------
+
+
+def test_a_rerun_with_other_settings_is_refused_and_restart_starts_over(tmp_path, capsys):
+    run = tmp_path / "train"
+    assert cli([*TRAIN, *RISER, "--out", str(run)], capsys)[0] == 0
+    first = json.loads((run / "results.json").read_text())
+    other = [*TRAIN, "--agent", "grpo", "--steps", "3", "--lr", "5e-3", "--out", str(run)]
+    code, err = cli(other, capsys)
+    assert code == 2
+    assert f"{run / 'rl'} holds a run with other settings" in err
+    for line in ("learner.name: riser -> grpo", "config.steps: 2 -> 3", "config.lr: 0.0001 -> 0.005"):
+        assert line in err, err
+    assert "--restart" in err and "--out" in err
+    assert json.loads((run / "results.json").read_text()) == first  # nothing was touched
+    # The same settings resume (here: nothing left to train) and report the same numbers.
+    assert cli([*TRAIN, *RISER, "--out", str(run)], capsys)[0] == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["test"] == first["test"] and again["rl"]["steps"] == 2
+    # --restart: the new settings, trained from their start.
+    assert cli([*other, "--restart"], capsys)[0] == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["agent"]["name"] == "grpo" and results["rl"]["steps"] == 3
+    assert results["rl"]["rollouts"] == 3 * 3 * 3
+    assert [r["step"] for r in MetricLogger.read(run / "rl") if "loss" in r] == [1, 2, 3]
+    recorded = json.loads((run / "rl" / "fingerprint.json").read_text())
+    assert recorded["learner"]["name"] == "grpo" and recorded["config"]["lr"] == 5e-3
+    # SFT runs have the same check.
+    sft = tmp_path / "sft"
+    assert cli([*SFT, "--out", str(sft)], capsys)[0] == 0
+    code, err = cli([*SFT, "--lr", "1e-2", "--out", str(sft)], capsys)
+    assert code == 2 and "config.lr: 0.003 -> 0.01" in err and "--restart" in err
+
+
+# 2 -------------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "sft"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom agents.runs import RunLock\n"
+         f"RunLock({str(out)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, err = cli([*SFT, "--out", str(out)], capsys)
+        assert code == 2
+        assert f"{out} is in use by another run (pid {holder.pid}" in err and "another --out" in err
+        assert not (out / "metrics.jsonl").exists()  # the second run wrote nothing
+    finally:
+        holder.kill()  # like kill -9: its lock file stays behind
+        holder.wait()
+    assert (out / "run.lock").exists()
+    assert cli([*SFT, "--out", str(out)], capsys)[0] == 0  # a dead pid's lock is stale
+    assert not (out / "run.lock").exists() and (out / "results.json").exists()
+
+
+# 3 -------------------------------------------------------------------------------------------------
+
+
+def test_resumed_steps_are_logged_once_and_a_torn_last_line_is_dropped(small, tmp_path, monkeypatch):
+    import agents.sft
+
+    train, valid = small
+    cfg = SFTConfig(epochs=1, batch_size=16, max_steps=6, eval_every=3, eval_requests=10, beam=10, patience=0,
+                    progress=False)
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:  # killed during step 5: steps 1-4 logged, the checkpoint at 3
+        kill_after(m, agents.sft, "sft_loss", 4)
+        with pytest.raises(Killed):
+            policy = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
+            train_sft(policy, train, valid, cfg, run)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 5, "time": 0.4, "lo')  # and a kill in the middle of a write
+    assert [r["step"] for r in MetricLogger.read(run) if "loss" in r] == [1, 2, 3, 4]  # read skips it
+    train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "valid/HR@10" in r] == [3, 6]
+    # A damaged line that is not the last one: the error names the file and the line.
+    lines[1] = "not json"
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.jsonl'}, line 2")):
+        MetricLogger.read(run)
+
+
+# 4 -------------------------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_nothing_non_finite(tmp_path, capsys):
+    sft = tmp_path / "sft"
+    args = [*SFT, "--max-steps", "8", "--lr", "1e6", "--out", str(sft)]
+    code, err = cli(args, capsys)
+    assert code == 2
+    assert re.search(r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)", err), err
+    assert "--lr, now 1e+06" in err and "--restart" in err
+    assert all(math.isfinite(r["loss"]) for r in MetricLogger.read(sft) if "loss" in r)
+    for folder in ("best", "checkpoint"):
+        assert not (sft / folder).exists() or finite_weights(sft / folder), folder
+    assert not (sft / "results.json").exists()  # no results from a diverged run
+    # RL from a saved policy: stops, keeps a finite checkpoint; the rerun says the same, no crash.
+    task = make_task("RecGen-Synthetic-v0", "train", {"representation": "sid",
+                                                      "dataset_kwargs": {"num_items": 200, "num_users": 150}})
+    start = tmp_path / "start"
+    LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu").save_pretrained(start)
+    rl = [*TRAIN, "--agent", "grpo", "--sft", str(start), "--steps", "6", "--eval-every", "2", "--lr", "1e6",
+          "--out", str(tmp_path / "rl")]
+    code, err = cli(rl, capsys)
+    assert code == 2 and "training diverged at step" in err and "--lr" in err
+    for folder in ("best", "checkpoint"):
+        path = tmp_path / "rl" / "rl" / folder
+        assert not path.exists() or finite_weights(path), folder
+    again, err_again = cli(rl, capsys)
+    assert again == 2 and err_again.splitlines()[-1] == err.splitlines()[-1]
+
+
+# 5 -------------------------------------------------------------------------------------------------
+
+
+def test_arguments_are_checked_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
+    import agents.build
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    out = tmp_path / "x"
+    with monkeypatch.context() as m:
+        m.setattr(agents.build, "make_task", no_data)
+        for extra, message in (
+            (["--beam", "5"], "--metric NDCG@10: not computed at beam=5"),
+            (["--lr", "nan"], "--lr nan: must be a finite number > 0"),
+            (["--lr=-1e-4"], "--lr -0.0001: must be a finite number > 0"),
+            (["--sft-lr", "nan"], "--sft-lr nan: must be a finite number > 0"),
+            (["--sft-batch-size", "0"], "--sft-batch-size 0: must be an int >= 1"),
+            (["--requests-per-step", "0"], "--requests-per-step 0: must be an int >= 1"),
+            (["--eval-requests", "0"], "--eval-requests 0: must be an int >= 1"),
+            (["--test-requests", "0"], "argument --test-requests: expected a positive integer, got '0'"),
+            (["--subset", str(tmp_path / "missing.json")], f"argument --subset: no such file: {tmp_path}"),
+            (["--sft", str(tmp_path)], "is not a policy saved by recgym"),
+            (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N"),
+        ):
+            code, err = cli(["train", *extra, "--out", str(out)], capsys)
+            assert code == 2 and message in err, (extra, err)
+        code, err = cli(["sft", "--metric", "HR@7", "--out", str(out)], capsys)
+        assert code == 2 and "--metric HR@7: choose one of" in err
+        code, err = cli(["bench", "--preset-set", "rl_lr=-1", "--out", str(out)], capsys)
+        assert code == 2 and "rl_lr must be a finite number > 0" in err
+    assert not out.exists()
+    # Unknown or ill-typed task and dataset options: `recgym: error:` and exit 2, not a traceback.
+    for extra, message in ((["--set", "nonsense=1"], "--set: unknown task option(s) ['nonsense']"),
+                           (["--set", "vocab_size=abc"], "vocab_size must be an int"),
+                           (["--dataset-set", "nonsense=1"], "unknown option 'nonsense' for dataset")):
+        code, err = cli(["sft", *SMALL, *extra, "--out", str(out)], capsys)
+        assert code == 2 and err.startswith("recgym: error:") and message in err, (extra, err)
+
+
+# 6 -------------------------------------------------------------------------------------------------
+
+
+def test_a_damaged_or_incomplete_checkpoint_is_named_with_the_remedy(tmp_path, capsys):
+    run = tmp_path / "sft"
+    args = [*SFT, "--out", str(run)]
+    assert cli(args, capsys)[0] == 0
+    state, weights = run / "checkpoint" / "trainer_state.pt", run / "checkpoint" / "model.safetensors"
+    saved = {state: state.read_bytes(), weights: weights.read_bytes()}
+    for path, damaged in ((state, saved[state][: len(saved[state]) // 2]), (state, b"garbage"),
+                          (weights, saved[weights][:1000])):
+        path.write_bytes(damaged)
+        code, err = cli(args, capsys)
+        assert code == 2 and str(path) in err and "--restart" in err, err
+        path.write_bytes(saved[path])
+    assert cli(args, capsys)[0] == 0  # repaired: resumes
+    state.unlink()
+    code, err = cli(args, capsys)
+    assert code == 2 and f"{state} is missing" in err and "--restart" in err
+    assert not (run / "checkpoint" / "trainer_state.pt").exists()  # not silently trained over
+    assert cli([*args, "--restart"], capsys)[0] == 0
+    assert state.exists() and json.loads((run / "results.json").read_text())["sft"]["steps"] == 4
+
+
+# 7 -------------------------------------------------------------------------------------------------
+
+
+def test_a_policy_is_refused_on_another_catalogue_or_representation(tmp_path, capsys):
+    catalogue = {"num_items": 200, "num_users": 150}
+    task = make_task("RecGen-Synthetic-v0", "train", {"representation": "title", "dataset_kwargs": catalogue})
+    folder = tmp_path / "policy"
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    policy.save_pretrained(folder)
+    recorded = json.loads((folder / "recgym_policy.json").read_text())["catalogue"]
+    assert (recorded["items"], recorded["representation"], len(recorded["sha256"])) == (200, "title", 64)
+    assert cli(["eval", *SMALL, "--policy", str(folder), "--max-requests", "4"], capsys)[0] == 0  # its own
+    for other, items in ((["--dataset-set", "seed=1"], 200), (["--dataset-set", "num_items=300"], 300),
+                         (["--dataset-set", "num_items=196"], 196)):
+        code, err = cli(["eval", *SMALL, *other, "--policy", str(folder), "--max-requests", "4"], capsys)
+        assert code == 2, err
+        assert f"--policy {folder} was trained on another catalogue (200 items" in err
+        assert f"than the env's ({items} items" in err
+    code, err = cli(["train", *SMALL, "--dataset-set", "seed=1", "--sft", str(folder), "--steps", "1",
+                     "--out", str(tmp_path / "rl")], capsys)
+    assert code == 2 and f"--sft {folder} was trained on another catalogue" in err
+    code, err = cli(["eval", *SMALL, "--representation", "sid", "--policy", str(folder)], capsys)
+    assert code == 2 and "--representation sid" in err and "'title'" in err
+    # The library: from_pretrained with another catalogue's items, evaluate on a task over another one.
+    other = make_synthetic(num_items=200, num_users=150, seed=1)
+    other_task = make_task("RecGen-Synthetic-v0", "test", {"representation": "title",
+                                                          "dataset_kwargs": {**catalogue, "seed": 1}})
+    with pytest.raises(ValueError, match="another catalogue"):
+        LLMPolicy.from_pretrained(folder, items=other_task.items)
+    with pytest.raises(ValueError, match="another catalogue"):
+        evaluate(policy, RecGenTask(other, split="test", tokenizer=policy.items), beam=5, max_requests=4)
+    assert np.array_equal(LLMPolicy.from_pretrained(folder).items.sequences[3], policy.items.sequences[3])
+
+
+# 8 -------------------------------------------------------------------------------------------------
+
+
+def test_the_command_line_prints_what_people_read(tmp_path, capfd):
+    assert main([*SFT, "--out", str(tmp_path / "sft")]) == 0
+    out, err = capfd.readouterr()
+    assert "sft:" in err and "| sft (tiny) |" in out  # our own bar and table
+    noises = ("Loading weights", "Writing model shards", "past_key_values", "FutureWarning", "warnings.warn")
+    for noise in noises:
+        assert noise not in out + err, noise
+    # Hints speak the command line, not Python, and never suggest downloading a path.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    code, err = cli(["eval", *SMALL, "--policy", str(plain)], capfd)
+    assert code == 2 and "items=ItemTokenizer" not in err and "recgym_policy.json" in err
+    x = str(tmp_path / "x")
+    code, err = cli(["sft", "--dataset", str(tmp_path / "no-such-folder"), "--out", x], capfd)
+    assert code == 2 and "no such folder" in err and "recgym data download" not in err
+    for command in (["data", "describe", "games"], ["sft", "--dataset", "games", "--out", x]):
+        code, err = cli(command, capfd)
+        assert code == 2 and "run `recgym data download games`" in err and "download=True" not in err, err
+    code, err = cli(["sft", "--dataset", "games-lcrec", "--out", x], capfd)
+    assert code == 2 and "--dataset path/to/games-lcrec" in err and "load()" not in err
+    assert "recgym data download" not in err  # a prepared folder cannot be downloaded
