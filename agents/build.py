@@ -6,6 +6,7 @@ The library side of the command line: :mod:`agents.cli` parses arguments and cal
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.configs import AdapterConfig
 from agents.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
 from recgym.data import Dataset
 
@@ -65,6 +67,10 @@ def make_task(
         if not isinstance(name, Dataset):
             kwargs["dataset"] = _load(name, kwargs.pop("max_history", None) or 10,
                                       kwargs.pop("dataset_kwargs", None) or {})
+        if kwargs.get("sid_index") is not None:  # the SIDs the task would attach, before comparing
+            from recgym.sids import with_sid_index
+
+            kwargs["dataset"] = with_sid_index(kwargs["dataset"], kwargs.pop("sid_index"))
         theirs = catalogue_fingerprint(kwargs["dataset"].catalogue, tokenizer.representation)
         mine = catalogue_fingerprint(tokenizer.catalogue, tokenizer.representation)
         if mine != theirs:
@@ -136,17 +142,38 @@ def dataset_name(env_id: str, overrides: dict[str, Any] | None = None) -> str:
 
 def build_policy(
     items: Any, *, model: str | None = None, preset: str = "tiny", seed: int = 0, device: str | None = None,
+    adapters: AdapterConfig | None = None,
 ) -> Any:
     """An :class:`~agents.policy.LLMPolicy`: a pretrained causal LM (``model``) or a fresh preset.
 
+    ``adapters`` (LoRA, a frozen trunk) are applied with :func:`agents.adapters.apply_adapters`.
+
     Example:
-        >>> # policy = build_policy(task.items, preset="tiny", seed=0)
+        >>> # policy = build_policy(task.items, model="smollm2-135m", adapters=AdapterConfig(lora_r=8))
     """
     from agents.policy import LLMPolicy
 
     if model:
-        return LLMPolicy.from_pretrained(model, items=items, device=device)
-    return LLMPolicy.from_config(preset, items, seed=seed, device=device)
+        policy = LLMPolicy.from_pretrained(model, items=items, device=device)
+    else:
+        policy = LLMPolicy.from_config(preset, items, seed=seed, device=device)
+    if adapters is not None and adapters.enabled:
+        from agents.adapters import apply_adapters
+
+        apply_adapters(policy, adapters)
+    return policy
+
+
+def adapter_record(adapters: AdapterConfig | None) -> dict[str, Any] | None:
+    """The adapter settings a run records (and its fingerprint compares); None when nothing is adapted.
+
+    Example:
+        >>> adapter_record(AdapterConfig(lora_r=4))["lora_r"], adapter_record(AdapterConfig())
+        (4, None)
+    """
+    if adapters is None or not adapters.enabled:
+        return None
+    return dataclasses.asdict(adapters)
 
 
 def load_subset(path: str, num_requests: int) -> tuple[np.ndarray, bool]:

@@ -85,7 +85,6 @@ def check_config(config: Any, *, minimum: dict[str, int], reals: dict[str, bool]
                           f"{metric_choices(beam)}); raise beam to at least {match.group(2)}")
 
 
-
 @dataclass
 class SFTConfig:
     """Settings of :func:`train_sft` (defaults suit the offline presets on CPU).
@@ -177,4 +176,118 @@ class RLConfig:
             raise ConfigError("env_id", self.env_id, "must be a registered env id")
 
 
-__all__ = ["MODEL_PRESETS", "ConfigError", "RLConfig", "SFTConfig", "check_config", "metric_choices"]
+# -- adapters (agents.adapters applies them) ------------------------------------------------------
+
+LORA_TARGETS = "all-linear"
+EMBEDDINGS = ("none", "new", "all")
+
+
+@dataclass
+class AdapterConfig:
+    """Which part of the policy trains: LoRA adapters, a frozen trunk, new-token rows (all off by default).
+
+    Args:
+        lora_r: LoRA rank r (0: no LoRA).
+        lora_alpha: LoRA scale numerator: the update is (alpha / r) B A.
+        lora_dropout: dropout on the LoRA branch's input while training (0 keeps rollouts and the
+            update on one distribution).
+        lora_targets: comma-separated names of the Linear layers that get LoRA (e.g.
+            q_proj,v_proj), or all-linear (every Linear of the decoder; never the output layer).
+        freeze: train part of the model only: top:K (the top K decoder blocks and the final norm;
+            with LoRA, the adapters of those blocks; the blocks below run without autograd) or
+            embeddings (only the token rows of train_embeddings; MiniOneRec's --freeze_LLM).
+        train_embeddings: token rows that also train under LoRA or freeze: new (rows beyond the
+            pretrained vocabulary, e.g. SID tokens), all (the whole embedding and output layer) or
+            none.
+
+    Example:
+        >>> AdapterConfig(lora_r=8).enabled, AdapterConfig().enabled
+        (True, False)
+        >>> AdapterConfig(freeze="top:0")
+        Traceback (most recent call last):
+        ...
+        agents.configs.ConfigError: freeze='top:0': use 'top:K' with K >= 1 decoder blocks, or 'embeddings'
+    """
+
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = LORA_TARGETS
+    freeze: str | None = None
+    train_embeddings: str = "new"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 0:
+            raise ConfigError("lora_r", self.lora_r, "must be an int >= 0 (0: no LoRA)")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
+                or not self.lora_alpha > 0 or self.lora_alpha == float("inf"):
+            raise ConfigError("lora_alpha", self.lora_alpha, "must be a finite number > 0")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
+                or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_dropout", self.lora_dropout, "must be a number in [0, 1)")
+        lora_targets(self.lora_targets)
+        if self.freeze == "":
+            self.freeze = None
+        kind, _ = parse_freeze(self.freeze) if self.freeze is not None else (None, None)
+        check_embeddings(self.train_embeddings)
+        if kind == "embeddings" and self.lora_r:
+            raise ConfigError("freeze", self.freeze, "'embeddings' trains token rows only, LoRA trains the "
+                              "blocks: use one of them (LoRA on the top blocks only: lora_r with "
+                              "freeze='top:K')")
+        if kind == "embeddings" and self.train_embeddings == "none":
+            raise ConfigError("train_embeddings", "none", "freeze='embeddings' needs token rows to train: "
+                              "'new' or 'all'")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the config changes anything (LoRA or a frozen part)."""
+        return bool(self.lora_r) or self.freeze is not None
+
+
+def parse_freeze(trainable: str) -> tuple[str, int | None]:
+    """``"top:K"`` -> ``("top", K)``, ``"embeddings"`` -> ``("embeddings", None)``; anything else fails.
+
+    Example:
+        >>> parse_freeze("top:2"), parse_freeze("embeddings")
+        (('top', 2), ('embeddings', None))
+    """
+    if trainable == "embeddings":
+        return "embeddings", None
+    match = re.fullmatch(r"top:(\d+)", str(trainable))
+    if match is None or int(match.group(1)) < 1:
+        raise ConfigError("freeze", trainable, "use 'top:K' with K >= 1 decoder blocks, or 'embeddings'")
+    return "top", int(match.group(1))
+
+
+def check_embeddings(embeddings: str) -> str:
+    """``embeddings`` if it is one of :data:`EMBEDDINGS`, else a :class:`ConfigError` naming them.
+
+    Example:
+        >>> check_embeddings("new")
+        'new'
+    """
+    if embeddings not in EMBEDDINGS:
+        raise ConfigError("train_embeddings", embeddings, f"choose one of {EMBEDDINGS}")
+    return embeddings
+
+
+def lora_targets(targets: str | list[str] | tuple[str, ...]) -> list[str] | str:
+    """``"all-linear"`` or a list of Linear layer names from a comma-separated string or a list.
+
+    Example:
+        >>> lora_targets("q_proj, v_proj")
+        ['q_proj', 'v_proj']
+    """
+    if targets == LORA_TARGETS:
+        return LORA_TARGETS
+    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else [str(t) for t in targets]
+    if not names or any(not re.fullmatch(r"[A-Za-z_][\w.]*", n) for n in names):
+        raise ConfigError("lora_targets", targets, "give Linear layer names separated by commas (e.g. "
+                          f"q_proj,v_proj) or {LORA_TARGETS!r}")
+    return names
+
+
+__all__ = [
+    "EMBEDDINGS", "LORA_TARGETS", "MODEL_PRESETS", "AdapterConfig", "ConfigError", "RLConfig", "SFTConfig",
+    "check_config", "check_embeddings", "lora_targets", "metric_choices", "parse_freeze",
+]

@@ -336,7 +336,8 @@ class LLMPolicy(nn.Module):
                                lora_targets=target_modules if isinstance(target_modules, str)
                                else ",".join(target_modules),
                                freeze=None if top is None else f"top:{top}", train_embeddings=embeddings)
-        lora = {"r": r, "alpha": float(alpha), "dropout": float(dropout), "targets": lora_targets(target_modules)}
+        lora = {"r": r, "alpha": float(alpha), "dropout": float(dropout),
+                "targets": lora_targets(target_modules)}
         self._install_adapters({"freeze": config.freeze, "embeddings": embeddings, "lora": lora}, seed=seed)
         return self
 
@@ -492,7 +493,11 @@ class LLMPolicy(nn.Module):
         return self.model.get_output_embeddings().weight
 
     def head_rows(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows ``index`` of the output layer as the model uses them (trainable new-token rows included)."""
+        """Rows ``index`` of the output layer as the model uses them (trainable new-token rows included).
+
+        Example:
+            >>> # w = policy.head_rows(torch.tensor([0, 5]))  # (2, hidden)
+        """
         w, rows = head_parts(self.model)
         if rows is None:
             return w[index]
@@ -501,7 +506,11 @@ class LLMPolicy(nn.Module):
         return torch.where((index >= first)[:, None], new, w[index])
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the whole vocabulary, ``hidden`` (N, H) -> (N, V), at least float32."""
+        """Logits over the whole vocabulary, ``hidden`` (N, H) -> (N, V), at least float32.
+
+        Example:
+            >>> # logits = policy.full_logits(hidden[:, -1])
+        """
         w, rows = head_parts(self.model)
         h = hidden.to(w.dtype)
         if rows is None:

@@ -138,7 +138,7 @@ def _train_rl(
     sampler = sampler or EpochSampler(train_task.num_requests, cfg.requests_per_step, cfg.seed)
     envs = make_rollout_env(train_task, cfg.requests_per_step * learner.rollouts_per_request, cfg.env_id)
     torch.manual_seed(cfg.seed)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
+    params = policy.trainable_parameters()
     optimizer, scheduler = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
     reference = _reference(policy, run) if learner.needs_reference else None
     restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None

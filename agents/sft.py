@@ -92,7 +92,8 @@ def _train_sft(
         total = min(total, cfg.max_steps)
     eval_every = cfg.eval_every or steps_per_epoch
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = policy.trainable_parameters()  # all of them unless adapters freeze a part
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
     restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
@@ -116,7 +117,7 @@ def _train_sft(
                 check_finite(loss.item(), "loss", state["step"] + 1, cfg.lr, saved)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 check_finite(float(grad_norm), "gradient norm", state["step"] + 1, cfg.lr, saved)
                 optimizer.step()
                 scheduler.step()
