@@ -48,6 +48,21 @@ def parse_key_values(values: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _cmd_data_sids(args: argparse.Namespace) -> int:
+    """``recgym data sids NAME --out FILE``: semantic IDs from item text (agents.encoders)."""
+    from agents.encoders import build_sids_for_dataset
+    from recgym.data import registry
+
+    dataset = registry.load(args.name, max_history=args.max_history, **parse_key_values(args.set))
+    report = build_sids_for_dataset(dataset, args.out, args.encoder, args.levels, args.codes, args.balanced,
+                                    args.collisions, args.seed, args.cache_dir, item_json=args.item_json)
+    keys = ("items", "sid_levels", "collision_rate_before", "collision_rate_after", "time_encode_s", "time_s",
+            "index_path", "report_path")
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
+    print(f"use it: --set sid_index={args.out} --representation sid (or RecGenTask(..., sid_index=...))")
+    return 0
+
+
 def _print_describe(summary: dict[str, Any]) -> None:
     print(f"dataset {summary['name']}: {summary['items']} items, users {summary['users']}, "
           f"distinct titles {summary['titles']}, distinct SIDs {summary['sids']} "
@@ -72,6 +87,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         for name, text in registry.available().items():
             print(f"{name:<16} {text}")
         return 0
+    if args.data_command == "sids":
+        return _cmd_data_sids(args)
     from agents.build import dataset_not_found
 
     kwargs = parse_key_values(args.set)
@@ -101,12 +118,14 @@ def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from agents.build import build_policy, make_task, write_json
+    from agents.build import adapter_record, build_policy, make_task, write_json
+    from agents.configs import AdapterConfig
     from agents.evaluate import evaluate
     from agents.sft import SFTConfig, train_sft
     from recgym.metrics import format_table
 
     config = build_config(SFTConfig, args, exclude=SFT_SHARED, seed=args.seed)
+    adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
     overrides = _task_overrides(args)
@@ -115,21 +134,24 @@ def cmd_sft(args: argparse.Namespace) -> int:
         valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
         test = make_task(args.env, "test", overrides, tokenizer=train.items)
         policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                              device=args.device)
+                              device=args.device, adapters=adapters)
         info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
-                "train_split": args.train_split}
+                "train_split": args.train_split, "adapters": adapter_record(adapters)}
         summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out,
                             restart=args.restart, run_info=info)
         metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
         results = {"env": args.env, "task": overrides, "representation": train.representation,
-                   "model": args.model or args.preset, "sft": summary, "test": metrics}
+                   "model": args.model or args.preset, "adapters": adapter_record(adapters), "sft": summary,
+                   "test": metrics}
         print(format_table({f"sft ({args.model or args.preset})": metrics}))
         write_json(f"{args.out}/results.json", results)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.build import build_policy, load_subset, make_task, write_json
+    from agents.adapters import apply_adapters
+    from agents.build import adapter_record, build_policy, load_subset, make_task, write_json
+    from agents.configs import AdapterConfig
     from agents.evaluate import evaluate
     from agents.learners import make_learner
     from agents.plots import plot_training_curves
@@ -150,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
     sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
                               seed=args.seed, eval_requests=args.eval_requests, beam=args.beam, **sft_steps)
+    adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
     overrides = _task_overrides(args)
@@ -157,7 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _locked_out(args, ("results.json", "curves.png")):
         # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
         policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
-        source = f"--sft {args.sft}"
+        if policy is not None:  # a policy saved with the same adapters keeps them; other ones are an error
+            apply_adapters(policy, adapters)
+        source = f"--sft {args.sft}" if args.sft else "the train split's item tokenizer"
         train = make_task(args.env, args.train_split, overrides,
                           tokenizer=policy.items if policy is not None else args.model, source=source)
         valid = make_task(args.env, "valid", overrides, tokenizer=train.items, source=source)
@@ -173,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
                        else EpochSampler(order, args.requests_per_step, seed=args.seed))
             results["subset"] = {"file": args.subset, "requests": len(order), "curriculum": ordered}
-        rl_info = {"env": args.env, "task": overrides}
+        rl_info = {"env": args.env, "task": overrides, "adapters": adapter_record(adapters)}
         # The RL folder's settings, checked before SFT runs (its start is known only after it).
         check_run_folder(out / "rl", run_fingerprint("rl", rl_config, train, valid_or_none, learner=learner,
                                                      sampler=sampler, extra=rl_info),
@@ -182,15 +207,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             results["sft"] = {"loaded": args.sft}
         else:
             policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                                  device=args.device)
+                                  device=args.device, adapters=adapters)
             info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
-                    "train_split": args.train_split}
+                    "train_split": args.train_split, "adapters": adapter_record(adapters)}
             try:
                 results["sft"] = train_sft(policy, train, valid_or_none, sft_config, run_dir=out / "sft",
                                            restart=args.restart, run_info=info)
             except DivergedError as err:
                 raise err.with_flag("--sft-lr") from err
         results["model"] = args.sft or args.model or args.preset
+        results["adapters"] = policy.adapter and {k: policy.adapter[k] for k in ("freeze", "embeddings",
+                                                                                 "lora")}
         table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
                                  seed=args.seed)}
         results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=out / "rl",
@@ -411,6 +438,7 @@ SHARED_FLAGS = {"seed": "--seed", "env_id": "--env", "eval_requests": "--eval-re
                 "metric": "--metric"}
 RESTART_HELP = ("start over in --out, discarding its runs (checkpoints, best weights, logs); without it a "
                 "rerun resumes, and only with the same settings")
+ADAPTER_GROUP = "adapters (agents.configs.AdapterConfig: LoRA, a frozen trunk, new-token rows)"
 BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
                "eval_requests", "sasrec_epochs", "model")
 
@@ -418,7 +446,7 @@ BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_reque
 def build_parser() -> argparse.ArgumentParser:
     from agents.baselines import ranker_names
     from agents.bench import PRESETS, BenchPreset
-    from agents.configs import MODEL_PRESETS, RLConfig, SFTConfig
+    from agents.configs import MODEL_PRESETS, AdapterConfig, RLConfig, SFTConfig
     from agents.learners import learner_names
     from recgym.data.formats import format_names
 
@@ -436,6 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="extra loader option, e.g. --set num_items=500 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sids = data_sub.add_parser("sids", help="semantic IDs from item text: an LC-Rec index.json + report")
+    sids.add_argument("name", help="a dataset name or folder whose items have titles")
+    sids.add_argument("--out", required=True, help="the index.json to write (its report beside it)")
+    sids.add_argument("--encoder", default="all-MiniLM-L6-v2",
+                      help="sentence encoder: the packaged all-MiniLM-L6-v2, a local folder or a cached hub "
+                           "name")
+    sids.add_argument("--levels", type=int, default=3, help="RQ levels L (MiniOneRec: 3)")
+    sids.add_argument("--codes", type=int, default=256, help="codes per level K (MiniOneRec: 256)")
+    sids.add_argument("--balanced", action="store_true", help="size-bounded k-means per level")
+    sids.add_argument("--collisions", choices=["extra_level", "sinkhorn", "none"], default="extra_level",
+                      help="make every SID distinct: an extra numbering level (TIGER) or Sinkhorn (LETTER)")
+    sids.add_argument("--seed", type=int, default=0)
+    sids.add_argument("--cache-dir", help="embedding cache (default: recgym's data dir/embeddings)")
+    sids.add_argument("--item-json", help="LC-Rec/MiniOneRec X.item.json: its descriptions follow the titles")
+    sids.add_argument("--max-history", type=int, default=10)
+    sids.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra loader option")
     data.set_defaults(func=cmd_data)
 
     def model_arguments(p: argparse.ArgumentParser) -> None:
@@ -448,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft = sub.add_parser("sft", help="fine-tune an LLM policy on next-item prediction, then test it")
     _add_task_arguments(sft)
     model_arguments(sft)
+    add_config_arguments(sft.add_argument_group(ADAPTER_GROUP), AdapterConfig)
     add_config_arguments(sft.add_argument_group("SFT (agents.sft.SFTConfig)"), SFTConfig, exclude=SFT_SHARED)
     sft.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
@@ -463,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sft", type=_policy_folder,
                     help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
     model_arguments(tr)
+    add_config_arguments(tr.add_argument_group(ADAPTER_GROUP), AdapterConfig)
     add_config_arguments(tr.add_argument_group("SFT stage (agents.sft.SFTConfig)"), SFTConfig, prefix="sft",
                          only=TRAIN_SFT, renames=TRAIN_SFT_RENAMES, defaults=TRAIN_SFT_DEFAULTS)
     add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)

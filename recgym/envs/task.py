@@ -64,6 +64,8 @@ class RecGenTask:
         vocab_size: vocabulary size of the offline default tokenizer (>= 257: the byte alphabet of
             byte-level BPE plus the end token); ignored when ``tokenizer`` is given.
         dataset_kwargs: passed to :func:`recgym.data.load` (only when ``dataset`` is a name or folder).
+        sid_index: an LC-Rec-style ``index.json`` (e.g. from ``recgym data sids``) whose semantic IDs
+            replace the catalogue's: a dataset with only titles becomes a SID env.
 
     Every setting is checked before the dataset is loaded or a tokenizer trained: a float where an
     int belongs, a NaN reward or a setting that would be ignored is an error naming it.
@@ -91,6 +93,7 @@ class RecGenTask:
         reward_fn: RewardFn | None = None,
         vocab_size: int = 4096,
         dataset_kwargs: dict[str, Any] | None = None,
+        sid_index: str | os.PathLike[str] | None = None,
     ) -> None:
         from recgym.items import ItemTokenizer, check_vocab_size
 
@@ -123,6 +126,10 @@ class RecGenTask:
                                  "leave max_history out")
         else:
             dataset = _load_dataset(dataset, max_history or 10, dict(dataset_kwargs or {}))
+        if sid_index is not None:
+            from recgym.sids import with_sid_index
+
+            dataset = with_sid_index(dataset, sid_index)
         self.dataset = dataset
         self.split = split
         self.examples: Examples = dataset.split(split)
