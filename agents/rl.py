@@ -13,6 +13,14 @@ rest, through the env's public API:
 
 Rollouts at step s are seeded by (seed, s) alone, so a resumed run repeats exactly what a straight
 run does (on CPU).
+
+Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) ``sampler.rows(step)`` is the global
+set of requests: it is cut into minibatches as one process cuts it, and each rank rolls out its
+contiguous share of every minibatch (``minibatch_shards``) with its own rollout seed (``rank_seed``:
+rank 0 keeps one process's). Each rank's loss is its share of the global minibatch's loss (the
+learners normalise by global counts inside ``loss_sync``) and the gradients are summed, so the
+global minibatch j is one process's minibatch j. Rank 0 alone writes the run folder; logged
+numbers are averaged over ranks (rollout counts summed).
 """
 
 from __future__ import annotations
@@ -30,16 +38,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents import distributed as dist
 from agents.checkpoint import load_weights, restore_training, save_training, write_folder_atomically
 from agents.configs import RLConfig
-from agents.learners.base import Learner
+from agents.learners.base import Learner, RLBatch
 from agents.policy import LLMPolicy, make_rollout_env
 from agents.runs import (
     DivergedError,
     check_finite,
     check_finite_weights,
     check_policy_task,
-    open_run,
+    open_run_on_main,
     run_fingerprint,
     saved_note,
 )
@@ -112,6 +121,10 @@ def train_rl(
     A non-finite loss or gradient norm stops training with a :class:`~agents.runs.DivergedError`
     before anything non-finite is saved.
 
+    Under ``torchrun`` every rank calls it with the same arguments (module docstring); each step needs
+    at least one request per rank in every minibatch (``requests_per_step >= world size x
+    minibatches``), else a ValueError says so on every rank.
+
     Example:
         >>> # summary = train_rl(policy, make_learner("riser"), train, valid, RLConfig(steps=50), "runs/r")
     """
@@ -127,7 +140,7 @@ def train_rl(
     run = Path(run_dir)
     fingerprint = run_fingerprint("rl", cfg, train_task, valid_task, policy=policy, learner=learner,
                                   sampler=sampler, extra=run_info)
-    with open_run(run, fingerprint, restart=restart) as resuming:
+    with open_run_on_main(run, fingerprint, restart=restart) as resuming:
         return _train_rl(policy, learner, train_task, valid_task, cfg, run, sampler, resuming)
 
 
@@ -136,8 +149,12 @@ def _train_rl(
     run: Path | None, sampler: RequestSampler | None, resuming: bool,
 ) -> dict[str, Any]:
     sampler = sampler or EpochSampler(train_task.num_requests, cfg.requests_per_step, cfg.seed)
-    envs = make_rollout_env(train_task, cfg.requests_per_step * learner.rollouts_per_request, cfg.env_id)
+    # This rank's requests per step (all of them in one process); too few per rank is an error here.
+    local_requests = sum(len(p) for p in dist.minibatch_shards(cfg.requests_per_step, cfg.minibatches))
+    envs = make_rollout_env(train_task, local_requests * learner.rollouts_per_request, cfg.env_id)
     torch.manual_seed(cfg.seed)
+    main = dist.is_main()
+    dist.broadcast_parameters(policy.model)  # every rank starts from rank 0's weights (as DDP does)
     params = policy.trainable_parameters()
     optimizer, scheduler = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
     reference = _reference(policy, run) if learner.needs_reference else None
@@ -145,16 +162,18 @@ def _train_rl(
     state: dict[str, Any] = restored or {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0,
                                          "history": [], "rollouts": 0}
     saved_step = state["step"] if restored is not None else None
-    if restored is not None and cfg.progress:
+    if restored is not None and cfg.progress and main:
         print(f"resuming {run} from step {state['step']} (--restart starts over)", file=sys.stderr)
-    logger = MetricLogger(run, from_step=state["step"] + 1 if restored else 0) if run is not None else None
+    logger = (MetricLogger(run, from_step=state["step"] + 1 if restored else 0)
+              if run is not None and main else None)
     start_time = time.time()
     policy.model.train()
     bar = None
     try:
         if valid_task is not None and restored is None:  # the starting point (e.g. the SFT policy)
             validate(policy, valid_task, cfg, state, logger, run)
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc=learner.name, disable=not cfg.progress)
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc=learner.name,
+                   disable=not cfg.progress or not main)
         stop = False
         while state["step"] < cfg.steps and not stop:
             step = state["step"]
@@ -177,8 +196,10 @@ def _train_rl(
             if run is not None and (due or last or stop):
                 saved = saved_note(run, saved_step)
                 check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
-                save_training(run / "checkpoint", policy, optimizer, scheduler, state,
-                              {"rl": asdict(cfg), "learner": learner.describe()})
+                with dist.on_main("saving checkpoint/") as writing:
+                    if writing:
+                        save_training(run / "checkpoint", policy, optimizer, scheduler, state,
+                                      {"rl": asdict(cfg), "learner": learner.describe()})
                 saved_step = state["step"]
     finally:
         if bar is not None:
@@ -200,13 +221,17 @@ def _train_step(
 ) -> dict[str, float]:
     """Rollouts, then mu x minibatches optimizer steps; returns the step's numbers.
 
+    ``rows`` are the step's global requests; this rank rolls out its share of each minibatch
+    (:func:`~agents.distributed.minibatch_shards`) with seed ``rank_seed(seed * 1_000_003 + step)``.
     Stops with :class:`~agents.runs.DivergedError` (before the optimizer step) at a non-finite loss
     or gradient norm, and when the policy's sampling distribution is no longer finite.
     """
     tick = time.time()
-    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed * 1_000_003 + step)
+    shards = dist.minibatch_shards(len(rows), cfg.minibatches)  # this rank's groups of each minibatch
+    seed = dist.rank_seed(cfg.seed * 1_000_003 + step)
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
     try:
-        batch = learner.collect(policy, envs, rows, generator=generator, seed=cfg.seed * 1_000_003 + step)
+        batch = learner.collect(policy, envs, rows[np.concatenate(shards)], generator=generator, seed=seed)
     except RuntimeError as err:  # torch.multinomial on NaN / inf probabilities: the weights diverged
         if "inf" not in str(err) and "nan" not in str(err):
             raise
@@ -217,37 +242,69 @@ def _train_step(
             batch.ref_logp = learner.logprobs(reference, batch)[0]
         if learner.needs_old_logprobs and cfg.mu * cfg.minibatches > 1:
             batch.old_logp = learner.logprobs(policy, batch)[0]
-    sums: dict[str, float] = {}
-    updates = 0
-    for _ in range(cfg.mu):
-        for minibatch in batch.split(cfg.minibatches):
-            loss, stats = learner.loss(policy, minibatch)
-            check_finite(float(loss.detach()), "loss", step + 1, cfg.lr, saved)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            check_finite(float(grad_norm), "gradient norm", step + 1, cfg.lr, saved)
-            optimizer.step()
-            for key, value in {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            updates += 1
+    ends = np.cumsum([len(p) for p in shards])
+    # This rank's part of each global minibatch (in one process: exactly batch.split(cfg.minibatches)).
+    minibatches = [batch.select_groups(np.arange(end - len(p), end)) for p, end in zip(shards, ends)]
+    sums = update(policy, learner, minibatches, optimizer, params, cfg, step, saved)
     rewards = batch.group_rewards()
-    record = {key: value / updates for key, value in sums.items()}
+    record = {key: value / (cfg.mu * len(minibatches)) for key, value in sums.items()}
     record.update(batch.stats)
     record["zero_adv_frac"] = float((rewards.max(dim=1).values == rewards.min(dim=1).values).float().mean())
-    record["tokens_per_s"] = float(batch.mask.sum()) / max(time.time() - tick, 1e-9)  # trained tokens
+    tokens = dist.all_sum(float(batch.mask.sum()))  # trained tokens of the global batch
+    record["tokens_per_s"] = tokens / max(time.time() - tick, 1e-9)
     record["rollout_seconds"] = round(rollout_seconds, 3)
+    rollouts = dist.all_sum(float(record.pop("rollouts", 0)))
+    record = dist.mean_over_ranks(record)
+    record["rollouts"] = int(rollouts)
     return record
 
 
+def update(
+    policy: LLMPolicy, learner: Learner, minibatches: list[RLBatch], optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter], cfg: RLConfig, step: int, saved: str = "",
+) -> dict[str, float]:
+    """``cfg.mu`` passes of one optimizer step per minibatch; returns the sums of the logged numbers.
+
+    Under ``torchrun`` each rank passes its share of every global minibatch: the loss runs inside
+    :func:`~agents.distributed.loss_sync` (the learner normalises by the global minibatch's counts)
+    and the gradients are summed over ranks before clipping, so every rank takes the step one
+    process takes on the global minibatch. ``loss`` is the global minibatch's loss; the learner's
+    own numbers are this rank's.
+
+    Example:
+        >>> # sums = update(policy, learner, batch.split(4), optimizer, params, RLConfig(), step=0)
+    """
+    sums: dict[str, float] = {}
+    for _ in range(cfg.mu):
+        for minibatch in minibatches:
+            with dist.loss_sync():
+                loss, stats = learner.loss(policy, minibatch)
+            loss_value = dist.all_sum(float(loss.detach()))  # the same number on every rank
+            check_finite(loss_value, "loss", step + 1, cfg.lr, saved)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dist.sum_gradients(params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            check_finite(float(grad_norm), "gradient norm", step + 1, cfg.lr, saved)
+            optimizer.step()
+            for key, value in {"loss": loss_value, "grad_norm": float(grad_norm), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + value
+    return sums
+
+
 def _reference(policy: LLMPolicy, run: Path | None) -> LLMPolicy:
-    """A frozen copy of the starting policy; saved in ``<run>/reference`` so a resumed run keeps it."""
+    """A frozen copy of the starting policy; saved in ``<run>/reference`` so a resumed run keeps it.
+
+    Rank 0 writes it; every rank reads it after (the same frozen weights everywhere).
+    """
     reference = copy.deepcopy(policy)
     if run is not None:
-        if (run / "reference").exists():
+        saved = (run / "reference").exists()  # written atomically: present means complete
+        with dist.on_main("saving reference/") as main:
+            if main and not saved:
+                write_folder_atomically(run / "reference", policy.save_pretrained)
+        if saved or not main:  # rank 0's copy is already these weights
             load_weights(reference, run / "reference")
-        else:
-            write_folder_atomically(run / "reference", policy.save_pretrained)
     reference.model.eval()
     reference.model.requires_grad_(False)
     return reference

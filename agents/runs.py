@@ -430,6 +430,34 @@ def open_run(
         yield resuming
 
 
+@contextlib.contextmanager
+def open_run_on_main(
+    run: str | os.PathLike[str], fingerprint: Mapping[str, Any], *, restart: bool = False
+) -> Iterator[bool]:
+    """:func:`open_run` on rank 0 alone (lock, check, fingerprint), with its "resuming?" on every rank.
+
+    Under ``torchrun`` (:mod:`agents.distributed`) only rank 0 locks and writes the run folder; an
+    error there (another run's folder, a held lock) reaches every rank, and the other ranks start
+    only once rank 0 has cleared (``restart``) or checked the folder, so they may read its
+    checkpoint when resuming. A single process is exactly :func:`open_run`.
+
+    Example:
+        >>> # with open_run_on_main("runs/x", run_fingerprint("sft", cfg, train)) as resuming: ...
+    """
+    from agents import distributed as dist
+
+    if not dist.is_distributed():
+        with open_run(run, fingerprint, restart=restart) as resuming:
+            yield resuming
+        return
+    with contextlib.ExitStack() as stack:
+        resuming = False
+        with dist.on_main(f"opening the run folder {run}") as main:
+            if main:
+                resuming = stack.enter_context(open_run(run, fingerprint, restart=restart))
+        yield bool(dist.broadcast_object(resuming))
+
+
 # -- the lock ----------------------------------------------------------------------------------------
 
 
@@ -665,6 +693,7 @@ __all__ = [
     "CatalogueMismatchError", "CheckpointError", "DivergedError", "FINGERPRINT_FILE", "LOCK_FILE",
     "RUN_OUTPUTS", "RunError", "RunLock", "RunLockedError", "RunMismatchError", "catalogue_fingerprint",
     "check_finite", "check_finite_weights", "check_policy_task", "check_run_folder", "clear_run",
-    "config_fingerprint", "differences", "flatten", "items_fingerprint", "open_run", "read_fingerprint",
-    "run_fingerprint", "sampler_fingerprint", "saved_note", "task_fingerprint", "weights_fingerprint",
+    "config_fingerprint", "differences", "flatten", "items_fingerprint", "open_run", "open_run_on_main",
+    "read_fingerprint", "run_fingerprint", "sampler_fingerprint", "saved_note", "task_fingerprint",
+    "weights_fingerprint",
 ]

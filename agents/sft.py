@@ -9,6 +9,11 @@ softmax (cross-entropy over the whole vocabulary, as D3 / BIGRec / ReRe / MiniOn
 distribution RL then trains; ``LLMPolicy(objective="constrained")`` renormalises over the tokens the
 prefix tree allows instead. Validation HR@K (constrained beam search) drives early
 stopping; checkpoints are atomic and training resumes exactly where it stopped.
+
+Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) each step's batch is the global
+batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
+global token count and the ranks' gradients are summed, so N ranks take the step one process takes
+on the same batch. Rank 0 alone writes the run folder; every rank validates (a sharded collective).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents import distributed as dist
 from agents.checkpoint import load_weights, restore_training, save_training
 from agents.configs import SFTConfig
 from agents.policy import LLMPolicy
@@ -32,7 +38,7 @@ from agents.runs import (
     check_finite,
     check_finite_weights,
     check_policy_task,
-    open_run,
+    open_run_on_main,
     run_fingerprint,
     saved_note,
 )
@@ -62,6 +68,9 @@ def train_sft(
     gradient norm stops training with a :class:`~agents.runs.DivergedError` before anything
     non-finite is saved.
 
+    Under ``torchrun`` every rank calls it with the same arguments (module docstring): rank 0 locks
+    and writes ``run_dir``, the others read its checkpoint when resuming.
+
     Example:
         >>> # summary = train_sft(policy, RecGenTask(ds, split="train", tokenizer=policy.items),
         >>> #                     RecGenTask(ds, split="valid", tokenizer=policy.items), SFTConfig(epochs=1))
@@ -77,7 +86,7 @@ def train_sft(
         return _train_sft(policy, train_task, valid_task, cfg, None, False)
     run = Path(run_dir)
     fingerprint = run_fingerprint("sft", cfg, train_task, valid_task, policy=policy, extra=run_info)
-    with open_run(run, fingerprint, restart=restart) as resuming:
+    with open_run_on_main(run, fingerprint, restart=restart) as resuming:
         return _train_sft(policy, train_task, valid_task, cfg, run, resuming)
 
 
@@ -92,6 +101,8 @@ def _train_sft(
         total = min(total, cfg.max_steps)
     eval_every = cfg.eval_every or steps_per_epoch
     torch.manual_seed(cfg.seed)
+    main = dist.is_main()
+    dist.broadcast_parameters(policy.model)  # every rank starts from rank 0's weights (as DDP does)
     params = policy.trainable_parameters()  # all of them unless adapters freeze a part
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
@@ -99,11 +110,12 @@ def _train_sft(
     restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
     state = restored or state
     saved_step = state["step"] if restored is not None else None
-    if restored is not None and cfg.progress:
+    if restored is not None and cfg.progress and main:
         print(f"resuming {run} from step {state['step']} (--restart starts over)", file=sys.stderr)
-    logger = MetricLogger(run, from_step=state["step"] + 1 if restored else 0) if run is not None else None
+    logger = (MetricLogger(run, from_step=state["step"] + 1 if restored else 0)
+              if run is not None and main else None)
     start_time = time.time()
-    bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress)
+    bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress or not main)
     stop = state["step"] >= total
     policy.model.train()
     try:
@@ -111,28 +123,36 @@ def _train_sft(
             epoch, offset = divmod(state["step"], steps_per_epoch)
             order = np.random.default_rng(cfg.seed + epoch).permutation(n)  # reproducible on resume
             for b in range(offset, steps_per_epoch):
-                rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]  # the global batch
                 saved = saved_note(run, saved_step)
-                loss, tokens = sft_loss(policy, train_task, rows)
-                check_finite(loss.item(), "loss", state["step"] + 1, cfg.lr, saved)
+                with dist.loss_sync():  # this rank's share of the global batch's token-mean loss
+                    loss, tokens = sft_loss(policy, train_task, rows[dist.shard_slice(len(rows))])
+                loss_value = dist.all_sum(loss.item())  # the global loss (the same number on every rank)
+                tokens = int(dist.all_sum(tokens))
+                check_finite(loss_value, "loss", state["step"] + 1, cfg.lr, saved)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:  # False only on a rank whose shard is empty
+                    loss.backward()
+                dist.sum_gradients(params)  # the global loss's gradient on every rank
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 check_finite(float(grad_norm), "gradient norm", state["step"] + 1, cfg.lr, saved)
                 optimizer.step()
                 scheduler.step()
                 state["step"] += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}")
                 if logger is not None:
-                    logger.log({"loss": loss.item(), "grad_norm": float(grad_norm),
+                    logger.log({"loss": loss_value, "grad_norm": float(grad_norm),
                                 "lr": scheduler.get_last_lr()[0], "tokens": tokens}, state["step"])
                 last = state["step"] >= total
                 if valid_task is not None and (state["step"] % eval_every == 0 or last):
                     stop = validate(policy, valid_task, cfg, state, logger, run, saved) or last
                 if run is not None and (state["step"] % eval_every == 0 or last):
                     check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
-                    save_training(run / "checkpoint", policy, optimizer, scheduler, state, asdict(cfg))
+                    with dist.on_main("saving checkpoint/") as writing:
+                        if writing:
+                            save_training(run / "checkpoint", policy, optimizer, scheduler, state,
+                                          asdict(cfg))
                     saved_step = state["step"]
                 if stop or last:
                     stop = True
@@ -150,8 +170,19 @@ def _train_sft(
 
 
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
-    """Token-mean negative log-likelihood of the target items of ``rows`` under the policy's objective."""
+    """Token-mean negative log-likelihood of the target items of ``rows`` under the policy's objective.
+
+    Returns ``(loss, tokens of rows)``. Inside :func:`agents.distributed.loss_sync` the mean is over the
+    global batch's tokens (every rank's ``rows``): each rank's loss is its share, and the shares sum
+    to the global loss. An empty ``rows`` gives a zero loss without a graph.
+
+    Example:
+        >>> # loss, tokens = sft_loss(policy, train_task, np.arange(16))
+    """
+    if len(rows) == 0:
+        dist.global_sum(0)  # a collective within loss_sync: every rank takes part
+        return torch.zeros((), device=policy.device), 0
     responses = policy.item_responses(task.examples.target[rows])
     logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
     tokens = int(mask.sum())
-    return -(logp * mask).sum() / tokens, tokens
+    return -(logp * mask).sum() / dist.global_sum(tokens), tokens

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from agents import distributed as dist
 from agents.evaluate import evaluate
 from recgym.envs.task import RecGenTask
 
@@ -60,6 +61,9 @@ def validate(
     ``cfg`` supplies ``beam``, ``eval_requests``, ``metric``, ``patience``, ``seed`` and ``progress``;
     ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` (and, in RL,
     ``rollouts``, logged beside the metrics) and is updated.
+    Under ``torchrun`` every rank calls it (the evaluation is a collective, :mod:`agents.distributed`),
+    so every rank gets the same metrics and the same early-stop decision; rank 0 alone writes
+    ``best/`` (pass ``logger`` on rank 0 only).
     The best weights go to ``<run>/best`` (atomically), never when any of them is NaN or infinite
     (a :class:`~agents.runs.DivergedError`; ``saved`` says which checkpoint the run keeps).
 
@@ -90,7 +94,9 @@ def validate(
         state.update(best=value, best_step=state["step"])
         if run is not None:
             check_finite_weights(policy.model, "best/", state["step"], cfg.lr, saved)
-            write_folder_atomically(run / "best", policy.save_pretrained)
+            with dist.on_main("saving best/") as main:  # rank 0 writes; the others wait until it has
+                if main:
+                    write_folder_atomically(run / "best", policy.save_pretrained)
     if improved:
         state["bad_evals"] = 0
         return False

@@ -9,6 +9,7 @@ numbers computed here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -167,6 +168,256 @@ def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
     assert "DistributedError: rank 0: the collective" in results[0].stderr
 
 
+SFT_CONFIG = {"batch_size": 9, "max_steps": 4, "lr": 3e-3, "warmup_steps": 1, "eval_every": 2,
+              "eval_requests": 24, "beam": 10, "patience": 0, "progress": False}
+WEIGHT_TOL = 1e-5  # max |w_2 ranks - w_1 process| in float32 after the steps (summation order only)
+
+
+def sft_setup(seed: int = 0):
+    from agents.policy import LLMPolicy
+    from recgym.envs import RecGenTask
+
+    kwargs = {"num_items": 300, "num_users": 200}
+    train = RecGenTask("synthetic", split="train", representation="sid", vocab_size=400,
+                       dataset_kwargs=kwargs)
+    valid = RecGenTask("synthetic", split="valid", tokenizer=train.items, dataset_kwargs=kwargs)
+    return train, valid, LLMPolicy.from_config("tiny", train.items, seed=seed, device="cpu")
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_two_rank_sft_takes_one_process_steps(tmp_path):
+    """4 steps of 9 rows (shards of 5 + 4) with validation every 2 steps on 2 ranks = one process."""
+    from agents.checkpoint import load_trainer_state
+    from agents.sft import SFTConfig, train_sft
+    from agents.tracking import MetricLogger
+
+    torchrun("sft", tmp_path)
+    torch.set_num_threads(1)
+    train, valid, policy = sft_setup()
+    start = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    one = train_sft(policy, train, valid, SFTConfig(**SFT_CONFIG), run_dir=tmp_path / "one")
+    want = policy.model.state_dict()
+    assert max_weight_diff(start, want) > 1e-3  # the steps moved the weights: a comparison that can fail
+    for r in range(2):  # rank 1 started from other weights (seed 1): broadcast_parameters fixed that
+        got = torch.load(tmp_path / f"sft-rank{r}.pt")
+        diff = max_weight_diff(got, want)
+        assert diff < WEIGHT_TOL, (r, diff)
+        summary = json.loads((tmp_path / f"sft-rank{r}.json").read_text())
+        assert summary["steps"] == one["steps"] == 4 and summary["best_step"] == one["best_step"]
+        assert summary["valid_history"] == one["valid_history"]  # every rank validated on all requests
+    two = MetricLogger.read(tmp_path / "run")  # written by rank 0 alone: each step once
+    ref = MetricLogger.read(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in ref]
+    losses = [(a["loss"], b["loss"]) for a, b in zip(two, ref) if "loss" in a]
+    assert len(losses) == 4 and all(abs(a - b) < 1e-5 for a, b in losses), losses
+    assert [a["tokens"] for a in two if "tokens" in a] == [b["tokens"] for b in ref if "tokens" in b]
+    saved = load_trainer_state(tmp_path / "run" / "checkpoint")
+    assert saved["state"]["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
+RL_GROUPS, RL_MINIBATCHES = 7, 2  # minibatches of 4 + 3 groups: rank shards 2 + 2 and 2 + 1
+GRAD_RTOL = 1e-5  # max |g_2 ranks - g_1 process| <= GRAD_RTOL * max |g_1 process| (float32)
+
+
+def rl_learners() -> dict:
+    """Every learner and aggregation whose normalisation must be global (RISER with all components)."""
+    from agents.learners import GRPO, RISER, SimPO
+    from agents.learners.grpo import GRPOConfig
+    from agents.learners.riser import RISERConfig
+    from agents.learners.simpo import SimPOConfig
+
+    out = {f"grpo-{t}": GRPO(GRPOConfig(group_size=4, beta=0.04, loss_type=t)) for t in ("grpo", "dapo",
+                                                                                          "dr_grpo")}
+    out["riser"] = RISER(RISERConfig(group_size=4, oversample=6, beta=0.04, kl_cov_k=0.1, certainty_d=0.7,
+                                     simpo_weight=1.0))
+    out["simpo"] = SimPO(SimPOConfig(group_size=4))
+    return out
+
+
+def fixed_rl_batch(path: Path) -> None:
+    """A given global batch of RISER rollouts (oversampled 6 -> 4) with hit and all-miss groups in
+    every minibatch, and behaviour / reference log-probs away from the policy's (rho != 1, KL != 0)."""
+    from agents.learners.base import group_advantages
+    from agents.policy import make_rollout_env
+
+    task, policy = eval_setup()
+    learner = rl_learners()["riser"]
+    envs = make_rollout_env(task, RL_GROUPS * learner.rollouts_per_request)
+    batch = learner.collect(policy, envs, np.arange(RL_GROUPS), generator=torch.Generator().manual_seed(0),
+                            seed=0)
+    hits = torch.zeros(RL_GROUPS, 4, dtype=torch.bool)
+    hits[[0, 2, 3, 5], [0, 1, 0, 2]] = True  # groups 1, 4, 6 fail: SimPO pairs on both ranks' shards
+    batch.hits = hits.reshape(-1)
+    batch.rewards = batch.hits.float() + 0.1 * torch.rand(len(batch.hits), generator=torch.Generator()
+                                                                                   .manual_seed(1))
+    batch.advantages = group_advantages(batch.rewards, 4)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        logp = learner.logprobs(policy, batch)[0]
+    batch.old_logp = (logp + 0.1 * torch.randn(logp.shape, generator=g)) * batch.mask
+    batch.ref_logp = (logp + 0.1 * torch.randn(logp.shape, generator=g)) * batch.mask
+    torch.save(batch, path)
+
+
+def flat_grads(policy) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in policy.trainable_parameters()])
+
+
+def test_two_rank_rl_losses_give_the_global_gradient(tmp_path):
+    """Each learner's loss on a rank's share of a global minibatch, summed over 2 ranks = one process."""
+    fixed_rl_batch(tmp_path / "batch.pt")
+    torchrun("rl_grads", tmp_path)
+    torch.set_num_threads(1)
+    task, policy = eval_setup()
+    batch = torch.load(tmp_path / "batch.pt", weights_only=False)
+    got = [torch.load(tmp_path / f"rl-grads-rank{r}.pt") for r in range(2)]
+    for name, learner in rl_learners().items():
+        for j, minibatch in enumerate(batch.split(RL_MINIBATCHES)):
+            policy.model.zero_grad(set_to_none=True)
+            loss, _ = learner.loss(policy, minibatch)
+            loss.backward()
+            want = flat_grads(policy)
+            assert want.abs().max() > 0, (name, j)
+            for r in range(2):
+                g_loss, grads = got[r][name][j]
+                diff = float((grads - want).abs().max())
+                assert diff <= GRAD_RTOL * float(want.abs().max()), (name, j, r, diff)
+                assert abs(g_loss - float(loss)) <= 1e-5 * max(1.0, abs(float(loss))), (name, j, g_loss)
+
+
+RL_CONFIG = {"steps": 2, "requests_per_step": 5, "minibatches": 2, "lr": 1e-3, "warmup_steps": 0,
+             "eval_every": 1, "eval_requests": 16, "beam": 10, "patience": 0, "progress": False}
+
+
+def one_process_rollouts(task, sampler, cfg):
+    """RISER drawing every request's rollouts with one process's seed and keeping this rank's groups.
+
+    Rollouts are the only thing a rank draws for itself (``rank_seed``), so with this learner a 2-rank
+    ``train_rl`` must take exactly one process's steps: a test of the loop's sharding end to end.
+    """
+    from agents.policy import make_rollout_env
+
+    learner = rl_learners()["riser"]
+    base_collect, envs, calls = learner.collect, {}, [0]
+
+    def collect(policy, local_envs, rows, *, generator, seed):
+        step, calls[0] = calls[0], calls[0] + 1
+        every = sampler.rows(step)
+        if "all" not in envs:
+            envs["all"] = make_rollout_env(task, len(every) * learner.rollouts_per_request)
+        base = cfg.seed * 1_000_003 + step
+        generator = torch.Generator().manual_seed(base)
+        full = base_collect(policy, envs["all"], every, generator=generator, seed=base)
+        keep = np.concatenate(dist.minibatch_shards(len(every), cfg.minibatches))
+        assert (every[keep] == rows).all()  # the loop asked for this rank's share of each minibatch
+        return full.select_groups(keep)
+
+    learner.collect = collect
+    return learner
+
+
+def run_rl_loop(run: Path):
+    from agents.configs import RLConfig
+    from agents.rl import EpochSampler, train_rl
+
+    train, valid, policy = sft_setup(seed=dist.rank())
+    cfg = RLConfig(**RL_CONFIG)
+    sampler = EpochSampler(train.num_requests, cfg.requests_per_step, cfg.seed)
+    learner = one_process_rollouts(train, sampler, cfg)
+    summary = train_rl(policy, learner, train, valid, cfg, run_dir=run, sampler=sampler)
+    return summary, policy
+
+
+def test_two_rank_rl_loop_takes_one_process_steps(tmp_path):
+    """2 RISER steps (5 requests in minibatches of 3 + 2: rank shards 2 + 1 and 1 + 1) on 2 ranks,
+    rollouts drawn as one process draws them: the same weights, logs and validations."""
+    from agents.tracking import MetricLogger
+
+    torchrun("rl_loop", tmp_path)
+    torch.set_num_threads(1)
+    one, policy = run_rl_loop(tmp_path / "one")
+    want = policy.model.state_dict()
+    got = [torch.load(tmp_path / f"rl-rank{r}.pt") for r in range(2)]
+    assert max_weight_diff(got[0], got[1]) == 0  # summed gradients: the ranks never drift apart
+    diff = max_weight_diff(got[0], want)
+    assert diff < WEIGHT_TOL, diff
+    summary = json.loads((tmp_path / "rl-rank0.json").read_text())
+    assert summary["valid_history"] == one["valid_history"] and summary["steps"] == 2
+    two, ref = MetricLogger.read(tmp_path / "run"), MetricLogger.read(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in ref]  # rank 0 alone logged
+    for a, b in zip(two, ref):
+        for key in ("loss", "grad_norm", "valid/HR@10"):
+            assert (key in a) == (key in b) and abs(a.get(key, 0) - b.get(key, 0)) < 1e-5, (key, a, b)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
+CLI_SFT = ["sft", "--representation", "sid", "--dataset-set", "num_items=200", "--dataset-set",
+           "num_users=150", "--max-steps", "12", "--batch-size", "16", "--eval-every", "2",
+           "--eval-requests", "10", "--test-requests", "10", "--patience", "0"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(stat.parent.name))
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def test_recgym_sft_under_torchrun_resumes_after_kill_and_rank0_writes(tmp_path):
+    """`torchrun -m agents.cli sft`: kill -9 of the whole job after its first checkpoint, then the same
+    command resumes from it and ends; rank 0 alone printed and wrote (every step logged once)."""
+    import signal
+    import time
+
+    from agents.checkpoint import load_trainer_state
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "agents.cli", *CLI_SFT, "--out", str(run)]
+    env = _env(RECGYM_DATA_DIR=str(tmp_path / "cache"))
+    job = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoint" / "trainer_state.pt").exists() and job.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+    finally:
+        ranks = descendants(job.pid)  # torchrun's workers may sit in sessions of their own
+        for pid in [job.pid, *ranks]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # the launcher and both ranks at once
+        job.wait()
+        while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.time() < deadline + 10:
+            time.sleep(0.05)
+    assert not (run / "results.json").exists()  # killed mid-run
+    killed_at = load_trainer_state(run / "checkpoint")["state"]["step"]
+    assert 2 <= killed_at < 12
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert f"from step {killed_at}" in done.stderr and done.stderr.count("resuming") == 1, done.stderr[-3000:]
+    assert done.stdout.count("| sft (tiny) |") == 1 and done.stdout.count("results.json") == 1
+    results = json.loads((run / "results.json").read_text())
+    assert results["sft"]["steps"] == 12 and results["test"]["requests"] == 10
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))  # each step once
+    assert not (run / "run.lock").exists()
+
+
 # -- the scenarios, run by each rank ------------------------------------------------------------------
 
 
@@ -206,7 +457,38 @@ def scenario_failures(out: Path) -> None:
         dist.all_sum(1.0)  # rank 0 waits here for a peer that is gone
 
 
-SCENARIOS = {"train": scenario_train, "failures": scenario_failures}
+def scenario_sft(out: Path) -> None:
+    from agents.sft import SFTConfig, train_sft
+
+    train, valid, policy = sft_setup(seed=dist.rank())  # rank 1 starts from other weights
+    summary = train_sft(policy, train, valid, SFTConfig(**SFT_CONFIG), run_dir=out / "run")
+    torch.save(policy.model.state_dict(), out / f"sft-rank{dist.rank()}.pt")
+    (out / f"sft-rank{dist.rank()}.json").write_text(json.dumps(summary))
+
+
+def scenario_rl_grads(out: Path) -> None:
+    task, policy = eval_setup()
+    batch = torch.load(out / "batch.pt", weights_only=False)
+    results: dict = {}
+    for name, learner in rl_learners().items():
+        for groups in dist.minibatch_shards(RL_GROUPS, RL_MINIBATCHES):
+            policy.model.zero_grad(set_to_none=True)
+            with dist.loss_sync():
+                loss, _ = learner.loss(policy, batch.select_groups(groups))
+            loss.backward()
+            dist.sum_gradients(policy.trainable_parameters())
+            results.setdefault(name, []).append((dist.all_sum(float(loss.detach())), flat_grads(policy)))
+    torch.save(results, out / f"rl-grads-rank{dist.rank()}.pt")
+
+
+def scenario_rl_loop(out: Path) -> None:
+    summary, policy = run_rl_loop(out / "run")
+    torch.save(policy.model.state_dict(), out / f"rl-rank{dist.rank()}.pt")
+    (out / f"rl-rank{dist.rank()}.json").write_text(json.dumps(summary, default=str))
+
+
+SCENARIOS = {"train": scenario_train, "failures": scenario_failures, "sft": scenario_sft,
+             "rl_grads": scenario_rl_grads, "rl_loop": scenario_rl_loop}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -21,6 +21,9 @@ Defaults follow the original GRPO and ReRe: per-sequence mean and a small k3 KL 
 reference (beta = 1e-3, ReRe's value). Log-probs are the policy's objective (full vocabulary by
 default). Asymmetric clipping (``clip_high > clip_low``) is DAPO's clip-higher. Token weights w_t
 (RISER's certainty mask) multiply l_t; the aggregation still divides by token counts.
+
+Under ``torchrun`` the counts are the global minibatch's (:func:`agents.distributed.global_sum`
+inside ``loss_sync``): each rank's loss is its share of the global loss.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents import distributed as dist
 from agents.learners.base import Learner, RLBatch, group_advantages, masked_mean
 from agents.policy import LLMPolicy, Rollout
 
@@ -104,6 +108,9 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_len: int) -> torch.Tensor:
     """Reduce per-token losses (B, T) over the real tokens ``mask`` as ``grpo``/``dapo``/``dr_grpo``.
 
+    Inside :func:`agents.distributed.loss_sync` the sequence and token counts are the global batch's
+    (every rank's rows), so the ranks' results sum to the global batch's loss.
+
     Example:
         >>> l = torch.tensor([[1.0, 1.0, 1.0], [4.0, 0.0, 0.0]])
         >>> m = torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
@@ -112,11 +119,14 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_
     """
     masked = token_loss * mask
     if loss_type == "grpo":
-        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+        per_sequence = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        if not dist.syncing():
+            return per_sequence.mean()
+        return per_sequence.sum() / dist.global_sum(mask.shape[0])
     if loss_type == "dapo":
-        return masked.sum() / mask.sum().clamp(min=1)
+        return masked.sum() / dist.global_sum(mask.sum()).clamp(min=1)
     if loss_type == "dr_grpo":
-        return masked.sum() / (mask.shape[0] * max_len)
+        return masked.sum() / (dist.global_sum(mask.shape[0]) * max_len)
     raise ValueError(f"unknown loss_type {loss_type!r}: choose one of {LOSS_TYPES}")
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents import distributed as dist
 from agents.learners.base import RLBatch, first_in_group, masked_mean
 from agents.learners.grpo import GRPO, GRPOConfig
 from agents.learners.simpo import preference_loss
@@ -132,7 +133,9 @@ def kl_cov_penalty(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL-Cov: coef * |log pi - log pi_old| on the top ceil(k * N) of the N valid tokens by Cov_t.
 
-    Returns ``(penalty [B, T], selected [B, T] bool)``.
+    Returns ``(penalty [B, T], selected [B, T] bool)``. Inside
+    :func:`agents.distributed.loss_sync` the means, N and the top-k run over the global batch's
+    tokens (every rank's, :func:`~agents.distributed.global_cat`); each rank keeps its own part.
 
     Example:
         >>> lp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]]); adv = torch.tensor([1.0, -1.0])
@@ -140,12 +143,15 @@ def kl_cov_penalty(
         >>> sel.tolist()   # Cov = (A - 0) * (log pi + 2): [[1, -1], [0, 0]]
         [[True, False], [False, False]]
     """
-    a = advantages[:, None].expand_as(logp)[mask]
-    lp = logp.detach()[mask]
+    a_local = advantages[:, None].expand_as(logp)[mask]
+    a, offset = dist.global_cat(a_local.detach())  # the global batch's tokens, in rank order
+    lp, _ = dist.global_cat(logp.detach()[mask])
     cov = (a - a.mean()) * (lp - lp.mean())  # Cov_t
     count = max(1, math.ceil(k * len(cov)))  # the top ceil(k * N) tokens
     chosen = torch.zeros_like(cov, dtype=torch.bool)
-    chosen[cov.topk(min(count, len(cov))).indices] = True
+    if len(cov):
+        chosen[cov.topk(min(count, len(cov))).indices] = True
+    chosen = chosen[offset:offset + len(a_local)]  # this rank's tokens
     selected = torch.zeros_like(mask)
     selected[mask] = chosen
     return coef * (logp - old_logp).abs() * selected, selected
@@ -213,6 +219,8 @@ class RISER(GRPO):
         loss, grpo_stats = self.policy_loss(policy, batch, logp, weights=weights, extra=penalty, clip=clip)
         stats.update(grpo_stats)
         stats["failed_groups"] = float(len(failed)) / batch.num_groups
+        if c.simpo_weight > 0 and not use_simpo:
+            dist.global_sum(0)  # no failed group here: still take part in the pair count (loss_sync)
         if use_simpo:
             chosen = batch.chosen[failed]
             chosen_mask = chosen >= 0

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agents import distributed as dist
 from agents.learners.base import Learner, RLBatch, first_in_group, masked_mean
 from agents.policy import LLMPolicy, Rollout
 from recgym.envs.vector import RecGenVectorEnv
@@ -63,9 +64,12 @@ def length_normalized_reward(
 
 
 def simpo_loss(
-    chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, gamma: float
+    chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, gamma: float, pairs: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of -log sigmoid(r(y_w) - r(y_l) - gamma) over pairs, and the margins r(y_w) - r(y_l).
+
+    ``pairs`` divides the sum instead of the number of pairs given (the global batch's pair count
+    under ``torchrun``, of which these pairs are one rank's share).
 
     Example:
         >>> loss, margin = simpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), 1.0)
@@ -73,7 +77,8 @@ def simpo_loss(
         (0.3133, [2.0])
     """
     margin = chosen_reward - rejected_reward
-    return -F.logsigmoid(margin - gamma).mean(), margin
+    terms = -F.logsigmoid(margin - gamma)
+    return (terms.mean() if pairs is None or pairs == len(terms) else terms.sum() / pairs), margin
 
 
 def preference_loss(
@@ -85,15 +90,21 @@ def preference_loss(
 
     ``chosen_logp`` (C, Tc) are the chosen items of groups ``chosen_groups`` (C,); ``rejected``
     (B,) flags the batch's rejected responses (their groups must be among ``chosen_groups``).
+    Inside :func:`agents.distributed.loss_sync` the mean is over the global batch's pairs (every rank
+    must call it, with or without pairs of its own).
+
+    Example:
+        >>> # loss, stats = preference_loss(batch, logp, chosen_logp, chosen >= 0, groups, rejected, 2.0, 1.0)
     """
     r_w = length_normalized_reward(chosen_logp, chosen_mask, beta, chosen_weights)  # (C,)
     r_l = length_normalized_reward(logp, batch.mask, beta, weights)  # (B,)
     slot = torch.full((batch.num_groups,), -1, dtype=torch.long, device=logp.device)
     slot[chosen_groups] = torch.arange(len(chosen_groups), device=logp.device)
     pair_rows = torch.nonzero(rejected).squeeze(1)
+    pairs = dist.global_sum(len(pair_rows))  # the global batch's pairs (this rank's outside loss_sync)
     if len(pair_rows) == 0:
         return logp.sum() * 0.0, {"simpo_loss": 0.0, "simpo_margin": 0.0, "simpo_pairs": 0.0}
-    loss, margin = simpo_loss(r_w[slot[batch.group_index[pair_rows]]], r_l[pair_rows], gamma)
+    loss, margin = simpo_loss(r_w[slot[batch.group_index[pair_rows]]], r_l[pair_rows], gamma, pairs)
     return loss, {"simpo_loss": float(loss.detach()), "simpo_margin": float(margin.detach().mean()),
                   "simpo_pairs": float(len(pair_rows))}
 
