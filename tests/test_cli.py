@@ -27,6 +27,7 @@ def test_sft_then_eval_write_results(tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["representation"] == "sid" and "HR@20" in results["test"]
+    assert results["test"]["beam"] == 50 and "NDCG@50" in results["test"]  # the reference test protocol
     assert "| sft (tiny) |" in capsys.readouterr().out
     out = tmp_path / "eval.json"
     assert main(["eval", *SMALL, "--policy", str(run / "best"), "--max-requests", "10",
@@ -47,6 +48,7 @@ def test_train_runs_sft_then_rl_and_writes_results_and_curves(tmp_path, capsys):
     assert results["agent"]["name"] == "riser" and results["agent"]["simpo_weight"] == 0.5
     assert results["rl"]["steps"] == 2 and results["rl"]["rollouts"] == 2 * 3 * 6
     assert set(results["test"]) == {"sft", "sft -> riser"}
+    assert {row["beam"] for row in results["test"].values()} == {50}  # validation's beam 20 is not the test's
     assert (run / "curves.png").stat().st_size > 1000
     assert "| sft -> riser |" in capsys.readouterr().out
     # RL from a saved SFT policy, another learner.
@@ -174,3 +176,44 @@ def test_adapter_flags_train_only_their_part_and_a_rerun_with_others_is_refused(
     # Other adapters on the same --out: refused before any training, naming the change.
     assert main([*args[:-2], "--lora-r", "4", "--out", str(run)]) == 2
     assert "adapters.lora_r: 0 -> 4" in capsys.readouterr().err
+
+
+# -- a real pretrained LM on real data -------------------------------------------------------------
+
+
+# One step of each stage, 1 request, beams of 2 and 2-item histories: the whole path, in about a minute.
+TINY_RUN = ["--set", "max_history=2", "--sft-steps", "1", "--sft-batch-size", "2", "--steps", "1",
+            "--requests-per-step", "1", "--group-size", "2", "--eval-requests", "1", "--beam", "2",
+            "--metric", "HR@1", "--test-requests", "1", "--test-beam", "2", "--lora-r", "2",
+            "--device", "cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("representation", ["title", "sid"])
+def test_smollm2_trains_end_to_end_on_real_data(representation, smollm2_converted, shared_data, tmp_path,
+                                                 monkeypatch):
+    # Titles: office-d3 (valid is the training stand-in, test is test). SIDs: RecGen-Games-v0, whose
+    # LC-Rec codes become new tokens of SmolLM2's pretrained vocabulary.
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(smollm2_converted[0]))  # SmolLM2 converted there once
+    monkeypatch.setenv("RECGYM_DATA_PATH", str(shared_data))
+    task = (["--env", "RecGen-v0", "--dataset", "office-d3", "--representation", "title",
+             "--train-split", "valid"] if representation == "title"
+            else ["--env", "RecGen-Games-v0", "--representation", "sid"])
+    run = tmp_path / representation
+    assert main(["train", "--agent", "riser", "--model", "smollm2-135m", *task, *TINY_RUN,
+                 "--oversample", "3", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["model"] == "smollm2-135m" and results["representation"] == representation
+    assert results["adapters"]["lora"]["r"] == 2
+    assert results["rl"]["steps"] == 1 and results["rl"]["rollouts"] == 3
+    assert {row["beam"] for row in results["test"].values()} == {2}
+    saved = json.loads((run / "rl" / "checkpoint" / "recgym_policy.json").read_text())
+    assert saved["base_vocab_size"] == 49_152  # SmolLM2's own vocabulary, recorded with the policy
+    from agents.policy import LLMPolicy
+
+    policy = LLMPolicy.from_pretrained(run / "rl" / "checkpoint", device="cpu")
+    rows = policy.model.get_input_embeddings().weight.shape[0]
+    if representation == "sid":  # the SID tokens were added on top of the pretrained vocabulary
+        assert rows > 49_152 and "<a_0>" in policy.items.tokenizer.get_vocab()
+    else:
+        assert rows == 49_152

