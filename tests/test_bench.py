@@ -3,7 +3,7 @@ import json
 import pytest
 
 from agents import bench
-from agents.bench import ABLATION, PRESETS, parse_agents, parse_seeds
+from agents.bench import ABLATION, PRESETS, get_preset, parse_agents, parse_seeds
 from agents.bench_report import METRICS
 from agents.cli import main
 from agents.learners import Learner, make_learner, register_learner, unregister_learner
@@ -149,10 +149,14 @@ def test_paper_preset_runs_from_a_local_pretrained_lm(tmp_path):
 @pytest.mark.slow
 def test_ci_preset_through_the_cli_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench"
+    # The ci preset with its knobs turned down (every field is still written and checked).
     assert main(["bench", "--preset", "ci", "--agents", CI_AGENTS, "--seeds", "0", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--sft-steps", "40", "--rl-steps", "4", "--test-requests", "60", "--eval-requests", "40",
+                 "--sasrec-epochs", "2", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    preset = PRESETS["ci"]
+    preset = get_preset("ci", sft_steps=40, rl_steps=4, test_requests=60, eval_requests=40, sasrec_epochs=2)
+    assert {k: results["preset"][k] for k in ("sft_steps", "rl_steps", "test_requests", "sasrec_epochs")} == {
+        "sft_steps": 40, "rl_steps": 4, "test_requests": 60, "sasrec_epochs": 2}
     budget = preset.rl_steps * preset.requests_per_step * preset.rollouts_per_request
     assert results["budget"]["rollouts"] == budget and results["seeds"] == [0]
     assert results["preset"]["name"] == "ci" and results["representation"] == "sid"

@@ -156,9 +156,10 @@ def test_grpo_and_riser_raise_valid_hr10_above_the_sft_start(data, tmp_path):
     start = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
     train_sft(start, train, None, SFTConfig(epochs=1, batch_size=64, lr=5e-3, max_steps=25, progress=False))
     start.save_pretrained(tmp_path / "sft")
-    for name, lr, steps in (("grpo", 1e-4, 100), ("riser", 3e-4, 60)):
+    # RISER at 3e-4 (its old setting here) overshoots under the full objective; at 1e-4 it climbs.
+    for name, lr, steps in (("grpo", 1e-4, 100), ("riser", 1e-4, 60)):
         policy = LLMPolicy.from_pretrained(tmp_path / "sft", device="cpu")
-        cfg = RLConfig(steps=steps, lr=lr, eval_every=20, eval_requests=None, progress=False)
+        cfg = RLConfig(steps=steps, lr=lr, eval_every=steps // 2, eval_requests=None, progress=False)
         summary = train_rl(policy, make_learner(name), train, valid, cfg)
         history = [h[cfg.metric] for h in summary["valid_history"]]
         assert summary["best_valid"] > history[0], (name, history)

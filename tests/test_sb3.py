@@ -160,7 +160,7 @@ def test_maskable_ppo_beats_a_random_valid_policy(task, one_torch_thread):
                         gae_lambda=1.0, learning_rate=3e-3, ent_coef=0.03, seed=0, device="cpu",
                         policy_kwargs={"net_arch": [128]})
     start = time.perf_counter()
-    model.learn(total_timesteps=64_000)
+    model.learn(total_timesteps=24_000)  # seed 0: hit rate .035 against random .004 here
     seconds = time.perf_counter() - start
 
     def ppo_policy(obs, mask, rng):
