@@ -12,9 +12,13 @@ title prompts over a real catalogue, ~200 tokens), same run:
 
 No Qwen2 tokenizer is available offline: the env's own BPE tokenizer writes the titles, and the
 model's embedding is padded to 151,936 rows so that the output layer costs what Qwen2's does.
-Writes ``benchmarks/results/policy.json``.
+``--model`` runs the same comparison on a real pretrained LM (a folder, a hub name, or the offline
+``smollm2-135m``), whose own tokenizer writes the titles. The rollouts' achieved FLOP/s (2 x the
+non-embedding parameters per processed token, plus the sparse head) is reported beside the
+float32 GEMM peak that the script measures on the same threads.
+Writes ``benchmarks/results/policy.json`` (``policy-<model>.json`` with ``--model``).
 
-    python benchmarks/bench_policy.py [--dataset office-d3] [--requests 16] [--group 16]
+    python benchmarks/bench_policy.py [--dataset office-d3] [--requests 16] [--group 16] [--model NAME]
 """
 
 from __future__ import annotations
@@ -66,6 +70,36 @@ def reference_generate(policy: LLMPolicy, prompts: torch.Tensor, mask: torch.Ten
     return policy.model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
 
 
+def gemm_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Float32 GEMM FLOP/s of this machine on ``threads`` threads: the best of ``repeats`` n^3 matmuls."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = min(timed_once(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def timed_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def rollout_flops(policy: LLMPolicy, prompt_len: np.ndarray, response_len: np.ndarray) -> float:
+    """Model FLOPs of one group rollout pass: each prompt once, each sampled token once.
+
+    2 x non-embedding parameters per processed token (the decoder blocks), plus 2 x hidden x 64 per
+    generated token for the sparse head (its allowed rows; a bound: few titles branch wider);
+    attention's sequence-length term is left out (small at these lengths), so this is a lower bound.
+    """
+    embed = policy.model.get_input_embeddings().weight
+    blocks = sum(p.numel() for p in policy.model.parameters()) - embed.numel()
+    if not policy.model.config.tie_word_embeddings:
+        blocks -= policy.model.get_output_embeddings().weight.numel()
+    tokens = float(prompt_len.sum()) + float(response_len.sum())
+    return 2.0 * blocks * tokens + 2.0 * embed.shape[1] * 64 * float(response_len.sum())
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up: first-call allocations and kernel selection are not what we compare
     times = []
@@ -91,16 +125,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="office-d3")
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--model", help="a real causal LM instead of the padded preset (e.g. smollm2-135m)")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--beam-requests", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/policy.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/policy[-MODEL].json")
     args = parser.parse_args()
+    suffix = f"-{Path(args.model).name}" if args.model else ""
+    args.out = args.out or f"benchmarks/results/policy{suffix}.json"
     torch.manual_seed(0)
-    task = RecGenTask(args.dataset, split="test", representation="title")
-    policy = LLMPolicy.from_config(args.preset, task.items, seed=0, vocab_size=QWEN2_VOCAB, device="cpu")
+    if args.model:
+        from agents.build import build_policy, make_task
+
+        task = make_task("RecGen-v0", "test", {"dataset": args.dataset, "representation": "title"},
+                         tokenizer=args.model)
+        policy = build_policy(task.items, model=args.model, device="cpu")
+    else:
+        task = RecGenTask(args.dataset, split="test", representation="title")
+        policy = LLMPolicy.from_config(args.preset, task.items, seed=0, vocab_size=QWEN2_VOCAB, device="cpu")
     policy.model.eval()
     rows = np.arange(args.requests)
     prompt_ids, prompt_len = task.prompt_tokens(rows)
@@ -108,21 +152,32 @@ def main() -> None:
     envs = make_rollout_env(task, args.requests * args.group)
     resp_len = [len(s) for s in task.items.sequences]
     out: dict = {
-        "dataset": args.dataset, "preset": args.preset, "model_vocab": QWEN2_VOCAB,
+        "dataset": args.dataset, "model": args.model or f"{args.preset} (padded to Qwen2's vocabulary)",
+        "model_vocab": policy.model.get_input_embeddings().weight.shape[0],
         "tokenizer_vocab": task.vocab_size, "items": task.dataset.catalogue.num_items,
         "prompt_tokens_mean": float(prompt_len.mean()), "response_tokens_mean": float(np.mean(resp_len)),
         "requests": args.requests, "group": args.group, "beam": args.beam,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
+    threads = torch.get_num_threads()
+    out["gemm_peak_flops"] = gemm_peak(threads)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
+        sampled = policy.rollout(envs, group_size=args.group, rows=rows, generator=gen)
+        lengths = np.asarray(sampled.lengths.cpu() if hasattr(sampled, "lengths") else [], dtype=float)
         out["rollouts"] = compare(args.requests, args.repeats, {
             "recgym": lambda: policy.rollout(envs, group_size=args.group, rows=rows, generator=gen),
             "hf_constrained": lambda: reference_generate(policy, left, mask, n=args.group, constrained=True),
             "hf_unconstrained": lambda: reference_generate(policy, left, mask, n=args.group,
                                                            constrained=False),
         })
+        if lengths.size:  # achieved FLOP/s of recgym's rollout against the measured GEMM peak
+            flops = rollout_flops(policy, prompt_len, lengths)
+            achieved = flops / out["rollouts"]["seconds"]["recgym"]
+            out["rollouts"]["model_flops"] = flops
+            out["rollouts"]["achieved_flops"] = achieved
+            out["rollouts"]["fraction_of_gemm_peak"] = achieved / out["gemm_peak_flops"]
         b = args.beam_requests
         out["beam_search"] = compare(b, args.repeats, {
             "recgym": lambda: policy.beam_search(prompt_ids[:b], prompt_len[:b], width=args.beam),
