@@ -181,10 +181,10 @@ def test_adapter_flags_train_only_their_part_and_a_rerun_with_others_is_refused(
 # -- a real pretrained LM on real data -------------------------------------------------------------
 
 
-# One step of each stage, 1 request, beams of 2 and 2-item histories: the whole path, in about a minute.
+# One step of each stage, 1 request, beams of 1 and 2-item histories: the whole path, in under a minute.
 TINY_RUN = ["--set", "max_history=2", "--sft-steps", "1", "--sft-batch-size", "2", "--steps", "1",
-            "--requests-per-step", "1", "--group-size", "2", "--eval-requests", "1", "--beam", "2",
-            "--metric", "HR@1", "--test-requests", "1", "--test-beam", "2", "--lora-r", "2",
+            "--requests-per-step", "1", "--group-size", "2", "--eval-requests", "1", "--beam", "1",
+            "--metric", "HR@1", "--test-requests", "1", "--test-beam", "1", "--lora-r", "2",
             "--device", "cpu"]
 
 
@@ -206,7 +206,7 @@ def test_smollm2_trains_end_to_end_on_real_data(representation, smollm2_converte
     assert results["model"] == "smollm2-135m" and results["representation"] == representation
     assert results["adapters"]["lora"]["r"] == 2
     assert results["rl"]["steps"] == 1 and results["rl"]["rollouts"] == 3
-    assert {row["beam"] for row in results["test"].values()} == {2}
+    assert {row["beam"] for row in results["test"].values()} == {1}
     saved = json.loads((run / "rl" / "checkpoint" / "recgym_policy.json").read_text())
     assert saved["base_vocab_size"] == 49_152  # SmolLM2's own vocabulary, recorded with the policy
     from agents.policy import LLMPolicy
