@@ -207,17 +207,9 @@ def run_dataset(name: str, data_dir: Path, args: argparse.Namespace) -> dict[str
     ours: dict[str, np.ndarray] = {}
     for key, emb in embeddings.items():
         for balanced, collisions in METHODS:
-            label = f"{key} | {'balanced' if balanced else 'plain'} | {collisions}"
+            label = f"{key} | {method_label(balanced, collisions)}"
             try:
-                index = build_sid_index(
-                    emb,
-                    levels=LEVELS,
-                    codes=CODES,
-                    balanced=balanced,
-                    collisions=collisions,
-                    seed=SEED,
-                    progress=args.progress,
-                )
+                index = build_method(emb, balanced, collisions, args)
             except ValueError as err:  # e.g. a prefix larger than the codebook for Sinkhorn
                 result["ours"][label] = {"error": str(err)}
                 print(f"  {label}: {err}", flush=True)
@@ -322,6 +314,17 @@ def run_training(ds: Dataset, sets: dict[str, np.ndarray], args: argparse.Namesp
     return out
 
 
+def method_label(balanced: bool, collisions: str) -> str:
+    """``"plain | sinkhorn"``: how one of METHODS is named in the results."""
+    return f"{'balanced' if balanced else 'plain'} | {collisions}"
+
+
+def build_method(emb: np.ndarray, balanced: bool, collisions: str, args: argparse.Namespace) -> Any:
+    """Our SIDs for ``emb`` by one of METHODS, at the benchmark's L x K and seed."""
+    return build_sid_index(emb, levels=LEVELS, codes=CODES, balanced=balanced, collisions=collisions,
+                           seed=SEED, progress=args.progress)
+
+
 def run_timing(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     path = next(iter(sorted((data_dir / "toys-d3").rglob("*.txt"))), None)
     if path is None:
@@ -341,16 +344,8 @@ def run_timing(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "codes": CODES,
     }
     for balanced, collisions in METHODS:
-        label = f"{'balanced' if balanced else 'plain'} | {collisions}"
-        index = build_sid_index(
-            emb,
-            levels=LEVELS,
-            codes=CODES,
-            balanced=balanced,
-            collisions=collisions,
-            seed=SEED,
-            progress=args.progress,
-        )
+        label = method_label(balanced, collisions)
+        index = build_method(emb, balanced, collisions, args)
         out[label] = {
             "time_s": index.report["time_s"],
             "collision_rate_before": index.report["collision_rate_before"],
