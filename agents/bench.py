@@ -49,6 +49,8 @@ from tqdm.auto import tqdm
 from agents.plugins import load_plugin
 from recgym.metrics import KS
 
+SELECT_K = 10  # the smallest test beam: HR@10 and NDCG@10 (the model-selection metric) need 10 items
+
 # --agents ablation, as the RISER paper reports it: GRPO, RISER's components added one at a time on
 # top of oversampling, RISER without each one, and RISER; all from the one SFT start, under the
 # policy's objective (full vocabulary: every component acts). GRPO and "+oversample" train groups
@@ -73,8 +75,13 @@ class BenchPreset:
         name: the preset's name (``ci``, ``cpu``, ``paper``).
         env: a registered RecGen env id; ``task``: RecGenTask overrides (``representation``,
             ``vocab_size``, ``dataset_kwargs``, ...).
-        model_preset: offline model size (``tiny``, ``small``) unless ``model`` (a local folder
-            or hub name of a causal LM) is given.
+        model_preset: offline model size (``tiny``, ``small``) unless ``model`` (a local folder,
+            a hub name of a causal LM, or a named offline model such as ``smollm2-135m``) is given.
+        adapters: :class:`~agents.configs.AdapterConfig` settings for the LLM policy (e.g.
+            ``{"lora_r": 8}``: LoRA; empty: every weight trains).
+        train_split: the split SFT and RL train on: ``train``, or ``valid`` for D3 folders that
+            publish only valid and test; then no split is left to select on, so nothing is
+            validated and every agent is tested with its last weights.
         sft_steps, sft_batch_size, sft_lr, sft_eval_every: SFT optimizer steps, batch, learning
             rate and steps between validations.
         rl_steps, requests_per_step, rollouts_per_request: the RL rollout budget (their product).
@@ -82,7 +89,8 @@ class BenchPreset:
         rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
         eval_requests: validation sample size (None: the whole valid split); ``test_requests`` /
             ``test_seed``: the test sample (None: every test request); ``beam``: the test's beam
-            width (50, the reference protocol; >= 50 for HR@50); ``valid_beam``: validation's
+            width (50, the reference protocol; HR/NDCG@K for every K <= beam, so at least 10);
+            ``valid_beam``: validation's
             (model selection by NDCG@10).
         sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads: SASRec's size (early
             stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
@@ -102,6 +110,8 @@ class BenchPreset:
     task: dict[str, Any] = field(default_factory=dict)
     model_preset: str = "tiny"
     model: str | None = None
+    adapters: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
     sft_steps: int = 300
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
@@ -131,11 +141,17 @@ class BenchPreset:
     ppo_item_ids: bool = True
 
     def __post_init__(self) -> None:
+        if self.train_split not in ("train", "valid"):
+            raise ValueError(f"train_split={self.train_split!r}: use 'train' or 'valid'")
+        if not isinstance(self.adapters, dict):
+            raise ValueError(f"adapters={self.adapters!r}: expected AdapterConfig settings as a dict, "
+                             "e.g. {\"lora_r\": 8}")
+        self.adapter_config()  # bad adapter settings fail here, naming the field
         if not 2 <= self.riser_group <= self.rollouts_per_request:
             raise ValueError(f"riser_group={self.riser_group} must be in 2..rollouts_per_request="
                              f"{self.rollouts_per_request}")
-        if self.beam < max(KS):
-            raise ValueError(f"beam={self.beam} must be at least {max(KS)} (HR@{max(KS)})")
+        if self.beam < SELECT_K:  # HR/NDCG@K are reported for every K <= beam
+            raise ValueError(f"beam={self.beam} must be at least {SELECT_K} (HR@{SELECT_K}, NDCG@{SELECT_K})")
         for name in ("sft_steps", "rl_steps", "requests_per_step", "sft_batch_size", "sasrec_epochs",
                      "ppo_envs", "ppo_episodes_per_update", "mu", "minibatches", "rollouts_per_request",
                      "valid_beam"):
@@ -152,6 +168,28 @@ class BenchPreset:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def adapter_config(self) -> Any:
+        """The :class:`~agents.configs.AdapterConfig` of ``adapters`` (a ValueError names a bad field).
+
+        Example:
+            >>> PRESETS["cpu-llm"].adapter_config().lora_r
+            8
+        """
+        from agents.configs import AdapterConfig, ConfigError
+
+        try:
+            return AdapterConfig(**self.adapters)
+        except TypeError as err:
+            raise ValueError(f"adapters: {err} (fields: lora_r, lora_alpha, lora_dropout, lora_targets, "
+                             "freeze, train_embeddings)") from err
+        except ConfigError as err:
+            raise ValueError(f"adapters: {err}") from err
+
+    @property
+    def validates(self) -> bool:
+        """Whether runs select their weights on the valid split (not when they train on it)."""
+        return self.train_split != "valid"
 
     @property
     def rollout_budget(self) -> int:
@@ -183,6 +221,20 @@ PRESETS: dict[str, BenchPreset] = {
         rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
         test_requests=1000, sasrec_epochs=3, sasrec_hidden=64, sasrec_batch_size=256,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
+    # A real pretrained LM on this 2-core machine: SmolLM2-135M-Instruct with LoRA r = 8 on
+    # office-d3 titles (D3 publishes valid and test only: valid trains, nothing is left to select
+    # on, so every agent is tested with its last weights). Sized from one-thread measurements with
+    # the other core busy (scripts in the README): an SFT step of 8 requests 44 s, an RL step of
+    # 4 requests x 8 rollouts 105 s, beam search 8.6 s/request at width 10 and 106 s at width 50
+    # (titles of up to 97 tokens; 50 beams pay the 49,152-way log-softmax at every step). Hence
+    # the test's beam 10 on 50 requests: the reference scoring, a narrower beam; HR/NDCG@{1..10}.
+    "cpu-llm": BenchPreset(
+        name="cpu-llm", env="RecGen-v0", task={"dataset": "office-d3", "representation": "title",
+                                                "max_history": 5},
+        model="smollm2-135m", adapters={"lora_r": 8}, train_split="valid", sft_steps=60, sft_batch_size=8,
+        sft_lr=1e-3, sft_eval_every=0, rl_steps=6, requests_per_step=4, rollouts_per_request=8,
+        riser_group=6, rl_lr=1e-4, rl_eval_every=0, eval_requests=None, test_requests=50, beam=10,
+        valid_beam=10, sasrec_epochs=20, sasrec_hidden=64),
     # The papers' scale: a pretrained Qwen2-1.5B-class model (--model PATH), titles, a GPU.
     "paper": BenchPreset(
         name="paper", env="RecGen-Games-v0", task={"dataset": "games", "representation": "title"},
@@ -203,7 +255,7 @@ def get_preset(name: str, **overrides: Any) -> BenchPreset:
         >>> get_preset("huge")
         Traceback (most recent call last):
         ...
-        ValueError: --preset: unknown preset 'huge'; choose one of ['ci', 'cpu', 'paper']
+        ValueError: --preset: unknown preset 'huge'; choose one of ['ci', 'cpu', 'cpu-llm', 'paper']
     """
     if name not in PRESETS:
         raise ValueError(f"--preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -221,7 +273,8 @@ def get_preset(name: str, **overrides: Any) -> BenchPreset:
 class AgentSpec:
     """One row of the benchmark: a name, its kind and, for RL agents, the learner and its settings.
 
-    ``kind`` is ``classic`` (popularity, transition, sasrec), ``sft``, ``rl`` (a learner trained by
+    ``kind`` is ``classic`` (popularity, transition, sasrec), ``zero_shot`` (the LM as built or
+    pretrained, before any training), ``sft``, ``rl`` (a learner trained by
     :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``.
 
     Example:
@@ -239,13 +292,13 @@ def agent_choices() -> list[str]:
     """Every name ``--agents`` accepts: built-in agents, registered plug-in learners, ``ablation``.
 
     Example:
-        >>> agent_choices()[:4]
-        ['popularity', 'transition', 'sasrec', 'sft']
+        >>> agent_choices()[:5]
+        ['popularity', 'transition', 'sasrec', 'zero_shot', 'sft']
     """
     from agents.baselines import ranker_names
     from agents.learners import learner_names
 
-    return [*ranker_names(), "sft", *learner_names(), "maskable_ppo", "ablation"]
+    return [*ranker_names(), "zero_shot", "sft", *learner_names(), "maskable_ppo", "ablation"]
 
 
 def budget_settings(learner: str, preset: BenchPreset) -> dict[str, Any]:
@@ -292,8 +345,8 @@ def parse_agents(
                     budget = {"group_size": preset.riser_group}
                 merged = {**budget, **settings, **extra.get(variant, {})}
                 specs.append(AgentSpec(variant, "rl", learner, merged))
-        elif name in ranker_names() or name in ("sft", "maskable_ppo"):
-            kind = name if name in ("sft", "maskable_ppo") else "classic"
+        elif name in ranker_names() or name in ("zero_shot", "sft", "maskable_ppo"):
+            kind = name if name in ("zero_shot", "sft", "maskable_ppo") else "classic"
             specs.append(AgentSpec(name, kind))
         elif name in learner_names():
             merged = {**budget_settings(name, preset), **extra.get(name, {})}
@@ -401,11 +454,12 @@ def _run_bench(
     needs_llm = any(a.kind in ("sft", "rl") for a in agents)
     policy = LLMPolicy.from_pretrained(sft, device=device) if sft and needs_llm else None
     source = f"--sft {sft}"
-    train = make_task(preset.env, "train", task,
+    train = make_task(preset.env, preset.train_split, task,
                       tokenizer=policy.items if policy is not None else preset.model, source=source)
     valid = make_task(preset.env, "valid", task, tokenizer=train.items, source=source)
     test = make_task(preset.env, "test", task, tokenizer=train.items, source=source)
-    tasks = SimpleNamespace(train=train, valid=valid if valid.num_requests else None, test=test)
+    tasks = SimpleNamespace(train=train, valid=valid if valid.num_requests and preset.validates else None,
+                            test=test)
     _check_rl_folders(agents, seeds, tasks, preset, task, out, progress, restart)
     test_requests = len(select_rows(test.num_requests, preset.test_requests))
     results: dict[str, Any] = {
@@ -418,15 +472,17 @@ def _run_bench(
                           "scoring": "the policy's objective (full-vocabulary log-softmax, disallowed tokens "
                                      "masked, no renormalisation, no length penalty) unless --sft loads a "
                                      "constrained policy",
-                          "model_selection": f"NDCG@10 on {preset.eval_requests or 'all'} valid requests, "
-                                             f"beam {preset.valid_beam}"},
+                          "model_selection": (f"NDCG@10 on {preset.eval_requests or 'all'} valid requests, "
+                                              f"beam {preset.valid_beam}") if preset.validates else
+                          "none: the valid split trains (train_split=valid), every agent is tested with its "
+                          "last weights"},
         "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "agents": {},
     }
     sft_dir: Path | None = None
     if needs_llm:
         if policy is None:  # the one SFT start, trained with the first seed
             policy = build_policy(train.items, model=preset.model, preset=preset.model_preset, seed=seeds[0],
-                                  device=device)
+                                  device=device, adapters=preset.adapter_config())
             results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress, restart,
                                         _run_info(preset, task))
             sft_dir = out / "sft" / "final"  # the best-on-valid weights train_sft ends with
@@ -443,6 +499,12 @@ def _run_bench(
         run_dir = out / "runs" / f"{_slug(spec.name)}-seed{seed}"
         if spec.kind == "classic":
             record = _run_classic(spec, seed, tasks, preset, device, progress)
+        elif spec.kind == "zero_shot":  # the model as built, before any training
+            start = build_policy(train.items, model=preset.model, preset=preset.model_preset, seed=seeds[0],
+                                 device=device, adapters=preset.adapter_config())
+            record = {"metrics": _test(start, tasks, preset, progress), "rollouts": 0, "train_seconds": 0.0,
+                      "config": {"model": preset.model or preset.model_preset}}
+            del start
         elif spec.kind == "sft":  # trained (or loaded) above, once: its time counts here
             tick -= results["sft"]["train_seconds"]
             record = {"metrics": _test(policy, tasks, preset, progress), "rollouts": 0,
@@ -523,8 +585,16 @@ def _rl_config(preset: BenchPreset, seed: int, progress: bool) -> Any:
 
 
 def _run_info(preset: BenchPreset, task: dict[str, Any]) -> dict[str, Any]:
-    """What a bench run's fingerprint adds to its config and data: the env, task options, model."""
-    return {"env": preset.env, "task": task, "model": preset.model or preset.model_preset}
+    """What a bench run's fingerprint adds to its config and data: the env, task options, model (and
+    the adapters and training split where they are not the defaults)."""
+    from agents.build import adapter_record
+
+    info = {"env": preset.env, "task": task, "model": preset.model or preset.model_preset}
+    if preset.adapter_config().enabled:
+        info["adapters"] = adapter_record(preset.adapter_config())
+    if preset.train_split != "train":
+        info["train_split"] = preset.train_split
+    return info
 
 
 def _check_rl_folders(

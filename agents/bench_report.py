@@ -75,10 +75,11 @@ def results_table(results: dict[str, Any]) -> str:
         | pop | 0.2000 ± 0.1414 | 0.2000 ± 0.1414 | ... | 0 | 3.0 |
     """
     summary = summarize(results)
-    header = "| agent | " + " | ".join(METRICS) + " | rollouts | wall s |"
-    lines = [header, "|---" * (len(METRICS) + 3) + "|"]
+    shown = [m for m in METRICS if any(m in row for row in summary.values())]  # K <= the beam width
+    header = "| agent | " + " | ".join(shown) + " | rollouts | wall s |"
+    lines = [header, "|---" * (len(shown) + 3) + "|"]
     for name, row in summary.items():
-        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "-" for m in METRICS]
+        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "-" for m in shown]
         rollouts = f"{row['rollouts'][0]:.0f}" if "rollouts" in row else "-"
         wall = f"{row['wall_seconds'][0]:.1f}" if "wall_seconds" in row else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rollouts} | {wall} |")

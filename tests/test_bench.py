@@ -146,6 +146,51 @@ def test_paper_preset_runs_from_a_local_pretrained_lm(tmp_path):
     assert trained.model.config.hidden_size == 32 and trained.items.representation == "title"
 
 
+def test_llm_preset_trains_adapters_on_valid_and_tests_the_zero_shot_model(tmp_path):
+    """The cpu-llm preset's path: adapters, the valid split trains (no selection), a zero-shot row.
+
+    A tiny Qwen2 stands in for SmolLM2-135M and synthetic titles for office-d3.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agents.build import make_task
+    from agents.evaluate import evaluate
+    from agents.policy import LLMPolicy
+
+    small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
+    task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}
+    tokenizer = make_task("RecGen-Synthetic-v0", "train", task).items.tokenizer
+    lm = tmp_path / "lm"
+    tokenizer.save_pretrained(lm)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(lm)
+    out = tmp_path / "bench"
+    assert main(["bench", "--preset", "cpu-llm", "--model", str(lm), "--env", "RecGen-Synthetic-v0",
+                 "--preset-set", "task=" + json.dumps(task), "--preset-set", 'adapters={"lora_r": 2}',
+                 "--preset-set", "riser_group=3", "--preset-set", "sft_batch_size=8",
+                 "--preset-set", "beam=50", "--agents", "zero_shot,sft,grpo", "--seeds", "0",
+                 "--sft-steps", "3", "--rl-steps", "1",
+                 "--requests-per-step", "2", "--rollouts", "4", "--test-requests", "6", "--quiet",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_protocol"]["model_selection"].startswith("none: the valid split trains")
+    for run in ("sft", "runs/grpo-seed0"):  # trained on valid, validated on nothing
+        data = json.loads((out / run / "fingerprint.json").read_text())["data"]
+        assert data["train"]["split"] == "valid" and data["valid"] is None, run
+        assert json.loads((out / run / "fingerprint.json").read_text())["run"]["adapters"]["lora_r"] == 2
+    assert results["sft"]["valid_history"] == []
+    trained = LLMPolicy.from_pretrained(out / "sft" / "final")
+    assert trained.adapter is not None and trained.adapter["lora"]["r"] == 2  # LoRA saved with the policy
+    # The zero-shot row is the untrained model under the same protocol, computed here independently.
+    test = make_task("RecGen-Synthetic-v0", "test", task, tokenizer=str(lm))
+    start = LLMPolicy.from_pretrained(lm, items=test.items)
+    expected = evaluate(start, test, beam=50, max_requests=6, seed=0, progress=False)
+    zero = results["agents"]["zero_shot"]["runs"]["0"]
+    assert zero["metrics"] == pytest.approx(expected) and zero["rollouts"] == 0
+    assert zero["metrics"] != results["agents"]["sft"]["runs"]["0"]["metrics"]  # SFT changed the model
+
+
 @pytest.mark.slow
 def test_ci_preset_through_the_cli_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench"
