@@ -18,7 +18,9 @@ What is shared, so that rows of the table compare:
 
 Seeds: each RL agent, SASRec and MaskablePPO train once per seed. Agents that have nothing to seed
 (popularity, transition) or that are shared by design (sft) run once; their result is recorded
-under every seed with ``"shared_across_seeds": true`` (so their std is 0).
+under every seed with ``"shared_across_seeds": true`` (so their std is 0). Jobs run seed by seed
+(every agent for the first seed, then the next), and ``results.json`` is rewritten after each, so a
+bench stopped part-way holds whole seeds.
 
 Outputs in ``--out``: ``results.json`` (per agent and seed: metrics, wall time, rollouts, config,
 plus env / preset / machine), ``results.md`` (mean +- std over seeds), ``metrics.png`` (HR@10 and
@@ -490,7 +492,8 @@ def _run_bench(
         else:
             results["sft"] = {"loaded": sft, "config": {"loaded": sft}, "train_seconds": 0.0}
             sft_dir = Path(sft)
-    jobs = [(a, s) for a in agents for s in (seeds if _per_seed(a) else seeds[:1])]
+    # Seed-major: a bench stopped part-way holds whole seeds (every agent), so its table compares.
+    jobs = [(a, s) for s in seeds for a in agents if _per_seed(a) or s == seeds[0]]
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for spec, seed in bar:
         bar.set_description(f"bench {spec.name} seed {seed}")
