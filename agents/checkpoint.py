@@ -70,14 +70,23 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     return path
 
 
-def save_checkpoint(path: str | os.PathLike[str], policy: Any, trainer_state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], policy: Any, trainer_state: dict[str, Any],
+    model_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``policy.save_pretrained`` + trainer state into ``path`` atomically.
+
+    ``model_state``: the weights to write instead of the model's own (the full weights gathered
+    from a sharded model: :func:`agents.fsdp.full_state_dict`).
 
     Example:
         >>> # save_checkpoint("runs/x/checkpoint", policy, {"step": 10, "optimizer": opt.state_dict()})
     """
     def write(tmp: Path) -> None:
-        policy.save_pretrained(tmp)
+        if model_state is None:
+            policy.save_pretrained(tmp)
+        else:
+            policy.save_pretrained(tmp, state_dict=model_state)
         torch.save(trainer_state, tmp / STATE_FILE)
 
     return write_folder_atomically(path, write)
@@ -128,29 +137,48 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
 
 def save_training(
     path: str | os.PathLike[str], policy: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-    state: dict[str, Any], config: dict[str, Any],
+    state: dict[str, Any], config: dict[str, Any], *, model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomic checkpoint of a training loop: weights, optimizer, scheduler, RNG states, loop state."""
+    """Atomic checkpoint of a training loop: weights, optimizer, scheduler, RNG states, loop state.
+
+    Under FSDP (:mod:`agents.fsdp`) every rank first gathers ``model_state``
+    (:func:`~agents.fsdp.full_state_dict`) and ``optimizer_state``
+    (:func:`~agents.fsdp.full_optimizer_state`), then rank 0 writes them: the files are one
+    process's.
+
+    Example:
+        >>> # save_training(run / "checkpoint", policy, optimizer, scheduler, state, asdict(cfg))
+    """
     return save_checkpoint(path, policy, {
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-        "state": state, "config": config})
+        "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+        "scheduler": scheduler.state_dict(), "rng": rng_state(), "state": state, "config": config},
+        model_state)
 
 
 def restore_training(
     path: str | os.PathLike[str], policy: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+    *, weights: bool = True,
 ) -> dict[str, Any] | None:
     """Resume from :func:`save_training`'s folder if one is there: returns the loop state, or None.
+
+    ``weights=False`` leaves the weights alone (loaded before the model was sharded, as the loops
+    do under FSDP); sharded optimizer states get their shard of the saved full moments
+    (:func:`agents.fsdp.load_optimizer_state`).
 
     Example:
         >>> # state = restore_training(run / "checkpoint", policy, optimizer, scheduler) or fresh_state
     """
+    from agents.fsdp import load_optimizer_state
+
     found = find_checkpoint(path)
     if found is None:
         return None
     saved = load_trainer_state(found)
-    load_weights(policy, found)
+    if weights:
+        load_weights(policy, found)
     try:
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:

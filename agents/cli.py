@@ -174,7 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
     sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
                               seed=args.seed, eval_requests=args.eval_requests, beam=args.beam,
-                              metric=args.metric, **sft_steps)  # the shared validation flags rule both stages
+                              metric=args.metric, fsdp=args.fsdp,  # --fsdp and validation rule both stages
+                              **sft_steps)
     adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)

@@ -105,6 +105,9 @@ class SFTConfig:
         max_steps: stop after this many steps (None: all epochs).
         seed: shuffling and initialisation seed.
         progress: show progress bars.
+        fsdp: under torchrun, shard the decoder blocks' weights, gradients and AdamW states over the
+            processes (FSDP2, agents.fsdp; embeddings and output layer stay replicated); no effect in
+            one process; not with adapters.
     """
 
     epochs: int = 3
@@ -121,6 +124,7 @@ class SFTConfig:
     max_steps: int | None = None
     seed: int = 0
     progress: bool = True
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         check_config(self, minimum={"epochs": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 0,
@@ -148,6 +152,9 @@ class RLConfig:
         seed: request order, rollouts and initialisation.
         progress: progress bars.
         env_id: the registered env whose ``vector_entry_point`` builds the rollout envs.
+        fsdp: under torchrun, shard the decoder blocks' weights, gradients and AdamW states over the
+            processes (FSDP2, agents.fsdp; embeddings and output layer stay replicated); no effect in
+            one process; not with adapters.
     """
 
     steps: int = 60
@@ -166,6 +173,7 @@ class RLConfig:
     seed: int = 0
     progress: bool = True
     env_id: str = "RecGen-v0"
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         check_config(self, minimum={"steps": 1, "requests_per_step": 1, "warmup_steps": 0, "mu": 1,

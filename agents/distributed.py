@@ -24,7 +24,9 @@ The rules every loop follows:
 * **Losses** are each rank's share of the global batch's loss: within :func:`loss_sync`,
   :func:`global_sum` and :func:`global_cat` make token means, per-sequence means, SimPO's pair
   mean and KL-Cov's top-k run over the global batch; gradients are then **summed** over ranks
-  (:func:`sum_gradients`), which gives exactly the gradient of the global loss.
+  (:func:`sum_gradients`), which gives exactly the gradient of the global loss, and clipped by its
+  global norm (:func:`clip_grad_norm`). With FSDP (:mod:`agents.fsdp`) the decoder blocks'
+  gradients are sharded ``DTensor`` s that FSDP itself sums over ranks; the rest stay replicated.
 * **Failure**: :func:`agree` is a sync point: if the code in it raises on any rank, every rank
   raises (the failing one its own error, the others a :class:`DistributedError` naming the rank and
   its message), instead of the others waiting forever. Outside sync points a rank that fails
@@ -529,7 +531,8 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     With each rank's loss its share of the global batch's loss (:func:`global_sum`), the sum is the
     gradient of the global loss. A parameter with a gradient on some rank but not on this one
     gets zeros here first, so every rank steps the same parameters; one without a gradient
-    anywhere keeps ``None`` (as in one process).
+    anywhere keeps ``None`` (as in one process). Sharded parameters (``DTensor``: FSDP's decoder
+    blocks, :mod:`agents.fsdp`) are skipped: FSDP has already summed their gradients.
 
     Example:
         >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 3.0)
@@ -538,7 +541,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """
     if not is_distributed():
         return
-    params = list(params)
+    params = [p for p in params if not _sharded(p)]  # FSDP reduce-scatters its own (agents.fsdp)
     has = all_sum([float(p.grad is not None) for p in params]) if params else np.zeros(0)
     active = [p for p, h in zip(params, has) if h > 0]
     for p in active:
@@ -555,6 +558,56 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
             for q in bucket:
                 q.grad.copy_(flat[offset: offset + q.grad.numel()].view_as(q.grad))
                 offset += q.grad.numel()
+
+
+def _sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter or gradient that FSDP shards over the ranks)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed tensors
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over the global gradient, with FSDP's sharded gradients in it.
+
+    Call it after :func:`sum_gradients`, on every rank. Without sharded gradients it *is*
+    ``clip_grad_norm_`` (the gradients are then the same on every rank). With them (``DTensor``
+    gradients of FSDP's decoder blocks, :mod:`agents.fsdp`: each rank holds its shard of the summed
+    gradient) the norm is ``sqrt(sum over ranks of |shard|^2 + |replicated|^2)``: the shards' squares
+    are summed over ranks (a collective) and the replicated gradients, the same on every rank, count
+    once. Every gradient is then scaled by ``min(1, max_norm / (norm + 1e-6))`` as torch does, and
+    the norm is returned (float32; NaN or inf when a gradient is, which the loops stop on before
+    stepping).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+        >>> float(clip_grad_norm([p], 1.0)), [round(g, 4) for g in p.grad.tolist()]
+        (5.0, [0.6, 0.8])
+    """
+    params = [p for p in params if p.grad is not None]
+    sharded = [p.grad for p in params if _sharded(p.grad)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    replicated = [p.grad for p in params if not _sharded(p.grad)]
+    locals_ = [g.to_local() for g in sharded]
+    device = locals_[0].device
+
+    def squares(grads: list[torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for g in grads:
+            total += torch.linalg.vector_norm(g, 2, dtype=torch.float32).to(device) ** 2
+        return total
+
+    shard_sq = squares(locals_)
+    if is_distributed():
+        _collective("all_reduce (gradient norm)", dist.all_reduce, shard_sq)
+    norm = torch.sqrt(shard_sq + squares(replicated))
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in [*locals_, *replicated]:  # to_local() shares the shard's storage: scaled in place
+        g.mul_(coef.to(g.device, g.dtype))
+    return norm
 
 
 def _buckets(params: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:
@@ -675,7 +728,7 @@ def stop_all_on_error() -> Iterator[None]:
 
 
 __all__ = ["DistributedError", "World", "abort", "agree", "all_gather_objects", "all_sum", "barrier",
-           "broadcast_object", "broadcast_parameters", "cleanup", "default_backend", "gather_rows",
-           "global_cat", "global_sum", "init", "is_distributed", "is_main", "launch_env", "local_rank",
-           "loss_sync", "mean_over_ranks", "minibatch_shards", "on_main", "rank", "rank_seed",
+           "broadcast_object", "broadcast_parameters", "cleanup", "clip_grad_norm", "default_backend",
+           "gather_rows", "global_cat", "global_sum", "init", "is_distributed", "is_main", "launch_env",
+           "local_rank", "loss_sync", "mean_over_ranks", "minibatch_shards", "on_main", "rank", "rank_seed",
            "shard_slice", "stop_all_on_error", "sum_gradients", "timeout_seconds", "world", "world_size"]

@@ -243,11 +243,15 @@ class LLMPolicy(nn.Module):
         policy._restore_adapters(path_, recorded)  # LoRA / frozen trunk saved with the policy
         return policy
 
-    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+    def save_pretrained(
+        self, path: str | os.PathLike[str], *, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
         """Save model (safetensors), tokenizer, item config and catalogue; the last file marks completion.
 
         ``recgym_policy.json`` records the representation, the objective and the catalogue's
         fingerprint (:func:`agents.runs.catalogue_fingerprint`), checked when the policy is loaded.
+        ``state_dict``: the weights to write instead of the model's own (a sharded model's full
+        weights, gathered by :func:`agents.fsdp.full_state_dict`; not with adapters).
 
         Example:
             >>> # policy.save_pretrained("runs/x/best")
@@ -256,7 +260,7 @@ class LLMPolicy(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self._save_model(path)  # plain Hugging Face weights (+ adapter.safetensors with adapters)
+        self._save_model(path, state_dict)  # plain Hugging Face weights (+ adapter.safetensors with adapters)
         self.items.save(path)
         empty = Examples.empty(1)
         Dataset("catalogue", self.items.catalogue, empty, empty, empty).save(path / "catalogue.npz")
@@ -454,11 +458,13 @@ class LLMPolicy(nn.Module):
             return
         load_state(self.model, fresh.state_dict(), load_file(folder / ADAPTER_FILE), str(folder))
 
-    def _save_model(self, path: Path) -> None:
+    def _save_model(self, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """The model's weights into ``path``: plain Hugging Face files, plus ``adapter.safetensors``."""
         if self.adapter is None:
-            self.model.save_pretrained(path)
+            self.model.save_pretrained(path, state_dict=state_dict)
             return
+        if state_dict is not None:
+            raise ValueError("save_pretrained(state_dict=...) is not supported for a policy with adapters")
         from safetensors.torch import save_file
 
         base, adapter = split_state(self.model)

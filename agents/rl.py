@@ -20,7 +20,9 @@ contiguous share of every minibatch (``minibatch_shards``) with its own rollout 
 rank 0 keeps one process's). Each rank's loss is its share of the global minibatch's loss (the
 learners normalise by global counts inside ``loss_sync``) and the gradients are summed, so the
 global minibatch j is one process's minibatch j. Rank 0 alone writes the run folder; logged
-numbers are averaged over ranks (rollout counts summed).
+numbers are averaged over ranks (rollout counts summed). ``RLConfig(fsdp=True)`` (``--fsdp``) also
+shards the decoder blocks' weights, gradients and AdamW states over the ranks (:mod:`agents.fsdp`);
+rollouts and validation then run with the blocks gathered whole, and the steps and files are the same.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from agents import distributed as dist
+from agents import fsdp
 from agents.checkpoint import load_weights, restore_training, save_training, write_folder_atomically
 from agents.configs import RLConfig
 from agents.learners.base import Learner, RLBatch
@@ -53,7 +56,7 @@ from agents.runs import (
     saved_note,
 )
 from agents.tracking import MetricLogger
-from agents.training import check_valid_sample, make_optimizer, validate
+from agents.training import check_valid_sample, make_optimizer, shard_for_training, validate
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
 
@@ -130,6 +133,8 @@ def train_rl(
     """
     cfg = config or RLConfig()
     check_valid_sample(cfg.eval_requests, valid_task)
+    if cfg.fsdp:
+        fsdp.check(policy)  # adapters are refused before anything is opened
     if train_task.num_requests == 0:
         raise ValueError(f"the {train_task.split!r} split has no requests to train on")
     for task in (train_task, valid_task):
@@ -155,10 +160,13 @@ def _train_rl(
     torch.manual_seed(cfg.seed)
     main = dist.is_main()
     dist.broadcast_parameters(policy.model)  # every rank starts from rank 0's weights (as DDP does)
+    reference = _reference(policy, run) if learner.needs_reference else None  # the start, unsharded
+    # FSDP (--fsdp under torchrun): the checkpoint's weights are loaded, then the blocks sharded.
+    sharding = shard_for_training(policy, cfg.fsdp, run / "checkpoint" if resuming else None)
     params = policy.trainable_parameters()
     optimizer, scheduler = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
-    reference = _reference(policy, run) if learner.needs_reference else None
-    restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
+    restored = (restore_training(run / "checkpoint", policy, optimizer, scheduler, weights=sharding is None)
+                if resuming else None)
     state: dict[str, Any] = restored or {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0,
                                          "history": [], "rollouts": 0}
     saved_step = state["step"] if restored is not None else None
@@ -196,16 +204,21 @@ def _train_rl(
             if run is not None and (due or last or stop):
                 saved = saved_note(run, saved_step)
                 check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
+                full = fsdp.full_state_dict(policy.model)  # FSDP: gathered for rank 0 (else None)
+                moments = fsdp.full_optimizer_state(optimizer)
                 with dist.on_main("saving checkpoint/") as writing:
                     if writing:
                         save_training(run / "checkpoint", policy, optimizer, scheduler, state,
-                                      {"rl": asdict(cfg), "learner": learner.describe()})
+                                      {"rl": asdict(cfg), "learner": learner.describe()}, model_state=full,
+                                      optimizer_state=moments)
                 saved_step = state["step"]
     finally:
         if bar is not None:
             bar.close()
         if logger is not None:
             logger.close()
+    if sharding is not None:
+        sharding.restore()  # an ordinary model again, with the trained weights, on every rank
     if run is not None and (run / "best").exists():
         load_weights(policy, run / "best")
     policy.model.eval()
@@ -230,18 +243,21 @@ def _train_step(
     shards = dist.minibatch_shards(len(rows), cfg.minibatches)  # this rank's groups of each minibatch
     seed = dist.rank_seed(cfg.seed * 1_000_003 + step)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
-    try:
-        batch = learner.collect(policy, envs, rows[np.concatenate(shards)], generator=generator, seed=seed)
-    except RuntimeError as err:  # torch.multinomial on NaN / inf probabilities: the weights diverged
-        if "inf" not in str(err) and "nan" not in str(err):
-            raise
-        raise DivergedError("sampling distribution", math.nan, step + 1, cfg.lr, saved) from err
-    rollout_seconds = time.time() - tick
-    with torch.no_grad():
-        if reference is not None:
-            batch.ref_logp = learner.logprobs(reference, batch)[0]
-        if learner.needs_old_logprobs and cfg.mu * cfg.minibatches > 1:
-            batch.old_logp = learner.logprobs(policy, batch)[0]
+    # FSDP: whole blocks on every rank while it samples and scores (no per-forward collectives)
+    with fsdp.gathered(policy.model):
+        try:
+            batch = learner.collect(policy, envs, rows[np.concatenate(shards)], generator=generator,
+                                    seed=seed)
+        except RuntimeError as err:  # torch.multinomial on NaN / inf probabilities: the weights diverged
+            if "inf" not in str(err) and "nan" not in str(err):
+                raise
+            raise DivergedError("sampling distribution", math.nan, step + 1, cfg.lr, saved) from err
+        rollout_seconds = time.time() - tick
+        with torch.no_grad():
+            if reference is not None:
+                batch.ref_logp = learner.logprobs(reference, batch)[0]
+            if learner.needs_old_logprobs and cfg.mu * cfg.minibatches > 1:
+                batch.old_logp = learner.logprobs(policy, batch)[0]
     ends = np.cumsum([len(p) for p in shards])
     # This rank's part of each global minibatch (in one process: exactly batch.split(cfg.minibatches)).
     minibatches = [batch.select_groups(np.arange(end - len(p), end)) for p, end in zip(shards, ends)]
@@ -284,7 +300,7 @@ def update(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             dist.sum_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            grad_norm = dist.clip_grad_norm(params, cfg.grad_clip)  # the global norm, also under FSDP
             check_finite(float(grad_norm), "gradient norm", step + 1, cfg.lr, saved)
             optimizer.step()
             for key, value in {"loss": loss_value, "grad_norm": float(grad_norm), **stats}.items():

@@ -4,7 +4,7 @@ A run folder (``recgym sft --out X``, ``recgym train``'s ``X/sft`` and ``X/rl``,
 ``sft/`` and ``runs/<agent>-seed<s>/``) holds, beside its checkpoint, best weights and logs:
 
 * ``fingerprint.json``: everything that determines the run's result, written when the run starts:
-  the training config (every field but ``progress``), the learner and its settings, the data
+  the training config (every field but ``progress`` and ``fsdp``), the learner and its settings, the data
   (the catalogue's items, titles / SIDs and representation, the item tokenization, the train and
   valid examples), the request sampler, the starting weights (SHA-256 of every tensor, dtype and
   the model's config), the seed, plus what the caller adds (env id, task options, model name).
@@ -59,8 +59,9 @@ LOCK_FILE = "run.lock"
 # What a training loop writes into its folder; ``--restart`` removes these (and their .tmp / .old
 # twins of an interrupted atomic write) and nothing else.
 RUN_OUTPUTS = ("checkpoint", "best", "reference", "metrics.jsonl", "tensorboard", FINGERPRINT_FILE)
-# Config fields that do not change a run's result.
-NOT_IN_FINGERPRINT = ("progress",)
+# Config fields that do not change a run's result (FSDP: the same steps up to float summation order,
+# and the same checkpoint files, so a run may resume with or without it).
+NOT_IN_FINGERPRINT = ("progress", "fsdp")
 RESTART_HINT = "start over in this folder with --restart (restart=True), or use another --out (run_dir)"
 
 
@@ -230,7 +231,7 @@ def sampler_fingerprint(sampler: Any) -> dict[str, Any] | None:
 
 
 def config_fingerprint(config: Any) -> dict[str, Any]:
-    """A config dataclass's fields, except those that do not change the result (``progress``).
+    """A config dataclass's fields, except those that do not change the result (``progress``, ``fsdp``).
 
     Example:
         >>> from agents.configs import RLConfig
@@ -615,9 +616,19 @@ def check_finite_weights(model: Any, where: str, step: int, lr: float, saved: st
     """
     import torch
 
+    from agents import distributed as dist
+    from agents.fsdp import is_dtensor
+
+    bad, sharded = None, False
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise DivergedError(f"weight tensor {name!r} (not written to {where})", math.nan, step, lr, saved)
+        if is_dtensor(tensor):  # FSDP (agents.fsdp): this rank checks its shard, the ranks agree below
+            sharded, tensor = True, tensor.to_local()
+        if bad is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = name
+    if sharded:
+        bad = next((b for b in dist.all_gather_objects(bad) if b is not None), None)
+    if bad is not None:
+        raise DivergedError(f"weight tensor {bad!r} (not written to {where})", math.nan, step, lr, saved)
 
 
 def check_finite(value: float, what: str, step: int, lr: float, saved: str) -> None:

@@ -14,6 +14,8 @@ Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) each step's bat
 batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
 global token count and the ranks' gradients are summed, so N ranks take the step one process takes
 on the same batch. Rank 0 alone writes the run folder; every rank validates (a sharded collective).
+``SFTConfig(fsdp=True)`` (``--fsdp``) also shards the decoder blocks' weights, gradients and AdamW
+states over the ranks (:mod:`agents.fsdp`); the steps, files and metrics are the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from agents import distributed as dist
+from agents import fsdp
 from agents.checkpoint import load_weights, restore_training, save_training
 from agents.configs import SFTConfig
 from agents.policy import LLMPolicy
@@ -43,7 +46,7 @@ from agents.runs import (
     saved_note,
 )
 from agents.tracking import MetricLogger
-from agents.training import check_valid_sample, validate, warmup_cosine
+from agents.training import check_valid_sample, shard_for_training, validate, warmup_cosine
 from recgym.envs.task import RecGenTask
 
 
@@ -77,6 +80,8 @@ def train_sft(
     """
     cfg = config or SFTConfig()
     check_valid_sample(cfg.eval_requests, valid_task)
+    if cfg.fsdp:
+        fsdp.check(policy)  # adapters are refused before anything is opened
     if train_task.num_requests == 0:
         raise ValueError(f"the {train_task.split!r} split has no requests to train on")
     for task in (train_task, valid_task):
@@ -103,11 +108,14 @@ def _train_sft(
     torch.manual_seed(cfg.seed)
     main = dist.is_main()
     dist.broadcast_parameters(policy.model)  # every rank starts from rank 0's weights (as DDP does)
+    # FSDP (--fsdp under torchrun): the checkpoint's weights are loaded, then the blocks sharded.
+    sharding = shard_for_training(policy, cfg.fsdp, run / "checkpoint" if resuming else None)
     params = policy.trainable_parameters()  # all of them unless adapters freeze a part
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
-    restored = restore_training(run / "checkpoint", policy, optimizer, scheduler) if resuming else None
+    restored = (restore_training(run / "checkpoint", policy, optimizer, scheduler, weights=sharding is None)
+                if resuming else None)
     state = restored or state
     saved_step = state["step"] if restored is not None else None
     if restored is not None and cfg.progress and main:
@@ -125,8 +133,12 @@ def _train_sft(
             for b in range(offset, steps_per_epoch):
                 rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]  # the global batch
                 saved = saved_note(run, saved_step)
+                mine = rows[dist.shard_slice(len(rows))]
                 with dist.loss_sync():  # this rank's share of the global batch's token-mean loss
-                    loss, tokens = sft_loss(policy, train_task, rows[dist.shard_slice(len(rows))])
+                    if sharding is not None and len(mine) == 0:  # FSDP: the blocks' collectives still run
+                        loss, tokens = _zero_loss(policy, train_task, rows[:1])
+                    else:
+                        loss, tokens = sft_loss(policy, train_task, mine)
                 loss_value = dist.all_sum(loss.item())  # the global loss (the same number on every rank)
                 tokens = int(dist.all_sum(tokens))
                 check_finite(loss_value, "loss", state["step"] + 1, cfg.lr, saved)
@@ -134,7 +146,7 @@ def _train_sft(
                 if loss.requires_grad:  # False only on a rank whose shard is empty
                     loss.backward()
                 dist.sum_gradients(params)  # the global loss's gradient on every rank
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                grad_norm = dist.clip_grad_norm(params, cfg.grad_clip)  # its global norm, also under FSDP
                 check_finite(float(grad_norm), "gradient norm", state["step"] + 1, cfg.lr, saved)
                 optimizer.step()
                 scheduler.step()
@@ -149,10 +161,12 @@ def _train_sft(
                     stop = validate(policy, valid_task, cfg, state, logger, run, saved) or last
                 if run is not None and (state["step"] % eval_every == 0 or last):
                     check_finite_weights(policy.model, "checkpoint/", state["step"], cfg.lr, saved)
+                    full = fsdp.full_state_dict(policy.model)  # FSDP: gathered for rank 0 (else None)
+                    moments = fsdp.full_optimizer_state(optimizer)
                     with dist.on_main("saving checkpoint/") as writing:
                         if writing:
                             save_training(run / "checkpoint", policy, optimizer, scheduler, state,
-                                          asdict(cfg))
+                                          asdict(cfg), model_state=full, optimizer_state=moments)
                     saved_step = state["step"]
                 if stop or last:
                     stop = True
@@ -161,12 +175,23 @@ def _train_sft(
         bar.close()
         if logger is not None:
             logger.close()
+    if sharding is not None:
+        sharding.restore()  # an ordinary model again, with the trained weights, on every rank
     if run is not None and (run / "best").exists():
         load_weights(policy, run / "best")
     policy.model.eval()
     return {"steps": state["step"], "best_valid": state["best"], "best_step": state["best_step"],
             "metric": cfg.metric, "seconds": round(time.time() - start_time, 2),
             "valid_history": state["history"]}
+
+
+def _zero_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+    """A rank with no rows under FSDP: the forward and backward of ``rows`` (another rank's) times 0,
+    so that it takes part in the blocks' all-gathers and reduce-scatters; 0 tokens."""
+    responses = policy.item_responses(task.examples.target[rows])
+    logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
+    dist.global_sum(0)  # after the forward, as sft_loss: the collectives in the same order on every rank
+    return (logp * mask).sum() * 0.0, 0
 
 
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:

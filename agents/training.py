@@ -2,20 +2,22 @@
 
 Both loops (:func:`agents.sft.train_sft`, :func:`agents.rl.train_rl`) build AdamW with a linear
 warm-up then cosine decay (:func:`make_optimizer`), validate by constrained beam search on the
-valid split and keep the best weights (:func:`validate`).
+valid split and keep the best weights (:func:`validate`), and shard the policy with FSDP when asked
+(:func:`shard_for_training`, :mod:`agents.fsdp`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agents import distributed as dist
+from agents import fsdp
 from agents.evaluate import evaluate
 from recgym.envs.task import RecGenTask
 
@@ -63,7 +65,8 @@ def validate(
     ``rollouts``, logged beside the metrics) and is updated.
     Under ``torchrun`` every rank calls it (the evaluation is a collective, :mod:`agents.distributed`),
     so every rank gets the same metrics and the same early-stop decision; rank 0 alone writes
-    ``best/`` (pass ``logger`` on rank 0 only).
+    ``best/`` (pass ``logger`` on rank 0 only). A policy sharded by FSDP (:mod:`agents.fsdp`) searches
+    with its blocks gathered whole and writes its full weights: the metrics and files are the same.
     The best weights go to ``<run>/best`` (atomically), never when any of them is NaN or infinite
     (a :class:`~agents.runs.DivergedError`; ``saved`` says which checkpoint the run keeps).
 
@@ -75,8 +78,9 @@ def validate(
 
     training = policy.model.training
     policy.model.eval()
-    metrics = evaluate(policy, task, beam=cfg.beam, max_requests=cfg.eval_requests, seed=cfg.seed,
-                       progress=cfg.progress)
+    with fsdp.gathered(policy.model):  # FSDP: whole blocks on every rank while it searches
+        metrics = evaluate(policy, task, beam=cfg.beam, max_requests=cfg.eval_requests, seed=cfg.seed,
+                           progress=cfg.progress)
     policy.model.train(training)
     if cfg.metric not in metrics:
         raise ValueError(f"metric={cfg.metric!r} is not computed at beam={cfg.beam}; choose one of "
@@ -94,14 +98,52 @@ def validate(
         state.update(best=value, best_step=state["step"])
         if run is not None:
             check_finite_weights(policy.model, "best/", state["step"], cfg.lr, saved)
+            write = policy_writer(policy)  # FSDP: every rank gathers the weights for rank 0 to write
             with dist.on_main("saving best/") as main:  # rank 0 writes; the others wait until it has
                 if main:
-                    write_folder_atomically(run / "best", policy.save_pretrained)
+                    write_folder_atomically(run / "best", write)
     if improved:
         state["bad_evals"] = 0
         return False
     state["bad_evals"] += 1
     return cfg.patience > 0 and state["bad_evals"] >= cfg.patience
+
+
+def shard_for_training(policy: Any, requested: bool, checkpoint: Path | None = None) -> fsdp.Sharded | None:
+    """Shard ``policy`` with FSDP for a training loop when ``requested`` under torchrun; else None.
+
+    When resuming (``checkpoint``: the run's ``checkpoint/`` folder) its weights are loaded first,
+    into the whole model, and the blocks are then sharded; the loop restores the optimizer after it
+    is built (``restore_training(..., weights=False)``). In one process the request only warns
+    (:func:`agents.fsdp.wanted`).
+
+    Example:
+        >>> shard_for_training(None, False) is None
+        True
+    """
+    from agents.checkpoint import find_checkpoint, load_weights
+
+    if not fsdp.wanted(requested, policy):
+        return None
+    found = find_checkpoint(checkpoint) if checkpoint is not None else None
+    if found is not None:
+        load_weights(policy, found)
+    return fsdp.shard(policy)
+
+
+def policy_writer(policy: Any) -> Callable[[Path], Any]:
+    """What writes ``policy`` into a folder: ``policy.save_pretrained``, or under FSDP the same with the
+    full weights gathered now (a collective: every rank calls it, then rank 0 writes).
+
+    Example:
+        >>> # write = policy_writer(policy)
+        >>> # with dist.on_main("saving best/") as main:
+        >>> #     if main: write_folder_atomically(run / "best", write)
+    """
+    full = fsdp.full_state_dict(policy.model)
+    if full is None:
+        return policy.save_pretrained
+    return lambda path: policy.save_pretrained(path, state_dict=full)
 
 
 MIN_VALID_SAMPLE = 2000

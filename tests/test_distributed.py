@@ -84,11 +84,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def torchrun(scenario: str, out: Path, timeout: float = 150) -> None:
+def torchrun(scenario: str, out: Path, timeout: float = 150, **env: str) -> None:
     """Run a scenario in 2 gloo processes under torchrun; fail with their output if it fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(Path(__file__).resolve()), scenario, str(out)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    done = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
@@ -170,7 +170,10 @@ def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
 
 SFT_CONFIG = {"batch_size": 9, "max_steps": 4, "lr": 3e-3, "warmup_steps": 1, "eval_every": 2,
               "eval_requests": 24, "beam": 10, "patience": 0, "progress": False}
-WEIGHT_TOL = 1e-5  # max |w_2 ranks - w_1 process| in float32 after the steps (summation order only)
+# max |w_2 ranks - w_1 process| in float32 after the steps: summation order only, but AdamW divides by
+# sqrt(v), which magnifies the float32 noise of near-zero gradient components (1.5e-5 seen on one CPU,
+# below 1e-5 on another); a wrong step moves weights by ~lr = 3e-3 (the check below asserts > 1e-3).
+WEIGHT_TOL = 1e-4
 
 
 def sft_setup(seed: int = 0):
@@ -323,12 +326,12 @@ def one_process_rollouts(task, sampler, cfg):
     return learner
 
 
-def run_rl_loop(run: Path):
+def run_rl_loop(run: Path, **extra):
     from agents.configs import RLConfig
     from agents.rl import EpochSampler, train_rl
 
     train, valid, policy = sft_setup(seed=dist.rank())
-    cfg = RLConfig(**RL_CONFIG)
+    cfg = RLConfig(**RL_CONFIG, **extra)
     sampler = EpochSampler(train.num_requests, cfg.requests_per_step, cfg.seed)
     learner = one_process_rollouts(train, sampler, cfg)
     summary = train_rl(policy, learner, train, valid, cfg, run_dir=run, sampler=sampler)
@@ -357,6 +360,141 @@ def test_two_rank_rl_loop_takes_one_process_steps(tmp_path):
             assert (key in a) == (key in b) and abs(a.get(key, 0) - b.get(key, 0)) < 1e-5, (key, a, b)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir())
+
+
+# -- FSDP (agents.fsdp): one launch runs every scenario below, with and without --fsdp ----------------
+
+FSDP_SFT = {**SFT_CONFIG, "eval_requests": 10}  # one batch: rank 1 searches nothing while rank 0 searches
+FSDP_TOL = 1e-6  # max |w_fsdp - w_replicated|, 2 ranks, float32: only the clipping norm's float order differs
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """One torchrun launch of the 'fsdp' scenario: the gradient norm, SFT and RL with and without FSDP,
+    an FSDP SFT run stopped after its first checkpoint and resumed, and a gathered save."""
+    out = tmp_path_factory.mktemp("fsdp")
+    torchrun("fsdp", out, timeout=240, RECGYM_DIST_TIMEOUT="60")  # mismatched collectives fail in 60 s
+    return out
+
+
+def test_fsdp_grad_norm_counts_replicated_gradients_once(fsdp_run):
+    """A sharded gradient [1, 2 | 2, 0] (rank 0 | rank 1) and a replicated one [3, 4]: the global norm is
+    sqrt(1 + 4 + 4 + 0 + 25) = sqrt(34); counting [3, 4] on both ranks would give sqrt(59), forgetting the
+    other rank's shard sqrt(30) or sqrt(29)."""
+    want = 34 ** 0.5
+    coef = 1.0 / (want + 1e-6)  # max_norm 1: every gradient is scaled by it, as torch clips
+    for r in range(2):
+        got = json.loads((fsdp_run / f"norm-rank{r}.json").read_text())
+        assert abs(got["norm"] - want) < 1e-6, (r, got["norm"])
+        np.testing.assert_allclose(got["sharded"], np.array([1.0, 2.0, 2.0, 0.0]) * coef, rtol=1e-6)
+        np.testing.assert_allclose(got["replicated"], np.array([3.0, 4.0]) * coef, rtol=1e-6)
+        mine = np.array([1.0, 2.0] if r == 0 else [2.0, 0.0])  # this rank's shard, scaled in place
+        np.testing.assert_allclose(got["local"], mine * coef, rtol=1e-6)
+        assert abs(got["unclipped"] - want) < 1e-6  # max_norm above the norm: nothing scaled
+        assert got["unclipped_replicated"] == [3.0, 4.0]
+
+
+def test_fsdp_sft_takes_the_replicated_steps_and_resumes(fsdp_run):
+    """4 SFT steps (shards of 5 + 4 rows) with --fsdp on 2 ranks = the same 2 ranks without it (which the
+    tests above compare with one process), also for a batch of 1 row (rank 1's shard empty); a run
+    stopped after its step-2 checkpoint resumes under FSDP to the same weights; the policy ends as an
+    ordinary model with tied embeddings."""
+    from agents.checkpoint import load_trainer_state
+    from agents.tracking import MetricLogger
+
+    # The scenario sharded 6 policies per rank (a check that fsdp=True did shard): SFT, its 1-row batch,
+    # the stopped and the resumed run, the gathered save and RL; none without it.
+    assert [json.loads((fsdp_run / f"sharded-rank{r}.json").read_text()) for r in range(2)] == [6, 6]
+    want = torch.load(fsdp_run / "sft-ddp-rank0.pt")
+    ddp = json.loads((fsdp_run / "sft-ddp-rank0.json").read_text())
+    for r in range(2):
+        for run in ("fsdp", "resumed"):
+            diff = max_weight_diff(torch.load(fsdp_run / f"sft-{run}-rank{r}.pt"), want)
+            assert diff < FSDP_TOL, (run, r, diff)
+            summary = json.loads((fsdp_run / f"sft-{run}-rank{r}.json").read_text())
+            assert summary["valid_history"] == ddp["valid_history"] and summary["steps"] == 4
+        after = json.loads((fsdp_run / f"sft-fsdp-after-rank{r}.json").read_text())
+        assert after == {"sharded_params": 0, "tied": True, "trainable": True, "is_sharded": False}
+        diff = max_weight_diff(torch.load(fsdp_run / f"sft-empty-fsdp-rank{r}.pt"),
+                               torch.load(fsdp_run / "sft-empty-ddp-rank0.pt"))
+        assert diff < FSDP_TOL, ("empty shard", r, diff)
+    said = json.loads((fsdp_run / "sft-resumed-rank0.json").read_text())
+    assert said["stopped_at"] == 2  # the first run stopped before its step-4 checkpoint
+    for run in ("fsdp", "resumed"):
+        logs, ref = MetricLogger.read(fsdp_run / f"sft-{run}"), MetricLogger.read(fsdp_run / "sft-ddp")
+        assert [r["step"] for r in logs] == [r["step"] for r in ref]  # each step logged once
+        for a, b in zip(logs, ref):
+            for key in ("loss", "grad_norm"):
+                assert abs(a.get(key, 0) - b.get(key, 0)) <= 1e-6 * max(1.0, abs(b.get(key, 0))), (run, key)
+    # The checkpoint written under FSDP is one process's: the same weights and AdamW state as without it.
+    got, ref = (load_trainer_state(fsdp_run / f"sft-{run}" / "checkpoint") for run in ("fsdp", "ddp"))
+    assert got["state"]["step"] == ref["state"]["step"] == 4
+    assert got["optimizer"]["param_groups"] == ref["optimizer"]["param_groups"]
+    assert got["optimizer"]["state"].keys() == ref["optimizer"]["state"].keys()
+    for index, moments in ref["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert got["optimizer"]["state"][index][key].shape == value.shape
+            assert float((got["optimizer"]["state"][index][key] - value).abs().max()) < FSDP_TOL, (index, key)
+
+
+def test_fsdp_checkpoint_loads_in_one_process(fsdp_run):
+    """best/ and checkpoint/ written under FSDP load with LLMPolicy.from_pretrained in one process; a
+    gathered save holds exactly the sharded weights (= the unsharded start), as does the restored model."""
+    from agents.policy import LLMPolicy
+
+    torch.set_num_threads(1)
+    start = torch.load(fsdp_run / "gathered-start.pt")  # the weights before sharding
+    gathered = torch.load(fsdp_run / "gathered.pt")
+    assert max_weight_diff(gathered, start) == 0
+    loaded = LLMPolicy.from_pretrained(fsdp_run / "gathered", device="cpu")
+    assert max_weight_diff(loaded.model.state_dict(), start) == 0
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+    for r in range(2):
+        assert max_weight_diff(torch.load(fsdp_run / f"gathered-restored-rank{r}.pt"), start) == 0
+    ckpt = LLMPolicy.from_pretrained(fsdp_run / "sft-fsdp" / "checkpoint", device="cpu").model.state_dict()
+    assert max_weight_diff(ckpt, LLMPolicy.from_pretrained(fsdp_run / "sft-ddp" / "checkpoint", device="cpu")
+                           .model.state_dict()) < FSDP_TOL
+    best = LLMPolicy.from_pretrained(fsdp_run / "sft-fsdp" / "best", device="cpu").model.state_dict()
+    assert max_weight_diff(best, torch.load(fsdp_run / "sft-fsdp-rank0.pt")) == 0  # the policy ends on best/
+
+
+def test_fsdp_rl_takes_the_replicated_steps(fsdp_run):
+    """2 RISER steps (rank shards 2 + 1 and 1 + 1 groups, validation at each step) with --fsdp on 2 ranks
+    = the same 2 ranks without it: weights, logged loss / gradient norm and validations."""
+    from agents.tracking import MetricLogger
+
+    want = torch.load(fsdp_run / "rl-ddp-rank0.pt")
+    ddp = json.loads((fsdp_run / "rl-ddp-rank0.json").read_text())
+    for r in range(2):
+        diff = max_weight_diff(torch.load(fsdp_run / f"rl-fsdp-rank{r}.pt"), want)
+        assert diff < FSDP_TOL, (r, diff)
+        summary = json.loads((fsdp_run / f"rl-fsdp-rank{r}.json").read_text())
+        assert summary["valid_history"] == ddp["valid_history"] and summary["steps"] == 2
+    logs, ref = MetricLogger.read(fsdp_run / "rl-fsdp"), MetricLogger.read(fsdp_run / "rl-ddp")
+    assert [r["step"] for r in logs] == [r["step"] for r in ref]
+    for a, b in zip(logs, ref):
+        for key in ("loss", "grad_norm", "valid/HR@10"):
+            assert (key in a) == (key in b) and abs(a.get(key, 0) - b.get(key, 0)) < 1e-6, (key, a, b)
+
+
+def test_fsdp_is_a_note_in_one_process_and_refuses_adapters(tiny_sid):
+    from agents import fsdp
+    from agents.cli import build_parser
+
+    task, policy = tiny_sid
+    with pytest.warns(UserWarning, match="no effect in one process"):
+        assert fsdp.wanted(True, policy) is False
+    assert build_parser().parse_args(["sft", "--fsdp"]).fsdp is True
+    assert build_parser().parse_args(["train"]).fsdp is False
+    lora = type(policy).from_config("tiny", task.items, seed=0, device="cpu").add_lora(r=2)
+    with pytest.raises(ValueError, match=r"--fsdp\) does not work with adapters \(--lora-r, --freeze"):
+        fsdp.wanted(True, lora)
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([3.0, 4.0])
+    q = torch.nn.Parameter(torch.zeros(2))
+    q.grad = torch.tensor([3.0, 4.0])
+    assert float(dist.clip_grad_norm([p], 1.0)) == float(torch.nn.utils.clip_grad_norm_([q], 1.0)) == 5.0
+    assert p.grad.tolist() == q.grad.tolist()  # without sharded gradients it is torch's clip_grad_norm_
 
 
 CLI_SFT = ["sft", "--representation", "sid", "--dataset-set", "num_items=200", "--dataset-set",
@@ -487,8 +625,102 @@ def scenario_rl_loop(out: Path) -> None:
     (out / f"rl-rank{dist.rank()}.json").write_text(json.dumps(summary, default=str))
 
 
+def scenario_fsdp(out: Path) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import agents.sft as sft_module
+    from agents import fsdp
+    from agents.checkpoint import load_trainer_state, write_folder_atomically
+    from agents.sft import SFTConfig, train_sft
+    from agents.training import policy_writer
+
+    # The gradient norm over a sharded and a replicated gradient (test_fsdp_grad_norm_...).
+    mesh = init_device_mesh("cpu", (2,))
+    record = {}
+    for max_norm, tag in ((1.0, ""), (100.0, "unclipped")):
+        a = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Shard(0)]))
+        a.grad = distribute_tensor(torch.tensor([1.0, 2.0, 2.0, 0.0]), mesh, [Shard(0)])
+        b = torch.nn.Parameter(torch.zeros(2))
+        b.grad = torch.tensor([3.0, 4.0])
+        norm = float(dist.clip_grad_norm([a, b], max_norm))
+        if tag:
+            record.update(unclipped=norm, unclipped_replicated=b.grad.tolist())
+        else:
+            record.update(norm=norm, sharded=a.grad.full_tensor().tolist(), local=a.grad.to_local().tolist(),
+                          replicated=b.grad.tolist())
+    (out / f"norm-rank{dist.rank()}.json").write_text(json.dumps(record))
+
+    def save(policy, summary, name):
+        torch.save(policy.model.state_dict(), out / f"{name}-rank{dist.rank()}.pt")
+        (out / f"{name}-rank{dist.rank()}.json").write_text(json.dumps(summary, default=str))
+
+    sharded, shard = [], fsdp.shard  # which runs sharded their policy (a check that --fsdp did something)
+
+    def counting_shard(policy):
+        sharded.append(1)
+        return shard(policy)
+
+    fsdp.shard = counting_shard
+
+    # SFT with and without FSDP; the FSDP policy ends as an ordinary, tied model.
+    for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):
+        train, valid, policy = sft_setup(seed=dist.rank())
+        config = SFTConfig(**FSDP_SFT, **extra)
+        save(policy, train_sft(policy, train, valid, config, run_dir=out / f"sft-{name}"), f"sft-{name}")
+    (out / f"sft-fsdp-after-rank{dist.rank()}.json").write_text(json.dumps({
+        "sharded_params": sum(fsdp.is_dtensor(p) for p in policy.model.parameters()),
+        "tied": policy.model.lm_head.weight is policy.model.model.embed_tokens.weight,
+        "trainable": all(p.requires_grad for p in policy.model.parameters()),
+        "is_sharded": fsdp.is_sharded(policy.model)}))
+    for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):  # 229 rows, then 1: rank 1 has none
+        _, valid, policy = sft_setup(seed=dist.rank())
+        config = SFTConfig(batch_size=valid.num_requests - 1, max_steps=2, lr=3e-3, warmup_steps=1,
+                           progress=False, **extra)
+        save(policy, train_sft(policy, valid, None, config), f"sft-empty-{name}")
+
+    # An FSDP run that stops after its step-2 checkpoint (every rank, at the step-4 one), then resumes.
+    saving, calls = sft_module.save_training, []
+
+    def stop_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return saving(*args, **kwargs)
+
+    sft_module.save_training = stop_at_second
+    train, valid, policy = sft_setup(seed=dist.rank())
+    cfg = SFTConfig(**FSDP_SFT, fsdp=True)
+    with contextlib.suppress(RuntimeError):  # rank 0's own error; a DistributedError on rank 1
+        train_sft(policy, train, valid, cfg, run_dir=out / "sft-resumed")
+    sft_module.save_training = saving
+    stopped_at = load_trainer_state(out / "sft-resumed" / "checkpoint")["state"]["step"]
+    train, valid, policy = sft_setup(seed=dist.rank())
+    summary = train_sft(policy, train, valid, cfg, run_dir=out / "sft-resumed")
+    save(policy, {**summary, "stopped_at": stopped_at}, "sft-resumed")
+
+    # A gathered save of sharded weights, and the restored model (test_fsdp_checkpoint_loads_...).
+    policy = sft_setup(seed=0)[2]
+    torch.save({k: v.clone() for k, v in policy.model.state_dict().items()}, out / "gathered-start.pt")
+    sharding = fsdp.shard(policy)
+    full, write = fsdp.full_state_dict(policy.model), policy_writer(policy)
+    with dist.on_main("saving") as main:
+        if main:
+            write_folder_atomically(out / "gathered", write)
+            torch.save(full, out / "gathered.pt")
+    sharding.restore()
+    torch.save(policy.model.state_dict(), out / f"gathered-restored-rank{dist.rank()}.pt")
+
+    # RL (RISER, one process's rollouts) with and without FSDP.
+    for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):
+        summary, policy = run_rl_loop(out / f"rl-{name}", **extra)
+        save(policy, summary, f"rl-{name}")
+    fsdp.shard = shard
+    (out / f"sharded-rank{dist.rank()}.json").write_text(json.dumps(len(sharded)))
+
+
 SCENARIOS = {"train": scenario_train, "failures": scenario_failures, "sft": scenario_sft,
-             "rl_grads": scenario_rl_grads, "rl_loop": scenario_rl_loop}
+             "rl_grads": scenario_rl_grads, "rl_loop": scenario_rl_loop, "fsdp": scenario_fsdp}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
