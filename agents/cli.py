@@ -586,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="benchmark agents on one env: same SFT start, rollout budget and test")
     be.add_argument("--preset", default="ci", choices=list(PRESETS),
-                    help="scale: ci (synthetic, minutes), cpu (real Games, < 1 h on 2 cores), paper (GPU)")
+                    help="scale: ci (synthetic, minutes), cpu (real Games, small LM from scratch, 2 cores), "
+                         "cpu-llm (SmolLM2-135M + LoRA on office-d3 titles, about 2 h on 2 cores), "
+                         "paper (a pretrained 1.5B LM, GPU)")
     be.add_argument("--agents", default="popularity,transition,sasrec,sft,simpo,grpo,riser,maskable_ppo",
                     help="comma list; 'ablation' expands into RISER's ablation variants; plug-ins add more")
     be.add_argument("--seeds", default="0", help="comma list of training seeds, e.g. 0,1")
@@ -702,8 +704,6 @@ def _quiet_libraries(models: bool) -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.showwarning = show
-        warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated",
-                                category=FutureWarning)
         if not models:
             yield
             return

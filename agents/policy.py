@@ -29,6 +29,8 @@ and each beam step's normaliser (:meth:`LLMPolicy.full_logsumexp`).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -560,9 +562,10 @@ class LLMPolicy(nn.Module):
         Position ids count real tokens only, so left padding does not shift them.
         """
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        out = self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                               past_key_values=cache, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        trunk = self.model.model
+        out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    use_cache=use_cache, **{_cache_keyword(type(trunk)): cache})
+        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
 
     def allowed_logits(
         self, hidden: torch.Tensor, states: torch.Tensor, temperature: float = 1.0
@@ -707,7 +710,7 @@ class LLMPolicy(nn.Module):
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
         ids, attn = self.left_pad(prompt_ids, prompt_len)
         hidden, cache = self._forward(ids, attn)
-        h = hidden[:, -1]
+        h = hidden[:, -1]  # (L, H): the live beams only, in the order of ``live`` below
         # Beams: (R, W) states and scores; start with one live beam per request at the root.
         states = torch.zeros(r, 1, dtype=torch.long, device=dev)
         scores = torch.zeros(r, 1, device=dev)
@@ -715,18 +718,18 @@ class LLMPolicy(nn.Module):
         fin_states = torch.full((r, k), -1, dtype=torch.long, device=dev)
         fin_scores = torch.full((r, k), ninf, device=dev)
         beams = 1
+        live = torch.arange(r, device=dev)  # flat (request * beams + beam) indices of the live beams
         for _ in range(self.tree.max_depth):
-            live = torch.isfinite(scores)  # (R, beams)
-            flat_states = states.reshape(-1)
-            tokens, logits = self.allowed_logits(h, torch.where(live.reshape(-1), flat_states, 0))
+            # Only live beams go through the head and the model (and hold cache rows): a finished or
+            # pruned beam costs nothing, which matters when item lengths differ (titles).
+            tokens_live, logits_live = self.allowed_logits(h, states.reshape(-1)[live])
             # Full scoring: log-softmax over the whole vocabulary, then the mask (no renormalising).
-            if full:
-                norm = self.full_logsumexp(h)[:, None]
-            else:
-                norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            logp = (logits - norm).reshape(r, beams, -1)
-            cand_scores = (scores[..., None] + logp).masked_fill(~live[..., None], ninf)  # (R, beams, K)
-            width_k = cand_scores.shape[-1]
+            norm = self.full_logsumexp(h) if full else torch.logsumexp(logits_live, dim=-1)
+            width_k = tokens_live.shape[1]
+            tokens = torch.full((r * beams, width_k), -1, dtype=torch.long, device=dev)
+            logp = torch.full((r * beams, width_k), ninf, device=dev)
+            tokens[live], logp[live] = tokens_live, (logits_live - norm[:, None]).float()
+            cand_scores = scores[..., None] + logp.reshape(r, beams, width_k)  # (R, beams, K); dead: -inf
             top_scores, top_idx = cand_scores.reshape(r, -1).topk(min(w, beams * width_k), dim=1)
             parent = top_idx // width_k
             token = tokens.reshape(r, -1).gather(1, top_idx)
@@ -750,18 +753,17 @@ class LLMPolicy(nn.Module):
                 bound = scores.max(dim=1).values
                 if bool((bound <= fin_scores[:, -1]).all()):
                     break
-            # Reorder the cache to the surviving parents and feed the chosen tokens.
-            beams = scores.shape[1]
-            prev_beams = attn.shape[0] // r
-            rows = (torch.arange(r, device=dev)[:, None] * prev_beams + parent).reshape(-1)
-            if prev_beams == 1:
-                cache.batch_repeat_interleave(beams)
-                attn = attn.repeat_interleave(beams, dim=0)
-            else:
-                cache.reorder_cache(rows)
-                attn = attn[rows]
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            hidden, cache = self._forward(token.reshape(-1, 1).clamp(min=0), attn, cache)
+            # Keep the cache rows of the live beams' parents (a live beam's parent was live) and feed
+            # the live beams' tokens.
+            prev_beams, beams = beams, scores.shape[1]
+            row_of = torch.full((r * prev_beams,), -1, dtype=torch.long, device=dev)
+            row_of[live] = torch.arange(len(live), device=dev)
+            live = torch.nonzero(still.reshape(-1)).squeeze(1)
+            parent_flat = (torch.arange(r, device=dev)[:, None] * prev_beams + parent).reshape(-1)
+            rows = row_of[parent_flat[live]]
+            cache.reorder_cache(rows)
+            attn = torch.cat([attn[rows], torch.ones_like(attn[rows][:, :1])], dim=1)
+            hidden, cache = self._forward(token.reshape(-1)[live, None], attn, cache)
             h = hidden[:, -1]
         return fin_states.cpu().numpy(), fin_scores.float().cpu().numpy()
 
@@ -879,6 +881,13 @@ class LLMPolicy(nn.Module):
         for i, s in enumerate(seqs):  # per item (not a hot path): building padded targets
             out[i, : len(s)] = s
         return out
+
+
+@functools.cache
+def _cache_keyword(trunk_class: type) -> str:
+    """The KV cache's argument name: ``cache`` since transformers 5.x (``past_key_values`` deprecated
+    there), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(trunk_class.forward).parameters else "past_key_values"
 
 
 def _as_long(values: Any, device: torch.device) -> torch.Tensor:

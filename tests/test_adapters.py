@@ -262,6 +262,17 @@ def test_save_load_restores_base_and_adapters_exactly(pretrained, task, kind, mo
     assert (tmp_path / "p" / ADAPTER_FILE).exists()
 
 
+def assert_same_beams(got: tuple, want: tuple, atol: float = 1e-5) -> None:
+    """The same items with the same scores, best first; two items may trade places only where their
+    scores tie within ``atol`` (merged weights change logits in the last float32 bits)."""
+    np.testing.assert_allclose(got[1], want[1], atol=atol)
+    for items, scores, other, other_scores in zip(got[0], got[1], want[0], want[1]):
+        score_of = dict(zip(other.tolist(), other_scores.tolist()))
+        for item, score, theirs in zip(items.tolist(), scores.tolist(), other.tolist()):
+            if item != theirs:
+                assert item in score_of and abs(score_of[item] - score) <= atol, (item, theirs, score)
+
+
 def test_merged_lora_gives_the_same_logprobs_and_beams_and_restores_weights_exactly(pretrained, task):
     policy = load(pretrained, task, "llama", "lora")
     with torch.no_grad():
@@ -283,11 +294,10 @@ def test_merged_lora_gives_the_same_logprobs_and_beams_and_restores_weights_exac
     assert not q_proj.merged
     assert all(torch.equal(v, before[k]) for k, v in policy.model.state_dict().items())
     torch.testing.assert_close(merged_logp, unmerged_logp, atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(merged[0], unmerged[0])
-    np.testing.assert_allclose(merged[1], unmerged[1], atol=1e-5)
+    assert_same_beams(merged, unmerged)
     assert not torch.allclose(unmerged_logp, batch_logprobs(load(pretrained, task, "llama"), task))
     policy.merge_at_inference = True  # beam search merging by itself: same beams
-    np.testing.assert_array_equal(policy.beam_search(prompts, lens, width=8)[0], unmerged[0])
+    assert_same_beams(policy.beam_search(prompts, lens, width=8), unmerged)
     # For good: a plain model with the same log-probs, every weight trainable, no adapter file.
     policy.merge_adapters()
     assert policy.adapter is None
