@@ -29,6 +29,11 @@ against rollouts for the RL agents and MaskablePPO; see :mod:`agents.bench_repor
 ``runs/<agent>-seed<s>/`` with each run's ``metrics.jsonl`` and checkpoints (a rerun into the same
 folder resumes them).
 
+Under ``torchrun`` (``torchrun --nproc-per-node N -m agents.cli bench ...``) the SFT start, every
+RL run and every test run data-parallel (:mod:`agents.distributed`); the classic baselines and
+MaskablePPO are single-process models that every rank trains alike; rank 0 alone locks ``--out``,
+writes and prints.
+
 Plug-ins: a Python file or module that calls :func:`agents.learners.register_learner` when imported
 (``--plugin``) adds an RL agent; see ``examples/reinforce_plugin.py``.
 """
@@ -424,8 +429,15 @@ def run_bench(
     if preset.name == "paper" and any(a.kind in ("sft", "rl") for a in agents) and not (preset.model or sft):
         raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
                          "or --sft DIR")
-    with RunLock(out):
-        return _run_bench(preset, agents, seeds, out, task_overrides, sft, device, progress, restart)
+    from contextlib import ExitStack
+
+    from agents import distributed as dist
+
+    with ExitStack() as stack:
+        with dist.on_main(f"locking {out}") as main:  # under torchrun rank 0 alone locks and writes
+            if main:
+                stack.enter_context(RunLock(out))
+        return _run_bench(preset, agents, seeds, out, task_overrides, sft, device, progress and main, restart)
 
 
 def _run_bench(
@@ -434,6 +446,7 @@ def _run_bench(
 ) -> dict[str, Any]:
     import torch
 
+    from agents import distributed as dist
     from agents.bench_report import machine_info, write_report
     from agents.build import build_policy, make_task, write_json
     from agents.checkpoint import write_folder_atomically
@@ -441,7 +454,8 @@ def _run_bench(
     from agents.policy import LLMPolicy
     from agents.tracking import write_atomically
 
-    if restart:  # the runs start over in train_sft / train_rl; the bench's own outputs go now
+    main = dist.is_main()
+    if restart and main:  # the runs start over in train_sft / train_rl; the bench's own outputs go now
         for name in ("results.json", "results.md", "metrics.png", "curves.png"):
             (out / name).unlink(missing_ok=True)
         if (out / "sft" / "final").is_dir():
@@ -488,7 +502,9 @@ def _run_bench(
             results["sft"] = _train_sft(policy, tasks, preset, seeds[0], out / "sft", progress, restart,
                                         _run_info(preset, task))
             sft_dir = out / "sft" / "final"  # the best-on-valid weights train_sft ends with
-            write_folder_atomically(sft_dir, policy.save_pretrained)
+            with dist.on_main(f"saving {sft_dir}") as writing:  # the other ranks read it once written
+                if writing:
+                    write_folder_atomically(sft_dir, policy.save_pretrained)
         else:
             results["sft"] = {"loaded": sft, "config": {"loaded": sft}, "train_seconds": 0.0}
             sft_dir = Path(sft)
@@ -512,8 +528,8 @@ def _run_bench(
             tick -= results["sft"]["train_seconds"]
             record = {"metrics": _test(policy, tasks, preset, progress), "rollouts": 0,
                       "train_seconds": results["sft"]["train_seconds"], "config": results["sft"]["config"]}
-        elif spec.kind == "maskable_ppo":
-            record = _run_maskable_ppo(seed, tasks, preset, run_dir, progress)  # no checkpoints: starts over
+        elif spec.kind == "maskable_ppo":  # no checkpoints: starts over (its log on rank 0 only)
+            record = _run_maskable_ppo(seed, tasks, preset, run_dir if main else None, progress)
         else:
             assert sft_dir is not None
             record = _run_rl(spec, seed, tasks, preset, sft_dir, run_dir, device, progress, restart,
@@ -524,11 +540,13 @@ def _run_bench(
         runs = results["agents"].setdefault(spec.name, {"kind": spec.kind, "runs": {}})["runs"]
         for s in (seeds if not _per_seed(spec) else [seed]):
             runs[str(s)] = {"seed": s, **record, "shared_across_seeds": not _per_seed(spec)}
-        write_atomically(out / "results.json", json.dumps(results, indent=2))  # partial results survive
+        if main:
+            write_atomically(out / "results.json", json.dumps(results, indent=2))  # partial results survive
     bar.close()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print(write_report(results, out))
-    write_json(out / "results.json", results)
+    if main:
+        print(write_report(results, out))
+        write_json(out / "results.json", results)
     return results
 
 
@@ -703,12 +721,13 @@ def _run_rl(
 
 
 def _run_maskable_ppo(
-    seed: int, tasks: SimpleNamespace, preset: BenchPreset, run_dir: Path, progress: bool
+    seed: int, tasks: SimpleNamespace, preset: BenchPreset, run_dir: Path | None, progress: bool
 ) -> dict[str, Any]:
     from agents.baselines.maskable_ppo import MaskablePPOConfig, train_maskable_ppo
     from agents.runs import clear_run
 
-    clear_run(run_dir)  # MaskablePPO keeps no checkpoint: each bench run trains it anew (and logs anew)
+    if run_dir is not None:
+        clear_run(run_dir)  # MaskablePPO keeps no checkpoint: each bench run trains it anew (and logs anew)
     config = MaskablePPOConfig(num_envs=preset.ppo_envs, episodes_per_update=preset.ppo_episodes_per_update,
                                epochs=preset.ppo_epochs, hidden=preset.ppo_hidden,
                                item_tokens=preset.ppo_item_tokens, item_ids=preset.ppo_item_ids, seed=seed,

@@ -448,7 +448,7 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # Commands that run data-parallel under torchrun (the others refuse several processes).
-DISTRIBUTED_COMMANDS = ("sft", "train", "eval")
+DISTRIBUTED_COMMANDS = ("sft", "train", "eval", "bench")
 # Options shared by several commands (task, seed, beam) are not repeated per config.
 SFT_SHARED = ("seed", "progress")
 RL_EXCLUDE = ("seed", "progress", "env_id")

@@ -556,6 +556,39 @@ def test_recgym_sft_under_torchrun_resumes_after_kill_and_rank0_writes(tmp_path)
     assert not (run / "run.lock").exists()
 
 
+def test_recgym_bench_under_torchrun_writes_once_and_tests_exactly(tmp_path):
+    """`torchrun -m agents.cli bench`: the SFT start, RL and tests data-parallel, the classic and
+    MaskablePPO rows on every rank; rank 0 alone prints and writes; the sharded test of the saved
+    SFT start equals one process's on the same weights."""
+    from agents.bench import get_preset
+    from agents.build import make_task
+    from agents.evaluate import evaluate
+    from agents.policy import LLMPolicy
+
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "agents.cli", "bench", "--preset", "ci", "--agents", "popularity,sft,grpo,maskable_ppo", "--seeds",
+           "0", "--sft-steps", "6", "--rl-steps", "2", "--requests-per-step", "4", "--rollouts", "4",
+           "--preset-set", "riser_group=2", "--preset-set", "ppo_episodes_per_update=16",
+           "--test-requests", "20", "--eval-requests", "10", "--quiet", "--out", str(out)]
+    done = subprocess.run(cmd, env=_env(RECGYM_DATA_DIR=str(tmp_path / "cache")), cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.stdout.count("| grpo |") == 1 and done.stdout.count("| maskable_ppo |") == 1  # rank 0 only
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["agents"]) == ["popularity", "sft", "grpo", "maskable_ppo"]
+    for name, agent in results["agents"].items():
+        assert agent["runs"]["0"]["metrics"]["requests"] == 20, name  # the shards gathered
+    assert results["agents"]["grpo"]["runs"]["0"]["rollouts"] == 2 * 4 * 4
+    assert not (out / "run.lock").exists()
+    assert (out / "runs" / "maskable_ppo-seed0" / "metrics.jsonl").exists()
+    preset = get_preset("ci")
+    test = make_task(preset.env, "test", preset.task)
+    start = LLMPolicy.from_pretrained(out / "sft" / "final")
+    one = evaluate(start, test, beam=preset.beam, max_requests=20, seed=preset.test_seed, progress=False)
+    assert results["agents"]["sft"]["runs"]["0"]["metrics"] == one
+
+
 # -- the scenarios, run by each rank ------------------------------------------------------------------
 
 
