@@ -565,7 +565,7 @@ class LLMPolicy(nn.Module):
         trunk = self.model.model
         out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                     use_cache=use_cache, **{_cache_keyword(type(trunk)): cache})
-        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
+        return out.last_hidden_state, (out["cache"] if "cache" in out else out.past_key_values)
 
     def allowed_logits(
         self, hidden: torch.Tensor, states: torch.Tensor, temperature: float = 1.0
