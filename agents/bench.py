@@ -214,14 +214,13 @@ PRESETS: dict[str, BenchPreset] = {
         rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
         rl_eval_every=10, eval_requests=None, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
         ppo_episodes_per_update=16, ppo_hidden=64),
-    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: 36 min on 2 CPU cores (one
-    # thread, the other core busy) for popularity, sasrec, sft, simpo, grpo, riser and
-    # maskable_ppo with 2 seeds (results/bench-cpu-games/results.json). The prompt
-    # keeps the last 5 history items: 1.4x faster SFT steps than 10 (0.36 against 0.49 s on one
-    # thread), so 2,000 SFT steps fit (after 800 the policy hit nothing on valid; after 2,000 it
-    # reaches popularity's test HR@10, about 0.012: a small LM from scratch learns little more of
-    # Games on 2 cores). RL 1.4-1.9 s/step, beam-20 test 0.03-0.045 s/request, SASRec 47
-    # s/epoch, MaskablePPO 6.5 s per 1,024 episodes (one thread, the other core busy).
+    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: 1 h 52 min on one CPU thread (the
+    # other core busy) for popularity, sasrec, sft, simpo, grpo, riser and maskable_ppo with 3 seeds
+    # (results/bench-cpu-games/results.json): SFT 29 min (2,000 steps and 4 validations of 2,000
+    # requests), then per seed SASRec 2 min, each RL agent 6-7 min (100 steps of 1.6-1.9 s, 3
+    # validations, a beam-50 test of 1,000 requests), MaskablePPO 5 min. The prompt keeps the last
+    # 5 history items: 1.4x faster SFT steps than 10 (0.36 against 0.49 s on one thread), so 2,000
+    # SFT steps fit; the from-scratch policy stays below popularity (HR@10 .008 against .015).
     "cpu": BenchPreset(
         name="cpu", env="RecGen-Games-v0", task={"max_history": 5}, model_preset="small", sft_steps=2000,
         sft_batch_size=32, sft_lr=2e-3, sft_eval_every=500, rl_steps=100, requests_per_step=16,
