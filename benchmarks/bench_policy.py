@@ -39,6 +39,19 @@ from recgym.envs import RecGenTask
 QWEN2_VOCAB = 151_936
 
 
+def title_policy(dataset: str, model: str | None, preset: str) -> tuple[RecGenTask, LLMPolicy]:
+    """The test split's titles and a policy: a real LM (``model``, its own tokenizer writes the titles)
+    or the offline ``preset`` with its output layer padded to Qwen2's 151,936 rows."""
+    if model:
+        from agents.build import build_policy, make_task
+
+        task = make_task("RecGen-v0", "test", {"dataset": dataset, "representation": "title"},
+                         tokenizer=model)
+        return task, build_policy(task.items, model=model, device="cpu")
+    task = RecGenTask(dataset, split="test", representation="title")
+    return task, LLMPolicy.from_config(preset, task.items, seed=0, vocab_size=QWEN2_VOCAB, device="cpu")
+
+
 def dict_trie(sequences: list[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
     """Prefix tuple -> allowed next tokens: the reference implementations' constraint table."""
     table: dict[tuple[int, ...], set[int]] = {}
@@ -136,15 +149,7 @@ def main() -> None:
     suffix = f"-{Path(args.model).name}" if args.model else ""
     args.out = args.out or f"benchmarks/results/policy{suffix}.json"
     torch.manual_seed(0)
-    if args.model:
-        from agents.build import build_policy, make_task
-
-        task = make_task("RecGen-v0", "test", {"dataset": args.dataset, "representation": "title"},
-                         tokenizer=args.model)
-        policy = build_policy(task.items, model=args.model, device="cpu")
-    else:
-        task = RecGenTask(args.dataset, split="test", representation="title")
-        policy = LLMPolicy.from_config(args.preset, task.items, seed=0, vocab_size=QWEN2_VOCAB, device="cpu")
+    task, policy = title_policy(args.dataset, args.model, args.preset)
     policy.model.eval()
     rows = np.arange(args.requests)
     prompt_ids, prompt_len = task.prompt_tokens(rows)

@@ -14,7 +14,7 @@ GRPO loss (PPO-clip, token mean, stored old log-probs):
 Both give the same loss and gradients (checked here, and on a tiny model by a test). Writes
 ``benchmarks/results/update.json``.
 
-    python benchmarks/bench_update.py [--dataset office-d3] [--requests 16] [--group 16]
+    python benchmarks/bench_update.py [--dataset office-d3] [--requests 16] [--group 16] [--model NAME]
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_policy import title_policy  # the same policies as the rollout / beam benchmark
 
 from agents.learners.base import group_advantages
 from agents.learners.grpo import aggregate, clipped_token_loss
 from agents.policy import LLMPolicy, make_rollout_env
-from recgym.envs import RecGenTask
-
-QWEN2_VOCAB = 151_936
 
 
 def grpo_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, total: int,
@@ -46,7 +44,8 @@ def grpo_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: to
 
 def trl_logprobs(policy: LLMPolicy, prompts: np.ndarray, lens: np.ndarray, responses: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-sequence recompute with full-vocabulary logits, masked to the allowed tokens."""
+    """Full-sequence recompute with full-vocabulary logits (masked to the allowed tokens and
+    renormalised under the constrained objective, as ours then is)."""
     ids, attn = policy.left_pad(prompts, lens)
     states = torch.as_tensor(policy.tree.path_states(responses.numpy()))
     mask = states >= 0
@@ -56,8 +55,11 @@ def trl_logprobs(policy: LLMPolicy, prompts: np.ndarray, lens: np.ndarray, respo
     t = responses.shape[1]
     logits = policy.model(input_ids=full_ids, attention_mask=full_attn, position_ids=positions,
                           logits_to_keep=t + 1, use_cache=False).logits[:, :-1].float()
-    allowed = policy.tables.mask(states[mask], vocab_size=logits.shape[-1])
-    logp_all = torch.log_softmax(logits[mask].masked_fill(~allowed, float("-inf")), dim=-1)
+    scored = logits[mask]
+    if not policy.full_vocab:
+        allowed = policy.tables.mask(states[mask], vocab_size=logits.shape[-1])
+        scored = scored.masked_fill(~allowed, float("-inf"))
+    logp_all = torch.log_softmax(scored, dim=-1)
     logp = torch.zeros(mask.shape)
     logp[mask] = logp_all.gather(1, responses[mask][:, None]).squeeze(1)
     return logp, mask
@@ -67,15 +69,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="office-d3")
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--model", help="a real causal LM instead of the padded preset (e.g. smollm2-135m)")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=32, help="rows per TRL micro-batch")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/update.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/update[-MODEL].json")
     args = parser.parse_args()
+    suffix = f"-{Path(args.model).name}" if args.model else ""
+    args.out = args.out or f"benchmarks/results/update{suffix}.json"
     torch.manual_seed(0)
-    task = RecGenTask(args.dataset, split="test", representation="title")
-    policy = LLMPolicy.from_config(args.preset, task.items, seed=0, vocab_size=QWEN2_VOCAB, device="cpu")
+    task, policy = title_policy(args.dataset, args.model, args.preset)
     r, n = args.requests, args.group
     envs = make_rollout_env(task, r * n)
     ro = policy.rollout(envs, group_size=n, rows=np.arange(r), generator=torch.Generator().manual_seed(0))
@@ -120,7 +124,8 @@ def main() -> None:
     grad_diff = max(float((a - b).abs().max()) for a, b in zip(grads_ours, grads_trl))
     grad_scale = max(float(b.abs().max()) for b in grads_trl)
     out = {
-        "dataset": args.dataset, "preset": args.preset, "model_vocab": QWEN2_VOCAB,
+        "dataset": args.dataset, "model": args.model or f"{args.preset} (padded to Qwen2's vocabulary)",
+        "objective": policy.objective, "model_vocab": policy.model.get_input_embeddings().weight.shape[0],
         "requests": r, "group": n, "prompt_tokens_mean": float(lens.mean()),
         "response_tokens_mean": float(ro.mask.sum(1).float().mean()), "trl_micro_batch": args.micro_batch,
         "seconds": {"recgym": t_ours, "trl": t_trl}, "speedup": t_trl / t_ours,
