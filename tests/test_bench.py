@@ -112,25 +112,33 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     assert not (tmp_path / "x").exists()  # nothing ran
 
 
+def tiny_title_lm(folder, layers: int) -> tuple:
+    """A tiny tied Qwen2 (a Hugging Face folder with the synthetic titles' tokenizer) standing in for a
+    pretrained LM, and the synthetic title task options it reads: ``(folder, task)``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agents.build import make_task
+
+    small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
+    task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}
+    tokenizer = make_task("RecGen-Synthetic-v0", "train", task).items.tokenizer
+    tokenizer.save_pretrained(folder)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                         tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder, task
+
+
 def test_paper_preset_runs_from_a_local_pretrained_lm(tmp_path):
     """The paper preset's path: --model DIR (a Hugging Face folder), titles tokenized by its tokenizer.
 
     A tiny Qwen2 stands in for Qwen2-1.5B and synthetic titles for Games (no weights, raw Games
     download or GPU here); every preset knob but the scale and the data is the paper's.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from agents.build import make_task
     from agents.policy import LLMPolicy
 
-    small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
-    task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}
-    tokenizer = make_task("RecGen-Synthetic-v0", "train", task).items.tokenizer
-    lm = tmp_path / "lm"
-    tokenizer.save_pretrained(lm)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(lm)
+    lm, task = tiny_title_lm(tmp_path / "lm", layers=1)
     out = tmp_path / "bench"
     assert main(["bench", "--preset", "paper", "--model", str(lm), "--env", "RecGen-Synthetic-v0",
                  "--preset-set", "task=" + json.dumps(task), "--preset-set", "riser_group=4",
@@ -151,20 +159,11 @@ def test_llm_preset_trains_adapters_on_valid_and_tests_the_zero_shot_model(tmp_p
 
     A tiny Qwen2 stands in for SmolLM2-135M and synthetic titles for office-d3.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from agents.build import make_task
     from agents.evaluate import evaluate
     from agents.policy import LLMPolicy
 
-    small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
-    task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}
-    tokenizer = make_task("RecGen-Synthetic-v0", "train", task).items.tokenizer
-    lm = tmp_path / "lm"
-    tokenizer.save_pretrained(lm)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(lm)
+    lm, task = tiny_title_lm(tmp_path / "lm", layers=2)
     out = tmp_path / "bench"
     assert main(["bench", "--preset", "cpu-llm", "--model", str(lm), "--env", "RecGen-Synthetic-v0",
                  "--preset-set", "task=" + json.dumps(task), "--preset-set", 'adapters={"lora_r": 2}',
