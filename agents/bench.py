@@ -413,7 +413,7 @@ def run_bench(
     Example:
         >>> # run_bench(PRESETS["ci"], parse_agents("popularity,sft,grpo", PRESETS["ci"]), [0], "runs/b")
     """
-    from agents.runs import RunLock
+    from agents.runs import lock_on_main
 
     out = Path(out)
     seeds = list(seeds)
@@ -428,14 +428,7 @@ def run_bench(
     if preset.name == "paper" and any(a.kind in ("sft", "rl") for a in agents) and not (preset.model or sft):
         raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
                          "or --sft DIR")
-    from contextlib import ExitStack
-
-    from agents import distributed as dist
-
-    with ExitStack() as stack:
-        with dist.on_main(f"locking {out}") as main:  # under torchrun rank 0 alone locks and writes
-            if main:
-                stack.enter_context(RunLock(out))
+    with lock_on_main(out) as main:  # under torchrun rank 0 alone locks and writes
         return _run_bench(preset, agents, seeds, out, task_overrides, sft, device, progress and main, restart)
 
 

@@ -24,7 +24,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -378,15 +378,13 @@ def _locked_out(args: argparse.Namespace, outputs: Sequence[str]) -> Iterator[No
     Under ``torchrun`` rank 0 alone locks and clears; a failure there stops every rank.
     """
     from agents import distributed as dist
-    from agents.runs import RunLock
+    from agents.runs import lock_on_main
 
-    with ExitStack() as stack:
-        with dist.on_main(f"locking {args.out}") as main:
-            if main:
-                stack.enter_context(RunLock(args.out))
-                if args.restart:
-                    for name in outputs:
-                        (Path(args.out) / name).unlink(missing_ok=True)
+    with lock_on_main(args.out) as main:
+        with dist.on_main(f"clearing {args.out}"):
+            if main and args.restart:
+                for name in outputs:
+                    (Path(args.out) / name).unlink(missing_ok=True)
         yield
 
 

@@ -432,6 +432,25 @@ def open_run(
 
 
 @contextlib.contextmanager
+def lock_on_main(folder: str | os.PathLike[str]) -> Iterator[bool]:
+    """Hold ``folder``'s :class:`RunLock` for the block on rank 0 alone; yields ``is_main()``.
+
+    Under ``torchrun`` a failure to lock (the folder in use) reaches every rank, and the other ranks
+    start the block only once rank 0 holds the lock. A single process simply holds the lock.
+
+    Example:
+        >>> # with lock_on_main("runs/bench") as main: ...
+    """
+    from agents import distributed as dist
+
+    with contextlib.ExitStack() as stack:
+        with dist.on_main(f"locking {folder}") as main:
+            if main:
+                stack.enter_context(RunLock(folder))
+        yield main
+
+
+@contextlib.contextmanager
 def open_run_on_main(
     run: str | os.PathLike[str], fingerprint: Mapping[str, Any], *, restart: bool = False
 ) -> Iterator[bool]:
@@ -704,7 +723,7 @@ __all__ = [
     "CatalogueMismatchError", "CheckpointError", "DivergedError", "FINGERPRINT_FILE", "LOCK_FILE",
     "RUN_OUTPUTS", "RunError", "RunLock", "RunLockedError", "RunMismatchError", "catalogue_fingerprint",
     "check_finite", "check_finite_weights", "check_policy_task", "check_run_folder", "clear_run",
-    "config_fingerprint", "differences", "flatten", "items_fingerprint", "open_run", "open_run_on_main",
-    "read_fingerprint", "run_fingerprint", "sampler_fingerprint", "saved_note", "task_fingerprint",
-    "weights_fingerprint",
+    "config_fingerprint", "differences", "flatten", "items_fingerprint", "lock_on_main", "open_run",
+    "open_run_on_main", "read_fingerprint", "run_fingerprint", "sampler_fingerprint", "saved_note",
+    "task_fingerprint", "weights_fingerprint",
 ]
