@@ -83,10 +83,7 @@ def save_checkpoint(
         >>> # save_checkpoint("runs/x/checkpoint", policy, {"step": 10, "optimizer": opt.state_dict()})
     """
     def write(tmp: Path) -> None:
-        if model_state is None:
-            policy.save_pretrained(tmp)
-        else:
-            policy.save_pretrained(tmp, state_dict=model_state)
+        policy.save_pretrained(tmp, state_dict=model_state)
         torch.save(trainer_state, tmp / STATE_FILE)
 
     return write_folder_atomically(path, write)

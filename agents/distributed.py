@@ -541,7 +541,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """
     if not is_distributed():
         return
-    params = [p for p in params if not _sharded(p)]  # FSDP reduce-scatters its own (agents.fsdp)
+    params = [p for p in params if not is_dtensor(p)]  # FSDP reduce-scatters its own (agents.fsdp)
     has = all_sum([float(p.grad is not None) for p in params]) if params else np.zeros(0)
     active = [p for p, h in zip(params, has) if h > 0]
     for p in active:
@@ -560,8 +560,13 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
                 offset += q.grad.numel()
 
 
-def _sharded(tensor: Any) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (a parameter or gradient that FSDP shards over the ranks)."""
+def is_dtensor(tensor: Any) -> bool:
+    """Whether ``tensor`` is a sharded ``DTensor`` (a parameter, gradient or moment of an FSDP block).
+
+    Example:
+        >>> is_dtensor(torch.zeros(2))
+        False
+    """
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed tensors
@@ -587,10 +592,10 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tor
         (5.0, [0.6, 0.8])
     """
     params = [p for p in params if p.grad is not None]
-    sharded = [p.grad for p in params if _sharded(p.grad)]
+    sharded = [p.grad for p in params if is_dtensor(p.grad)]
     if not sharded:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    replicated = [p.grad for p in params if not _sharded(p.grad)]
+    replicated = [p.grad for p in params if not is_dtensor(p.grad)]
     locals_ = [g.to_local() for g in sharded]
     device = locals_[0].device
 
@@ -729,6 +734,7 @@ def stop_all_on_error() -> Iterator[None]:
 
 __all__ = ["DistributedError", "World", "abort", "agree", "all_gather_objects", "all_sum", "barrier",
            "broadcast_object", "broadcast_parameters", "cleanup", "clip_grad_norm", "default_backend",
-           "gather_rows", "global_cat", "global_sum", "init", "is_distributed", "is_main", "launch_env",
-           "local_rank", "loss_sync", "mean_over_ranks", "minibatch_shards", "on_main", "rank", "rank_seed",
-           "shard_slice", "stop_all_on_error", "sum_gradients", "timeout_seconds", "world", "world_size"]
+           "gather_rows", "global_cat", "global_sum", "init", "is_distributed", "is_dtensor", "is_main",
+           "launch_env", "local_rank", "loss_sync", "mean_over_ranks", "minibatch_shards", "on_main", "rank",
+           "rank_seed", "shard_slice", "stop_all_on_error", "sum_gradients", "timeout_seconds", "world",
+           "world_size"]

@@ -61,23 +61,10 @@ import torch
 from torch import nn
 
 from agents import distributed as dist
+from agents.distributed import is_dtensor  # re-exported: FSDP's sharded tensors
 
 FLAG = "fsdp=True (--fsdp)"
 _SHARDED: weakref.WeakKeyDictionary[nn.Module, Sharded] = weakref.WeakKeyDictionary()
-
-
-def is_dtensor(tensor: Any) -> bool:
-    """Whether ``tensor`` is a sharded ``DTensor`` (a parameter, gradient or moment of an FSDP block).
-
-    Example:
-        >>> is_dtensor(torch.zeros(2))
-        False
-    """
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed tensors
-        return False
-    return isinstance(tensor, DTensor)
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:

@@ -636,7 +636,7 @@ def check_finite_weights(model: Any, where: str, step: int, lr: float, saved: st
     import torch
 
     from agents import distributed as dist
-    from agents.fsdp import is_dtensor
+    from agents.distributed import is_dtensor
 
     bad, sharded = None, False
     for name, tensor in model.state_dict().items():
