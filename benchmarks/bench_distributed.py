@@ -537,13 +537,6 @@ def flop_check(sizes: dict[str, int], vocab: int, *, sft_rows: int = 8, requests
 # -- this CPU: GEMM peak, eager dispatch per forward, and the formula against measured step times -------
 
 
-def gemm_peak(size: int = 2048, repeats: int = 3) -> float:
-    """Float32 GEMM FLOP/s on the current threads (as ``bench_policy.gemm_peak``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    return 2 * size ** 3 / min(timed(lambda: a @ b) for _ in range(repeats))
-
-
 def dispatch_seconds(items: Any, layers: int, steps: int = 20, repeats: int = 5) -> float:
     """Seconds of one decode forward (1 row, 1 token) of a d=64 Qwen2 of ``layers`` blocks: its dispatch."""
     from agents.policy import LLMPolicy
@@ -891,7 +884,9 @@ def paper_estimate() -> None:
     for name, (sizes, vocab) in CHECK_MODELS.items():
         measured["flop_check"][name] = flop_check(sizes, vocab)
         print(f"counted {name}", file=sys.stderr)
-    peak = gemm_peak()
+    from bench_policy import gemm_peak  # the same measurement as the rollout benchmark's
+
+    peak = gemm_peak(torch.get_num_threads(), repeats=3)
     items = RecGenTask("synthetic", split="train", representation="sid", vocab_size=400,
                        dataset_kwargs={"num_items": 300, "num_users": 400}).items
     d2, d8 = dispatch_seconds(items, 2), dispatch_seconds(items, 8)
