@@ -47,6 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents import distributed as dist  # noqa: E402
+from agents.policy import length_buckets  # noqa: E402
+
+# The policy's default (LLMPolicy.bucket_padding): teacher forcing runs rows in length buckets.
+BUCKET_PADDING = 0.1
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -296,25 +300,39 @@ def total_flops(shape: ModelShape, calls: list[Call]) -> float:
 # -- the code paths as lists of calls (the same functions for the small models and for Qwen2-1.5B) -----
 
 
-def sft_calls(rows: int, prompt_pad: int, resp_lens: np.ndarray, width: int, vocab: int) -> list[Call]:
-    """``sft_loss`` (``LLMPolicy.sequence_logprobs``): one pass over [left-padded prompt; target] per
-    row, the full-vocabulary head at every real target token, then backward."""
-    seq = prompt_pad + width
-    return [Call("trunk", rows, seq, seq, train=True),
-            Call("head_full", int(np.sum(resp_lens)), width=vocab, train=True)]
+def sft_calls(prompt_lens: np.ndarray, resp_lens: np.ndarray, vocab: int,
+              padding: float | None = BUCKET_PADDING) -> list[Call]:
+    """``sft_loss`` (``LLMPolicy.sequence_logprobs``): [prompt; target] rows in length buckets, each
+    bucket one pass padded to its longest prompt and target; the full-vocabulary head at every real
+    target token; then backward."""
+    prompt_lens, resp_lens = np.asarray(prompt_lens), np.asarray(resp_lens)
+    calls = []
+    for rows in length_buckets(prompt_lens + resp_lens, padding):
+        seq = int(prompt_lens[rows].max() + resp_lens[rows].max())
+        calls.append(Call("trunk", len(rows), seq, seq, train=True))
+    return [*calls, Call("head_full", int(resp_lens.sum()), width=vocab, train=True)]
 
 
-def group_logprob_calls(groups: int, prompt_pad: int, resp_lens: np.ndarray, width: int, vocab: int,
-                        train: bool) -> list[Call]:
-    """``LLMPolicy.group_logprobs``: each prompt once (its first token's head once per prompt), then the
-    responses' tokens 1..width-1 on the expanded prompt cache, the head at their real tokens."""
-    calls = [Call("trunk", groups, prompt_pad, prompt_pad, train=train),
-             Call("head_full", groups, width=vocab, train=train)]
-    if width > 1:
-        calls += [Call("trunk", len(resp_lens), width - 1, prompt_pad + width - 1, train=train),
-                  Call("head_full", int(np.maximum(np.asarray(resp_lens) - 1, 0).sum()), width=vocab,
-                       train=train)]
-    return calls
+def group_logprob_calls(prompt_lens: np.ndarray, resp_lens: np.ndarray, group_of: np.ndarray, vocab: int,
+                        train: bool, padding: float | None = BUCKET_PADDING) -> list[Call]:
+    """``LLMPolicy.group_logprobs``: each prompt once, in length buckets (its first token's head once
+    per prompt), then the responses' tokens 1..T-1 in length buckets on the expanded prompt cache
+    (trimmed to the bucket's longest prompt), the head at their real tokens.
+
+    ``prompt_lens`` per group, ``resp_lens`` and ``group_of`` (its group) per response.
+    """
+    prompt_lens, resp_lens, group_of = np.asarray(prompt_lens), np.asarray(resp_lens), np.asarray(group_of)
+    calls = []
+    for rows in length_buckets(prompt_lens, padding):
+        pad = int(prompt_lens[rows].max())
+        calls.append(Call("trunk", len(rows), pad, pad, train=train))
+    calls.append(Call("head_full", len(prompt_lens), width=vocab, train=train))
+    for rows in length_buckets(resp_lens, padding):
+        width, pad = int(resp_lens[rows].max()), int(prompt_lens[group_of[rows]].max())
+        if width > 1:
+            calls.append(Call("trunk", len(rows), width - 1, pad + width - 1, train=train))
+    scored = int(np.maximum(resp_lens - 1, 0).sum())
+    return [*calls, Call("head_full", scored, width=vocab, train=train)] if scored else calls
 
 
 def rollout_calls(requests: int, prompt_pad: int, lens: np.ndarray, allowed: list[int]) -> list[Call]:
@@ -454,8 +472,7 @@ def flop_check(sizes: dict[str, int], vocab: int, *, sft_rows: int = 8, requests
     _, flops, calls = counted((policy,), sft)
     _, prompt_len = task.prompt_tokens(rows)
     targets = policy.item_responses(task.examples.target[rows])
-    model = sft_calls(len(rows), int(prompt_len.max()), (targets >= 0).sum(axis=1), targets.shape[1],
-                      shape.vocab)
+    model = sft_calls(prompt_len, (targets >= 0).sum(axis=1), shape.vocab)
     add("sft_step", f"{len(rows)} sequences, forward + backward", flops, calls, model, sft)
     phases["sft_step"]["measured_forward_flops"] = float(forward_only.get_total_flops())
     policy.model.zero_grad(set_to_none=True)
@@ -483,16 +500,15 @@ def flop_check(sizes: dict[str, int], vocab: int, *, sft_rows: int = 8, requests
         update(policy, learner, batch.split(cfg.minibatches), optimizer, params, cfg, 0)
 
     _, flops, calls = counted((policy, reference), rl_update)
-    pad = batch.prompt_ids.shape[1]
-    model = 2 * group_logprob_calls(batch.num_groups, pad, batch.mask.sum(dim=1).numpy(),
-                                    batch.responses.shape[1], shape.vocab, False)
+    model = 2 * group_logprob_calls(batch.prompt_mask.sum(dim=1).numpy(), batch.mask.sum(dim=1).numpy(),
+                                    batch.group_index.numpy(), shape.vocab, False)
     for mb in batch.split(cfg.minibatches):
         failed = ~mb.hits.reshape(mb.num_groups, -1).any(dim=1)
-        lens, width = mb.mask.sum(dim=1).numpy(), mb.responses.shape[1]
+        lens, group_of = mb.mask.sum(dim=1).numpy(), mb.group_index.numpy()
         if bool(failed.any()):
             lens = np.concatenate([lens, (mb.chosen[failed] >= 0).sum(dim=1).numpy()])
-            width = max(width, mb.chosen.shape[1])
-        model += group_logprob_calls(mb.num_groups, pad, lens, width, shape.vocab, True)
+            group_of = np.concatenate([group_of, torch.nonzero(failed).squeeze(1).numpy()])
+        model += group_logprob_calls(mb.prompt_mask.sum(dim=1).numpy(), lens, group_of, shape.vocab, True)
     add("rl_update", f"{batch.num_groups} groups of {group} (from {oversample}): reference + behaviour "
         "log-probs, 2 minibatches forward + backward", flops, calls, model, rl_update)
 
@@ -752,8 +768,7 @@ def estimate(shape: ModelShape, data: dict[str, Any], preset: Any, gpu: dict[str
         rows = rng.choice(len(prompt), preset.sft_batch_size, replace=False)
         ranks = []
         for shard in np.array_split(rows, n):
-            width = int(target[shard].max())
-            calls = sft_calls(len(shard), int(prompt[shard].max()), target[shard], width, vocab)
+            calls = sft_calls(prompt[shard], target[shard], vocab)
             ranks.append(gpu_seconds(shape, calls, gpu, launch))
             acc["sft"] += total_flops(shape, calls) / trials
             acc["sft_tokens"] += _tokens(calls) / trials / n
@@ -769,22 +784,22 @@ def estimate(shape: ModelShape, data: dict[str, Any], preset: Any, gpu: dict[str
             lens = rng.choice(target, size=(len(mine), m))
             roll = rollout_calls(len(mine), pad, lens.ravel(), allowed)
             kept = lens[:, :g]  # RISER keeps n of the m samples (their lengths are exchangeable)
-            logp = 2 * group_logprob_calls(len(mine), pad, kept.ravel(), int(lens.max()), vocab, False)
+            logp = 2 * group_logprob_calls(prompt[mine], kept.ravel(), np.repeat(np.arange(len(mine)), g),
+                                           vocab, False)
             pre.append((gpu_seconds(shape, roll, gpu, launch), gpu_seconds(shape, logp, gpu, launch)))
             acc["rollout"] += total_flops(shape, roll) / trials
             acc["logprobs"] += total_flops(shape, logp) / trials
-            chosen_width = int(target[mine].max())
             start = 0
             for j, part in enumerate(shards):
                 groups = np.arange(start, start + len(part))
                 start += len(part)
                 lens_mb = kept[groups].ravel()
+                group_of = np.repeat(np.arange(len(part)), g)
                 failed = int(round(len(part) * ASSUMED["failed_group_fraction"]))
-                width = int(lens_mb.max())
-                if failed:
+                if failed:  # SimPO's chosen item rides along for the failed groups
                     lens_mb = np.concatenate([lens_mb, target[mine[groups[:failed]]]])
-                    width = max(width, chosen_width)
-                calls = group_logprob_calls(len(part), pad, lens_mb, width, vocab, True)
+                    group_of = np.concatenate([group_of, np.arange(failed)])
+                calls = group_logprob_calls(prompt[mine[groups]], lens_mb, group_of, vocab, True)
                 updates[j] = max(updates[j], gpu_seconds(shape, calls, gpu, launch))
                 acc["update"] += total_flops(shape, calls) / trials
                 acc["update_padded"] += _tokens(calls) / trials

@@ -192,6 +192,7 @@ def test_shared_prompt_update_equals_full_recompute_with_adapters(pretrained, ta
 
 def _graph_below_the_top(policy, task):
     """(requires_grad of each block's output, bytes autograd saved for backward) in one SFT loss."""
+    policy.bucket_padding = None  # one forward of the whole batch: one flag per block
     flags = []
     hooks = [block.register_forward_hook(lambda m, a, out: flags.append(out.requires_grad))
              for block in policy.model.model.layers]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.policy import LLMPolicy, length_buckets, make_rollout_env
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 
@@ -149,3 +149,54 @@ def test_shared_prompt_logprobs_equal_full_recompute_with_gradients(setup, full_
     else:  # the full-vocabulary distribution gives lower log-probs than the constrained one
         constrained = policy.sequence_logprobs(prompts, lens, responses, full_vocab=False)[0].detach()
         assert (shared[0] <= constrained + 1e-6).all() and (shared[0] < constrained - 1e-3).any()
+
+
+def test_length_buckets_partition_rows_and_bound_the_padding():
+    # Hand-computed, max padding 0.1: longest first 10, 9 (19 real of 20 padded); adding 4 gives
+    # 23 real of 30 (23% padding): a new bucket; 4, 3 would be 7 of 8 (12.5%): apart again.
+    assert [b.tolist() for b in length_buckets([10, 3, 9, 4], 0.1)] == [[0, 2], [3], [1]]
+    assert [b.tolist() for b in length_buckets([10, 3, 9, 4], 0.25)] == [[0, 2, 3], [1]]
+    assert [b.tolist() for b in length_buckets([5, 5, 2, 2], 0.0)] == [[0, 1], [2, 3]]
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 52, size=200)
+    buckets = length_buckets(lengths, 0.1)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(200))
+    for rows in buckets:
+        assert lengths[rows].sum() >= 0.9 * len(rows) * lengths[rows].max()
+    assert 1 < len(buckets) < 20
+    with pytest.raises(ValueError, match="max_padding"):
+        length_buckets(lengths, 1.0)
+
+
+@pytest.mark.parametrize("method", ["group", "sequence"])
+def test_length_buckets_give_the_same_logprobs_and_gradients(setup, method):
+    """Teacher forcing bucket by bucket (every distinct length apart) == the whole batch padded."""
+    task, policy = setup
+    envs = make_rollout_env(task, 16)
+    ro = policy.rollout(envs, group_size=4, generator=torch.Generator().manual_seed(4), seed=7)
+    responses = torch.where(ro.mask, ro.tokens, -1)
+    responses[[1, 6]] = -1  # two short responses (one token; the rest padding)
+    responses[[1, 6], 0] = ro.tokens[[1, 6], 0]
+    prompts, lens = task.prompt_tokens(ro.rows)
+    index = np.repeat(np.arange(4), 4)
+
+    def run(padding):
+        policy.bucket_padding = padding
+        policy.model.zero_grad()
+        if method == "group":
+            logp, ent, _ = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses, index)
+        else:
+            logp, ent, _ = policy.sequence_logprobs(prompts, lens, responses)
+        (logp.sum() + 0.3 * ent.sum()).backward()
+        return logp.detach(), ent.detach(), [p.grad.clone() for p in policy.model.parameters()]
+
+    try:
+        whole, bucketed = run(None), run(0.0)
+    finally:
+        policy.bucket_padding = 0.1
+    assert len(length_buckets((responses >= 0).sum(dim=1).numpy(), 0.0)) > 1  # the buckets really split
+    torch.testing.assert_close(bucketed[0], whole[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bucketed[1], whole[1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(bucketed[2], whole[2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
