@@ -20,7 +20,12 @@ renormalising give the same categorical), so rollouts use two savings everywhere
   (``h @ W[U].T``), never for the whole vocabulary (151,936 rows for Qwen2);
 * **shared prompt**: a group of n rollouts of one request runs the prompt once; its KV cache is
   expanded n ways (``DynamicCache.batch_repeat_interleave``) and the first token's distribution,
-  which depends on the prompt only, is computed once per group.
+  which depends on the prompt only, is computed once per group;
+* **reserved KV cache**: decoding writes each new token's keys and values into room allocated
+  once (:func:`reserved_cache`) instead of concatenating, i.e. copying, the cache at every step.
+
+Teacher forcing (SFT, the RL update) runs rows in **length buckets** (:func:`length_buckets`):
+title prompts and titles differ in length by 3-5x, and padding is not computed.
 
 The full vocabulary is needed only where log-probs are scored: the update's response positions
 and each beam step's normaliser (:meth:`LLMPolicy.full_logsumexp`).
@@ -69,6 +74,7 @@ from recgym.items import ItemTokenizer
 PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.configs)
 POLICY_CONFIG = "recgym_policy.json"
 OBJECTIVES = ("full", "constrained")
+KV_ROOM = 16  # spare KV positions of a decoding cache (LLMPolicy._kv_room)
 
 
 @dataclass
@@ -557,6 +563,12 @@ class LLMPolicy(nn.Module):
         left = ids.gather(1, shift.clamp(min=0)).masked_fill(~mask, self.items.pad_token_id)
         return left, mask.long()
 
+    @property
+    def _kv_room(self) -> int:
+        """Spare KV positions a decoding cache keeps (:func:`reserved_cache`): dropping or reordering
+        rows copies the room along, so it stays small; past it the cache grows by the same room."""
+        return min(self.tree.max_depth, KV_ROOM)
+
     def _forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None, *,
         use_cache: bool = True,
@@ -624,7 +636,7 @@ class LLMPolicy(nn.Module):
         obs, info = envs.reset(seed=seed, options=options)
         n, b = group_size, envs.num_envs
         prompt_ids, prompt_mask = self.left_pad(obs["prompt_ids"][::n], obs["prompt_len"][::n])
-        hidden, cache = self._forward(prompt_ids, prompt_mask)
+        hidden, cache = self._forward(prompt_ids, prompt_mask, reserved_cache(self._kv_room))
         # First token: its distribution depends on the prompt only -> computed once per group.
         root = torch.zeros(len(prompt_ids), dtype=torch.long, device=self.device)
         tokens0, logits0 = self.allowed_logits(hidden[:, -1], root, temperature)
@@ -713,7 +725,7 @@ class LLMPolicy(nn.Module):
     ) -> tuple[np.ndarray, np.ndarray]:
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
         ids, attn = self.left_pad(prompt_ids, prompt_len)
-        hidden, cache = self._forward(ids, attn)
+        hidden, cache = self._forward(ids, attn, reserved_cache(self._kv_room))
         h = hidden[:, -1]  # (L, H): the live beams only, in the order of ``live`` below
         # Beams: (R, W) states and scores; start with one live beam per request at the root.
         states = torch.zeros(r, 1, dtype=torch.long, device=dev)
@@ -780,7 +792,8 @@ class LLMPolicy(nn.Module):
         """Log-probs and entropies of given responses under the policy's objective, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
-        One forward over ``[left-padded prompt; response]`` per row: the straightforward way.
+        One forward over ``[left-padded prompt; response]`` per row (rows in length buckets,
+        ``bucket_padding``): the straightforward way.
         :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
         ``full_vocab`` overrides the objective (True: whole vocabulary, as TRL / ReRe train; False:
         renormalised over the allowed tokens; None: the policy's ``objective``).
@@ -816,6 +829,8 @@ class LLMPolicy(nn.Module):
         is expanded to its responses by an index (gradients flow back through the expansion), and
         the first token's distribution, which depends on the prompt alone, is computed once per
         prompt. Only the responses run per row; logits are computed for allowed tokens only.
+        Prompts, then responses, run in length buckets (``bucket_padding``), so padding to the
+        batch's longest prompt or title is not computed.
 
         Example:
             >>> # logp, ent, mask = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses,
@@ -976,6 +991,102 @@ def _new_cache(tensors: list[torch.Tensor], config: Any) -> Any:
     if "ddp_cache_data" not in takes:  # transformers < 4.56
         return DynamicCache.from_legacy_cache(tuple(pairs))
     return DynamicCache(ddp_cache_data=pairs, **({"config": config} if "config" in takes else {}))
+
+
+def reserved_cache(room: int) -> Any:
+    """An empty KV cache whose layers keep ``room`` spare positions for decoding (None before
+    transformers 4.56, whose caches have no layer classes: the model then makes its own).
+
+    Decoding one token at a time, a ``DynamicCache`` concatenates each layer's keys and values with
+    the new ones, i.e. copies the whole cache at every step; these layers write the new token into
+    room allocated once (again only when rows are dropped or reordered, which copy anyway).
+
+    Example:
+        >>> cache = reserved_cache(8)
+        >>> k = torch.zeros(2, 1, 5, 4)
+        >>> keys, _ = cache.update(k, k, 0)
+        >>> keys.shape, cache.layers[0].capacity
+        (torch.Size([2, 1, 5, 4]), 13)
+    """
+    layer = _reserved_layer_class()
+    if layer is None:  # pragma: no cover - transformers < 4.56
+        return None
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = functools.partial(layer, room=room)
+    return cache
+
+
+@functools.cache
+def _reserved_layer_class() -> type | None:
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - transformers < 4.56
+        return None
+
+    class ReservedLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys / values are views of buffers with room for ``room`` more tokens."""
+
+        def __init__(self, room: int = 0) -> None:
+            super().__init__()
+            self.room = room
+            self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        @property
+        def capacity(self) -> int:
+            return 0 if self._buffers is None else self._buffers[0].shape[-2]
+
+        def _owns(self) -> bool:  # keys are still a view of the buffers (nothing replaced them)
+            return (self._buffers is not None and self.keys.data_ptr() == self._buffers[0].data_ptr()
+                    and self.keys.shape[0] == self._buffers[0].shape[0])
+
+        def _adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            self._buffers = (keys, values)
+            self.keys, self.values = keys[..., :length, :], values[..., :length, :]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, new = self.get_seq_length(), key_states.shape[-2]
+            if not self._owns() or n + new > self.capacity:  # (re)allocate once, with room
+                def grown(old: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+                    buf = like.new_empty(*like.shape[:-2], n + new + self.room, like.shape[-1])
+                    if n:
+                        buf[..., :n, :] = old
+                    return buf
+
+                self._buffers = (grown(self.keys, key_states), grown(self.values, value_states))
+            keys, values = self._buffers
+            keys[..., n:n + new, :] = key_states
+            values[..., n:n + new, :] = value_states
+            self._adopt(keys, values, n + new)
+            return self.keys, self.values
+
+        def _select(self, index: torch.Tensor) -> None:
+            if self._owns():  # rows of the buffers (their room comes along): the next token is in place
+                n = self.get_seq_length()
+                keys, values = self._buffers
+                self._adopt(keys.index_select(0, index), values.index_select(0, index), n)
+            elif self.get_seq_length() > 0:
+                self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._select(indices.to(self.keys.device))
+
+        def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+            self._select(beam_idx.to(self.keys.device))
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self._owns():
+                n = self.get_seq_length()
+                keys, values = self._buffers
+                self._adopt(*(x.repeat_interleave(repeats, dim=0) for x in (keys, values)), n)
+            else:
+                super().batch_repeat_interleave(repeats)
+
+    return ReservedLayer
 
 
 @functools.cache
