@@ -21,8 +21,9 @@ renormalising give the same categorical), so rollouts use two savings everywhere
 * **shared prompt**: a group of n rollouts of one request runs the prompt once; its KV cache is
   expanded n ways (``DynamicCache.batch_repeat_interleave``) and the first token's distribution,
   which depends on the prompt only, is computed once per group;
-* **reserved KV cache**: decoding writes each new token's keys and values into room allocated
-  once (:func:`reserved_cache`) instead of concatenating, i.e. copying, the cache at every step.
+* **shared-prefix KV cache** (:mod:`agents.kvcache`): decoding keeps each prompt's keys and
+  values once and attends to them per prompt, and writes each new token into room allocated
+  once instead of concatenating, i.e. copying, the cache at every step.
 
 Teacher forcing (SFT, the RL update) runs rows in **length buckets** (:func:`length_buckets`):
 title prompts and titles differ in length by 3-5x, and padding is not computed.
@@ -66,6 +67,7 @@ from agents.adapters import (
     split_state,
 )
 from agents.configs import MODEL_PRESETS
+from agents.kvcache import reserved_cache, shared_prefix, shared_prefix_cache, supports_shared_prefix
 from recgym.data import Dataset, Examples
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
@@ -74,7 +76,7 @@ from recgym.items import ItemTokenizer
 PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.configs)
 POLICY_CONFIG = "recgym_policy.json"
 OBJECTIVES = ("full", "constrained")
-KV_ROOM = 16  # spare KV positions of a decoding cache (LLMPolicy._kv_room)
+KV_ROOM = 16  # spare KV positions of a decoding cache (LLMPolicy._decoding_cache)
 
 
 @dataclass
@@ -175,6 +177,9 @@ class LLMPolicy(nn.Module):
         # Teacher forcing runs rows in length buckets (:func:`length_buckets`) so that at most this
         # fraction of a bucket's tokens is padding; None pads the whole batch to its longest row.
         self.bucket_padding: float | None = 0.1
+        # Rollouts and beam search keep each prompt's KV once and attend to it per prompt
+        # (agents.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
+        self.shared_prefix = True
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -563,11 +568,19 @@ class LLMPolicy(nn.Module):
         left = ids.gather(1, shift.clamp(min=0)).masked_fill(~mask, self.items.pad_token_id)
         return left, mask.long()
 
-    @property
-    def _kv_room(self) -> int:
-        """Spare KV positions a decoding cache keeps (:func:`reserved_cache`): dropping or reordering
-        rows copies the room along, so it stays small; past it the cache grows by the same room."""
-        return min(self.tree.max_depth, KV_ROOM)
+    @contextlib.contextmanager
+    def _decoding_cache(self) -> Any:
+        """An empty KV cache for one rollout or beam batch: the shared-prefix cache (and attention)
+        where ``shared_prefix`` is on and the model allows it, else the reserved cache."""
+        # Spare KV positions: dropping or reordering rows copies the room along, so it stays small;
+        # past it a cache grows by the same room.
+        room = min(self.tree.max_depth, KV_ROOM)
+        if self.shared_prefix and supports_shared_prefix(self.model):
+            cache = shared_prefix_cache(room)
+            with shared_prefix(self.model, cache):
+                yield cache
+        else:
+            yield reserved_cache(room)
 
     def _forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None, *,
@@ -626,17 +639,17 @@ class LLMPolicy(nn.Module):
         options: dict[str, Any] = {"group_size": group_size}
         if rows is not None:
             options["rows"] = rows
-        with self._inference_merge():
-            return self._rollout(envs, options, group_size, temperature, top_k, generator, seed)
+        with self._inference_merge(), self._decoding_cache() as cache:
+            return self._rollout(envs, options, group_size, temperature, top_k, generator, seed, cache)
 
     def _rollout(
         self, envs: RecGenVectorEnv, options: dict[str, Any], group_size: int, temperature: float,
-        top_k: int | None, generator: torch.Generator | None, seed: int | None,
+        top_k: int | None, generator: torch.Generator | None, seed: int | None, cache: Any,
     ) -> Rollout:
         obs, info = envs.reset(seed=seed, options=options)
         n, b = group_size, envs.num_envs
         prompt_ids, prompt_mask = self.left_pad(obs["prompt_ids"][::n], obs["prompt_len"][::n])
-        hidden, cache = self._forward(prompt_ids, prompt_mask, reserved_cache(self._kv_room))
+        hidden, cache = self._forward(prompt_ids, prompt_mask, cache)
         # First token: its distribution depends on the prompt only -> computed once per group.
         root = torch.zeros(len(prompt_ids), dtype=torch.long, device=self.device)
         tokens0, logits0 = self.allowed_logits(hidden[:, -1], root, temperature)
@@ -714,18 +727,21 @@ class LLMPolicy(nn.Module):
             raise ValueError(f"scoring={scoring!r}: choose one of {OBJECTIVES}")
         prompt_ids, prompt_len = np.asarray(prompt_ids), np.asarray(prompt_len)
         step = batch_size or len(prompt_ids)
+        parts = []
         with self._inference_merge():
-            parts = [self._beam_batch(prompt_ids[i:i + step], prompt_len[i:i + step], width, k,
-                                      length_normalize, scoring == "full")
-                     for i in range(0, len(prompt_ids), step)]
+            for i in range(0, len(prompt_ids), step):
+                with self._decoding_cache() as cache:
+                    parts.append(self._beam_batch(prompt_ids[i:i + step], prompt_len[i:i + step], width, k,
+                                                  length_normalize, scoring == "full", cache))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _beam_batch(
         self, prompt_ids: np.ndarray, prompt_len: np.ndarray, w: int, k: int, normalize: bool, full: bool,
+        cache: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
         ids, attn = self.left_pad(prompt_ids, prompt_len)
-        hidden, cache = self._forward(ids, attn, reserved_cache(self._kv_room))
+        hidden, cache = self._forward(ids, attn, cache)
         h = hidden[:, -1]  # (L, H): the live beams only, in the order of ``live`` below
         # Beams: (R, W) states and scores; start with one live beam per request at the root.
         states = torch.zeros(r, 1, dtype=torch.long, device=dev)
@@ -991,102 +1007,6 @@ def _new_cache(tensors: list[torch.Tensor], config: Any) -> Any:
     if "ddp_cache_data" not in takes:  # transformers < 4.56
         return DynamicCache.from_legacy_cache(tuple(pairs))
     return DynamicCache(ddp_cache_data=pairs, **({"config": config} if "config" in takes else {}))
-
-
-def reserved_cache(room: int) -> Any:
-    """An empty KV cache whose layers keep ``room`` spare positions for decoding (None before
-    transformers 4.56, whose caches have no layer classes: the model then makes its own).
-
-    Decoding one token at a time, a ``DynamicCache`` concatenates each layer's keys and values with
-    the new ones, i.e. copies the whole cache at every step; these layers write the new token into
-    room allocated once (again only when rows are dropped or reordered, which copy anyway).
-
-    Example:
-        >>> cache = reserved_cache(8)
-        >>> k = torch.zeros(2, 1, 5, 4)
-        >>> keys, _ = cache.update(k, k, 0)
-        >>> keys.shape, cache.layers[0].capacity
-        (torch.Size([2, 1, 5, 4]), 13)
-    """
-    layer = _reserved_layer_class()
-    if layer is None:  # pragma: no cover - transformers < 4.56
-        return None
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = functools.partial(layer, room=room)
-    return cache
-
-
-@functools.cache
-def _reserved_layer_class() -> type | None:
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # pragma: no cover - transformers < 4.56
-        return None
-
-    class ReservedLayer(DynamicLayer):
-        """A ``DynamicLayer`` whose keys / values are views of buffers with room for ``room`` more tokens."""
-
-        def __init__(self, room: int = 0) -> None:
-            super().__init__()
-            self.room = room
-            self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-
-        @property
-        def capacity(self) -> int:
-            return 0 if self._buffers is None else self._buffers[0].shape[-2]
-
-        def _owns(self) -> bool:  # keys are still a view of the buffers (nothing replaced them)
-            return (self._buffers is not None and self.keys.data_ptr() == self._buffers[0].data_ptr()
-                    and self.keys.shape[0] == self._buffers[0].shape[0])
-
-        def _adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-            self._buffers = (keys, values)
-            self.keys, self.values = keys[..., :length, :], values[..., :length, :]
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, new = self.get_seq_length(), key_states.shape[-2]
-            if not self._owns() or n + new > self.capacity:  # (re)allocate once, with room
-                def grown(old: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-                    buf = like.new_empty(*like.shape[:-2], n + new + self.room, like.shape[-1])
-                    if n:
-                        buf[..., :n, :] = old
-                    return buf
-
-                self._buffers = (grown(self.keys, key_states), grown(self.values, value_states))
-            keys, values = self._buffers
-            keys[..., n:n + new, :] = key_states
-            values[..., n:n + new, :] = value_states
-            self._adopt(keys, values, n + new)
-            return self.keys, self.values
-
-        def _select(self, index: torch.Tensor) -> None:
-            if self._owns():  # rows of the buffers (their room comes along): the next token is in place
-                n = self.get_seq_length()
-                keys, values = self._buffers
-                self._adopt(keys.index_select(0, index), values.index_select(0, index), n)
-            elif self.get_seq_length() > 0:
-                self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._select(indices.to(self.keys.device))
-
-        def reorder_cache(self, beam_idx: torch.Tensor) -> None:
-            self._select(beam_idx.to(self.keys.device))
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self._owns():
-                n = self.get_seq_length()
-                keys, values = self._buffers
-                self._adopt(*(x.repeat_interleave(repeats, dim=0) for x in (keys, values)), n)
-            else:
-                super().batch_repeat_interleave(repeats)
-
-    return ReservedLayer
 
 
 @functools.cache

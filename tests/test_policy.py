@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import LLMPolicy, length_buckets, make_rollout_env, reserved_cache
+from agents.policy import LLMPolicy, length_buckets, make_rollout_env
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 
@@ -200,31 +200,3 @@ def test_length_buckets_give_the_same_logprobs_and_gradients(setup, method):
     for a, b in zip(bucketed[2], whole[2]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
-
-def test_reserved_cache_writes_decoding_steps_in_place():
-    """Keys / values equal a concatenating cache's; decoding steps and row drops keep one buffer."""
-    from transformers import DynamicCache
-
-    rng = torch.Generator().manual_seed(0)
-    reserved, plain = reserved_cache(4), DynamicCache()
-    prompt = torch.randn(2, 3, 5, 8, generator=rng)  # (rows, kv heads, tokens, head dim)
-    for cache in (reserved, plain):
-        cache.update(prompt, -prompt, 0)
-        cache.batch_repeat_interleave(3)
-    layer = reserved.layers[0]
-    assert layer.capacity == 5 + 4
-    buffer = layer.keys.data_ptr()
-    for rows in (6, 6, 4, 4):
-        if rows < layer.keys.shape[0]:  # drop rows, as rollouts do when episodes end: one copy
-            for cache in (reserved, plain):
-                cache.batch_select_indices(torch.tensor([0, 2, 3, 5]))
-            buffer = layer.keys.data_ptr()
-        token = torch.randn(rows, 3, 1, 8, generator=rng)
-        keys, values = reserved.update(token, 2 * token, 0)
-        want_keys, want_values = plain.update(token, 2 * token, 0)
-        assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
-        assert layer.keys.data_ptr() == buffer  # written into the room, not reallocated
-    assert reserved.get_seq_length() == plain.get_seq_length() == 9
-    token = torch.randn(4, 3, 1, 8, generator=rng)
-    keys, _ = reserved.update(token, token, 0)  # past the room: grows (a copy), still correct
-    assert torch.equal(keys, plain.update(token, token, 0)[0]) and layer.capacity == 10 + 4
