@@ -174,9 +174,11 @@ class LLMPolicy(nn.Module):
         # Rollouts and beam search fold LoRA into the weights while they run (1.1-1.2x faster on CPU;
         # the merged copies of the adapted weights cost their memory meanwhile): False turns it off.
         self.merge_at_inference = True
-        # Teacher forcing runs rows in length buckets (:func:`length_buckets`) so that at most this
-        # fraction of a bucket's tokens is padding; None pads the whole batch to its longest row.
-        self.bucket_padding: float | None = 0.1
+        # Teacher forcing can run rows in length buckets (:func:`length_buckets`) so that at most this
+        # fraction of a bucket's tokens is padding (e.g. 0.1); None (the default for now) pads the
+        # whole batch to its longest row. Off by default until a 2-rank RL run with buckets matches
+        # one process as closely as without (tests/test_distributed.py: step-2 loss 6e-4 apart).
+        self.bucket_padding: float | None = None
         # Rollouts and beam search keep each prompt's KV once and attend to it per prompt
         # (agents.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
         self.shared_prefix = True

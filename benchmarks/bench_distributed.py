@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 from agents import distributed as dist  # noqa: E402
 from agents.policy import length_buckets  # noqa: E402
 
-# The policy's default (LLMPolicy.bucket_padding): teacher forcing runs rows in length buckets.
-BUCKET_PADDING = 0.1
+# The policy's default (LLMPolicy.bucket_padding): None, one padded batch (0.1: length buckets).
+BUCKET_PADDING = None
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -190,10 +190,11 @@ def test_length_buckets_give_the_same_logprobs_and_gradients(setup, method):
         (logp.sum() + 0.3 * ent.sum()).backward()
         return logp.detach(), ent.detach(), [p.grad.clone() for p in policy.model.parameters()]
 
+    before = policy.bucket_padding
     try:
         whole, bucketed = run(None), run(0.0)
     finally:
-        policy.bucket_padding = 0.1
+        policy.bucket_padding = before
     assert len(length_buckets((responses >= 0).sum(dim=1).numpy(), 0.0)) > 1  # the buckets really split
     torch.testing.assert_close(bucketed[0], whole[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bucketed[1], whole[1], atol=1e-5, rtol=1e-5)
