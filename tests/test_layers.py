@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("recgym", ("recgym",)),
     ("agents: plain helpers", ("agents.configs", "agents.tracking", "agents.checkpoint", "agents.plots",
                                "agents.cli_options", "agents.pretrained", "agents.runs",
-                               "agents.adapters", "agents.distributed", "agents.fsdp")),
+                               "agents.adapters", "agents.distributed", "agents.fsdp", "agents.kvcache")),
     ("agents: policy and evaluation", ("agents.policy", "agents.evaluate", "agents.training",
                                        "agents.encoders")),
     ("agents: learners, baselines, training loops", ("agents.learners", "agents.baselines", "agents.sft",
