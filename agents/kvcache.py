@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,6 +182,36 @@ def shared_prefix_attention(
     return out.reshape(b, 1, heads, d), None
 
 
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """A KV cache's tensors, ``[k0, v0, k1, v1, ...]`` (each (B, heads, seq, dim)).
+
+    Example:
+        >>> cache = cache_from_tensors([torch.zeros(2, 1, 3, 4), torch.ones(2, 1, 3, 4)], None)
+        >>> [x.sum().item() for x in cache_tensors(cache)]
+        [0.0, 24.0]
+    """
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [x for layer in cache.layers for x in (layer.keys, layer.values)]
+    return [x for pair in zip(cache.key_cache, cache.value_cache) for x in pair]
+
+
+def cache_from_tensors(tensors: list[torch.Tensor], config: Any) -> Any:
+    """A ``DynamicCache`` holding ``[k0, v0, k1, v1, ...]`` (as :func:`cache_tensors` gives);
+    ``config`` (the model's, or None) gives its layer types where transformers takes it.
+
+    Example:
+        >>> cache_from_tensors([torch.zeros(2, 1, 3, 4)] * 2, None).get_seq_length()
+        3
+    """
+    from transformers import DynamicCache
+
+    pairs = list(zip(tensors[0::2], tensors[1::2]))
+    takes = inspect.signature(DynamicCache.__init__).parameters
+    if "ddp_cache_data" not in takes:  # transformers < 4.56
+        return DynamicCache.from_legacy_cache(tuple(pairs))
+    return DynamicCache(ddp_cache_data=pairs, **({"config": config} if "config" in takes else {}))
+
+
 # -- the layer classes (made once transformers is imported) -----------------------------------------
 
 
@@ -294,7 +325,7 @@ def _layer_classes() -> tuple[type, type] | None:
                 self.prompt_keys, self.prompt_values = key_states, value_states
                 return key_states, value_states
             if self.group is None:  # decoding without a row map: one row per prompt
-                self.group = torch.arange(self.prompt_keys.shape[0], device=self.device)
+                self.group = self._rows()
             return super().update(key_states, value_states)
 
         def get_seq_length(self) -> int:

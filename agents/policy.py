@@ -25,8 +25,9 @@ renormalising give the same categorical), so rollouts use two savings everywhere
   values once and attends to them per prompt, and writes each new token into room allocated
   once instead of concatenating, i.e. copying, the cache at every step.
 
-Teacher forcing (SFT, the RL update) runs rows in **length buckets** (:func:`length_buckets`):
-title prompts and titles differ in length by 3-5x, and padding is not computed.
+Teacher forcing (SFT, the RL update) can run rows in **length buckets** (:func:`length_buckets`,
+``LLMPolicy.bucket_padding``, off by default for now): title prompts and titles differ in length
+by 3-5x, and padding is then not computed.
 
 The full vocabulary is needed only where log-probs are scored: the update's response positions
 and each beam step's normaliser (:meth:`LLMPolicy.full_logsumexp`).
@@ -67,7 +68,14 @@ from agents.adapters import (
     split_state,
 )
 from agents.configs import MODEL_PRESETS
-from agents.kvcache import reserved_cache, shared_prefix, shared_prefix_cache, supports_shared_prefix
+from agents.kvcache import (
+    cache_from_tensors,
+    cache_tensors,
+    reserved_cache,
+    shared_prefix,
+    shared_prefix_cache,
+    supports_shared_prefix,
+)
 from recgym.data import Dataset, Examples
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
@@ -810,8 +818,8 @@ class LLMPolicy(nn.Module):
         """Log-probs and entropies of given responses under the policy's objective, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
-        One forward over ``[left-padded prompt; response]`` per row (rows in length buckets,
-        ``bucket_padding``): the straightforward way.
+        One forward over ``[left-padded prompt; response]`` per row (in length buckets with
+        ``bucket_padding`` set): the straightforward way.
         :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
         ``full_vocab`` overrides the objective (True: whole vocabulary, as TRL / ReRe train; False:
         renormalised over the allowed tokens; None: the policy's ``objective``).
@@ -847,8 +855,8 @@ class LLMPolicy(nn.Module):
         is expanded to its responses by an index (gradients flow back through the expansion), and
         the first token's distribution, which depends on the prompt alone, is computed once per
         prompt. Only the responses run per row; logits are computed for allowed tokens only.
-        Prompts, then responses, run in length buckets (``bucket_padding``), so padding to the
-        batch's longest prompt or title is not computed.
+        With ``bucket_padding`` set, prompts, then responses, run in length buckets, so padding to
+        the batch's longest prompt or title is not computed.
 
         Example:
             >>> # logp, ent, mask = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses,
@@ -865,7 +873,7 @@ class LLMPolicy(nn.Module):
             pb = int(plen[rows].max())
             hidden, cache = self._forward(prompt_ids[rows, p - pb:], prompt_mask[rows, p - pb:])
             last.append(hidden[:, -1])
-            kv.append([F.pad(x, (0, 0, p - pb, 0)) for x in _cache_tensors(cache)])
+            kv.append([F.pad(x, (0, 0, p - pb, 0)) for x in cache_tensors(cache)])
         h_last = _in_order(last, buckets)
         kv_all = [_in_order(list(layer), buckets) for layer in zip(*kv)]  # keys, values per layer
         # Token 0: its distribution depends on the prompt alone (every row starts at the root), so
@@ -888,7 +896,7 @@ class LLMPolicy(nn.Module):
             if tb < 2:  # one-token responses: token 0 is all they have
                 parts.append(h_last.new_zeros(len(rows), 0, h_last.shape[-1]))
                 continue
-            cache = _new_cache([x[index[rows], :, p - pb:] for x in kv_all], self.model.config)
+            cache = cache_from_tensors([x[index[rows], :, p - pb:] for x in kv_all], self.model.config)
             attn = torch.cat([prompt_mask[index[rows], p - pb:], mask[rows, :tb - 1].long()], dim=1)
             h, _ = self._forward(resp[rows, :tb - 1].clamp(min=0), attn, cache)  # h[:, t-1] predicts t
             parts.append(h)
@@ -980,7 +988,7 @@ def length_buckets(lengths: Any, max_padding: float | None) -> list[np.ndarray]:
         # real tokens >= (1 - max_padding) * padded tokens; true for a prefix only (lengths fall)
         fits = real >= (1 - max_padding) * count * longest_first[start]
         end = start + (n - start if fits.all() else int(np.argmin(fits)))
-        out.append(order[start:end])
+        out.append(np.sort(order[start:end]))  # rows in order within a bucket: one bucket is arange(n)
         start = end
     return out
 
@@ -990,25 +998,9 @@ def _in_order(parts: list[torch.Tensor], buckets: list[torch.Tensor], width: int
     """Per-bucket outputs (rows of ``buckets[i]``) back in row order, dim 1 right-padded to ``width``."""
     if width is not None:
         parts = [F.pad(x, (0, 0, 0, width - x.shape[1])) for x in parts]
+    if len(parts) == 1:  # one bucket holds every row, in order (length_buckets)
+        return parts[0]
     return torch.cat(parts)[torch.argsort(torch.cat(buckets))]
-
-
-def _cache_tensors(cache: Any) -> list[torch.Tensor]:
-    """A KV cache's tensors, ``[k0, v0, k1, v1, ...]`` (each (B, heads, seq, dim))."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [x for layer in cache.layers for x in (layer.keys, layer.values)]
-    return [x for pair in zip(cache.key_cache, cache.value_cache) for x in pair]
-
-
-def _new_cache(tensors: list[torch.Tensor], config: Any) -> Any:
-    """A ``DynamicCache`` holding ``[k0, v0, k1, v1, ...]`` (as :func:`_cache_tensors` gives)."""
-    from transformers import DynamicCache
-
-    pairs = list(zip(tensors[0::2], tensors[1::2]))
-    takes = inspect.signature(DynamicCache.__init__).parameters
-    if "ddp_cache_data" not in takes:  # transformers < 4.56
-        return DynamicCache.from_legacy_cache(tuple(pairs))
-    return DynamicCache(ddp_cache_data=pairs, **({"config": config} if "config" in takes else {}))
 
 
 @functools.cache
