@@ -256,11 +256,17 @@ def _train_step(
         with torch.no_grad():
             if reference is not None:
                 batch.ref_logp = learner.logprobs(reference, batch)[0]
-            if learner.needs_old_logprobs and cfg.mu * cfg.minibatches > 1:
-                batch.old_logp = learner.logprobs(policy, batch)[0]
-    ends = np.cumsum([len(p) for p in shards])
-    # This rank's part of each global minibatch (in one process: exactly batch.split(cfg.minibatches)).
-    minibatches = [batch.select_groups(np.arange(end - len(p), end)) for p, end in zip(shards, ends)]
+        ends = np.cumsum([len(p) for p in shards])
+        # This rank's part of each global minibatch (in one process: exactly batch.split(cfg.minibatches)).
+        minibatches = [batch.select_groups(np.arange(end - len(p), end)) for p, end in zip(shards, ends)]
+        if learner.needs_old_logprobs and cfg.mu * cfg.minibatches > 1:
+            # log pi_old minibatch by minibatch from the forward the loss runs (loss_logprobs): before
+            # the first update rho = 1 and |log pi - log pi_old| = 0 exactly, not float noise (~5e-7
+            # from another batch shape) whose sign would steer KL-Cov's gradient.
+            with torch.no_grad():
+                for minibatch in minibatches:
+                    b, t = minibatch.responses.shape
+                    minibatch.old_logp = learner.loss_logprobs(policy, minibatch)[0][:b, :t]
     sums = update(policy, learner, minibatches, optimizer, params, cfg, step, saved)
     rewards = batch.group_rewards()
     record = {key: value / (cfg.mu * len(minibatches)) for key, value in sums.items()}

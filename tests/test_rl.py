@@ -13,6 +13,7 @@ from agents.learners import (
     register_learner,
     unregister_learner,
 )
+from agents.learners.riser import RISER, RISERConfig
 from agents.policy import LLMPolicy, make_rollout_env
 from agents.rl import EpochSampler, RLConfig, train_rl
 from agents.sft import SFTConfig, train_sft
@@ -163,3 +164,26 @@ def test_grpo_and_riser_raise_valid_hr10_above_the_sft_start(data, tmp_path):
         summary = train_rl(policy, make_learner(name), train, valid, cfg)
         history = [h[cfg.metric] for h in summary["valid_history"]]
         assert summary["best_valid"] > history[0], (name, history)
+
+
+def test_first_minibatch_of_a_step_has_rho_exactly_one(data, monkeypatch):
+    """log pi_old comes minibatch by minibatch, as the loss computes log pi: before the first update of
+    a step |log pi - log pi_old| is 0 exactly, so float noise cannot pick the sign of KL-Cov's gradient
+    (with log pi_old from one forward of the whole batch it was ~5e-7 here)."""
+    import agents.learners.riser as riser_module
+
+    _, train, _ = data
+    seen, penalty = [], riser_module.kl_cov_penalty
+
+    def record(logp, old_logp, *args):
+        seen.append(float((logp.detach() - old_logp).abs().max()))
+        return penalty(logp, old_logp, *args)
+
+    monkeypatch.setattr(riser_module, "kl_cov_penalty", record)
+    policy = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
+    learner = RISER(RISERConfig(group_size=4, oversample=6, kl_cov_k=0.1))
+    cfg = RLConfig(steps=2, requests_per_step=5, minibatches=2, lr=1e-2, warmup_steps=0, progress=False)
+    train_rl(policy, learner, train, None, cfg)
+    assert len(seen) == 4  # 2 steps x 2 minibatches
+    assert seen[0] == 0 and seen[2] == 0, seen  # each step's first minibatch: pi = pi_old
+    assert seen[1] > 0 and seen[3] > 0, seen  # after an update: the policy moved

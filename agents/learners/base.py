@@ -237,6 +237,16 @@ class Learner(ABC):
                                                  self.temperature, full_vocab=self.full_vocab)
         return logp, entropy
 
+    def loss_logprobs(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi, entropy) from the very forward :meth:`loss` runs: the batch's responses in rows
+        ``[:B]``, then any rows the loss adds (:meth:`logprobs`' ``extra``).
+
+        The loop takes log pi_old from it, so that before a step's first update rho = 1 exactly
+        (the same rows in the same forward give the same floats). A learner whose loss adds rows
+        overrides it and calls it from its loss.
+        """
+        return self.logprobs(policy, batch)
+
     def describe(self) -> dict[str, Any]:
         """Name and settings, for results files."""
         return {"name": self.name, **(asdict(self.config) if self.config is not None else {})}

@@ -194,7 +194,7 @@ class GRPO(Learner):
         return loss, stats
 
     def loss(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, entropy = self.logprobs(policy, batch)
+        logp, entropy = self.loss_logprobs(policy, batch)
         loss, stats = self.policy_loss(policy, batch, logp)
         stats["entropy"] = masked_mean(entropy.detach(), batch.mask)
         return loss, stats

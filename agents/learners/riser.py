@@ -195,14 +195,22 @@ class RISER(GRPO):
                                            rollout.hits.reshape(-1, m).cpu().numpy())
         return self.batch_from_rollout(policy, rollout, select, n)
 
+    def _failed_groups(self, batch: RLBatch) -> tuple[torch.Tensor, bool]:
+        """The groups where every rollout missed, and whether SimPO trains on them."""
+        failed = torch.nonzero(~batch.hits.reshape(batch.num_groups, -1).any(dim=1)).squeeze(1)
+        return failed, self.config.simpo_weight > 0 and len(failed) > 0
+
+    def loss_logprobs(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One shared-prompt forward of the group's responses, then the failed groups' chosen items."""
+        failed, use_simpo = self._failed_groups(batch)
+        extra = batch.chosen[failed] if use_simpo else None
+        return self.logprobs(policy, batch, extra=extra, extra_index=failed)
+
     def loss(self, policy: LLMPolicy, batch: RLBatch) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         b, t = batch.responses.shape
-        failed = torch.nonzero(~batch.hits.reshape(batch.num_groups, -1).any(dim=1)).squeeze(1)
-        use_simpo = c.simpo_weight > 0 and len(failed) > 0
-        # One shared-prompt forward for the group's responses and the failed groups' chosen items.
-        extra = batch.chosen[failed] if use_simpo else None
-        logp_all, entropy = self.logprobs(policy, batch, extra=extra, extra_index=failed)
+        failed, use_simpo = self._failed_groups(batch)
+        logp_all, entropy = self.loss_logprobs(policy, batch)
         logp = logp_all[:b, :t]
         weights = None  # w_t
         if c.certainty_d != 1:
