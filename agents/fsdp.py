@@ -37,8 +37,9 @@ the blocks' weights for inference and a frozen trunk takes the lower blocks out 
 this sharding does not handle); the reference policy of GRPO / RISER's KL stays a full replica on every
 rank; every rank must run the same number of forwards through the blocks in each training loss
 (true for SFT and the built-in learners; a rank whose SFT shard is empty runs a forward with a zero
-loss); with one process ``fsdp=True`` does nothing but say so (:func:`wanted`). Tested on CPU with
-gloo and 2 processes (torch 2.13), not on GPUs.
+loss; the policy's length buckets, whose number differs by rank, are off there:
+:func:`forwards_are_collective`); with one process ``fsdp=True`` does nothing but say so
+(:func:`wanted`). Tested on CPU with gloo and 2 processes (torch 2.13), not on GPUs.
 
 Example:
     >>> import torch
@@ -244,6 +245,18 @@ def is_sharded(model: nn.Module) -> bool:
         False
     """
     return model in _SHARDED
+
+
+def forwards_are_collective(model: nn.Module) -> bool:
+    """Whether each forward through ``model``'s blocks is a collective: sharded, outside :func:`gathered`
+    (a training loss under FSDP), so every rank must run as many forwards as the others.
+
+    Example:
+        >>> forwards_are_collective(torch.nn.Linear(2, 2))
+        False
+    """
+    handle = _SHARDED.get(model)
+    return handle is not None and handle.gathered_depth == 0
 
 
 @contextmanager

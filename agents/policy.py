@@ -25,9 +25,9 @@ renormalising give the same categorical), so rollouts use two savings everywhere
   values once and attends to them per prompt, and writes each new token into room allocated
   once instead of concatenating, i.e. copying, the cache at every step.
 
-Teacher forcing (SFT, the RL update) can run rows in **length buckets** (:func:`length_buckets`,
-``LLMPolicy.bucket_padding``, off by default for now): title prompts and titles differ in length
-by 3-5x, and padding is then not computed.
+Teacher forcing (SFT, the RL update) runs rows in **length buckets** (:func:`length_buckets`,
+``LLMPolicy.bucket_padding``): title prompts and titles differ in length by 3-5x, and padding is
+then not computed.
 
 The full vocabulary is needed only where log-probs are scored: the update's response positions
 and each beam step's normaliser (:meth:`LLMPolicy.full_logsumexp`).
@@ -50,6 +50,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.nn import functional as F
 
+from agents import fsdp
 from agents.adapters import (
     ADAPTER_FILE,
     AdapterConfig,
@@ -182,11 +183,9 @@ class LLMPolicy(nn.Module):
         # Rollouts and beam search fold LoRA into the weights while they run (1.1-1.2x faster on CPU;
         # the merged copies of the adapted weights cost their memory meanwhile): False turns it off.
         self.merge_at_inference = True
-        # Teacher forcing can run rows in length buckets (:func:`length_buckets`) so that at most this
-        # fraction of a bucket's tokens is padding (e.g. 0.1); None (the default for now) pads the
-        # whole batch to its longest row. Off by default until a 2-rank RL run with buckets matches
-        # one process as closely as without (tests/test_distributed.py: step-2 loss 6e-4 apart).
-        self.bucket_padding: float | None = None
+        # Teacher forcing runs rows in length buckets (:func:`length_buckets`) so that at most this
+        # fraction of a bucket's tokens is padding; None pads the whole batch to its longest row.
+        self.bucket_padding: float | None = 0.1
         # Rollouts and beam search keep each prompt's KV once and attend to it per prompt
         # (agents.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
         self.shared_prefix = True
@@ -818,8 +817,8 @@ class LLMPolicy(nn.Module):
         """Log-probs and entropies of given responses under the policy's objective, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
-        One forward over ``[left-padded prompt; response]`` per row (in length buckets with
-        ``bucket_padding`` set): the straightforward way.
+        One forward over ``[left-padded prompt; response]`` per row (in length buckets, see
+        ``bucket_padding``): the straightforward way.
         :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
         ``full_vocab`` overrides the objective (True: whole vocabulary, as TRL / ReRe train; False:
         renormalised over the allowed tokens; None: the policy's ``objective``).
@@ -855,8 +854,8 @@ class LLMPolicy(nn.Module):
         is expanded to its responses by an index (gradients flow back through the expansion), and
         the first token's distribution, which depends on the prompt alone, is computed once per
         prompt. Only the responses run per row; logits are computed for allowed tokens only.
-        With ``bucket_padding`` set, prompts, then responses, run in length buckets, so padding to
-        the batch's longest prompt or title is not computed.
+        Prompts, then responses, run in length buckets (``bucket_padding``), so padding to the
+        batch's longest prompt or title is not computed.
 
         Example:
             >>> # logp, ent, mask = policy.group_logprobs(ro.prompt_ids, ro.prompt_mask, responses,
@@ -906,9 +905,14 @@ class LLMPolicy(nn.Module):
         return torch.cat([logp0, logp], dim=1), torch.cat([ent0, ent], dim=1), mask
 
     def _buckets(self, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Row indices in length buckets (:func:`length_buckets` with ``self.bucket_padding``)."""
+        """Row indices in length buckets (:func:`length_buckets` with ``self.bucket_padding``).
+
+        One padded batch while forwards are FSDP collectives: ranks would run different numbers of
+        buckets, and every rank must run as many forwards as the others.
+        """
+        padding = None if fsdp.forwards_are_collective(self.model) else self.bucket_padding
         return [torch.as_tensor(rows, device=self.device)
-                for rows in length_buckets(lengths.cpu().numpy(), self.bucket_padding)]
+                for rows in length_buckets(lengths.cpu().numpy(), padding)]
 
     def _responses(self, responses: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Responses as a device tensor, their tree states (-1 on padding) and mask."""

@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 from agents import distributed as dist  # noqa: E402
 from agents.policy import length_buckets  # noqa: E402
 
-# The policy's default (LLMPolicy.bucket_padding): None, one padded batch (0.1: length buckets).
-BUCKET_PADDING = None
+# The policy's default (LLMPolicy.bucket_padding): length buckets with at most 10% padding.
+BUCKET_PADDING = 0.1
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -176,7 +176,9 @@ SFT_CONFIG = {"batch_size": 9, "max_steps": 4, "lr": 3e-3, "warmup_steps": 1, "e
 WEIGHT_TOL = 1e-4
 
 
-def sft_setup(seed: int = 0):
+def sft_setup(seed: int = 0, padded: bool = False):
+    """Synthetic train / valid tasks and a tiny policy; ``padded``: one padded batch per forward, no
+    length buckets (as a loss under FSDP runs, so that the FSDP scenarios' reference runs alike)."""
     from agents.policy import LLMPolicy
     from recgym.envs import RecGenTask
 
@@ -184,7 +186,10 @@ def sft_setup(seed: int = 0):
     train = RecGenTask("synthetic", split="train", representation="sid", vocab_size=400,
                        dataset_kwargs=kwargs)
     valid = RecGenTask("synthetic", split="valid", tokenizer=train.items, dataset_kwargs=kwargs)
-    return train, valid, LLMPolicy.from_config("tiny", train.items, seed=seed, device="cpu")
+    policy = LLMPolicy.from_config("tiny", train.items, seed=seed, device="cpu")
+    if padded:
+        policy.bucket_padding = None
+    return train, valid, policy
 
 
 def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -326,11 +331,11 @@ def one_process_rollouts(task, sampler, cfg):
     return learner
 
 
-def run_rl_loop(run: Path, **extra):
+def run_rl_loop(run: Path, padded: bool = False, **extra):
     from agents.configs import RLConfig
     from agents.rl import EpochSampler, train_rl
 
-    train, valid, policy = sft_setup(seed=dist.rank())
+    train, valid, policy = sft_setup(seed=dist.rank(), padded=padded)
     cfg = RLConfig(**RL_CONFIG, **extra)
     sampler = EpochSampler(train.num_requests, cfg.requests_per_step, cfg.seed)
     learner = one_process_rollouts(train, sampler, cfg)
@@ -696,9 +701,10 @@ def scenario_fsdp(out: Path) -> None:
 
     fsdp.shard = counting_shard
 
-    # SFT with and without FSDP; the FSDP policy ends as an ordinary, tied model.
+    # SFT with and without FSDP; the FSDP policy ends as an ordinary, tied model. It keeps the default
+    # length buckets, which FSDP turns off (ranks' bucket counts differ): it must match the padded run.
     for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):
-        train, valid, policy = sft_setup(seed=dist.rank())
+        train, valid, policy = sft_setup(seed=dist.rank(), padded=name == "ddp")
         config = SFTConfig(**FSDP_SFT, **extra)
         save(policy, train_sft(policy, train, valid, config, run_dir=out / f"sft-{name}"), f"sft-{name}")
     (out / f"sft-fsdp-after-rank{dist.rank()}.json").write_text(json.dumps({
@@ -707,7 +713,7 @@ def scenario_fsdp(out: Path) -> None:
         "trainable": all(p.requires_grad for p in policy.model.parameters()),
         "is_sharded": fsdp.is_sharded(policy.model)}))
     for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):  # 229 rows, then 1: rank 1 has none
-        _, valid, policy = sft_setup(seed=dist.rank())
+        _, valid, policy = sft_setup(seed=dist.rank(), padded=True)
         config = SFTConfig(batch_size=valid.num_requests - 1, max_steps=2, lr=3e-3, warmup_steps=1,
                            progress=False, **extra)
         save(policy, train_sft(policy, valid, None, config), f"sft-empty-{name}")
@@ -722,18 +728,18 @@ def scenario_fsdp(out: Path) -> None:
         return saving(*args, **kwargs)
 
     sft_module.save_training = stop_at_second
-    train, valid, policy = sft_setup(seed=dist.rank())
+    train, valid, policy = sft_setup(seed=dist.rank(), padded=True)
     cfg = SFTConfig(**FSDP_SFT, fsdp=True)
     with contextlib.suppress(RuntimeError):  # rank 0's own error; a DistributedError on rank 1
         train_sft(policy, train, valid, cfg, run_dir=out / "sft-resumed")
     sft_module.save_training = saving
     stopped_at = load_trainer_state(out / "sft-resumed" / "checkpoint")["state"]["step"]
-    train, valid, policy = sft_setup(seed=dist.rank())
+    train, valid, policy = sft_setup(seed=dist.rank(), padded=True)
     summary = train_sft(policy, train, valid, cfg, run_dir=out / "sft-resumed")
     save(policy, {**summary, "stopped_at": stopped_at}, "sft-resumed")
 
     # A gathered save of sharded weights, and the restored model (test_fsdp_checkpoint_loads_...).
-    policy = sft_setup(seed=0)[2]
+    policy = sft_setup(seed=0, padded=True)[2]
     torch.save({k: v.clone() for k, v in policy.model.state_dict().items()}, out / "gathered-start.pt")
     sharding = fsdp.shard(policy)
     full, write = fsdp.full_state_dict(policy.model), policy_writer(policy)
@@ -746,7 +752,7 @@ def scenario_fsdp(out: Path) -> None:
 
     # RL (RISER, one process's rollouts) with and without FSDP.
     for name, extra in (("ddp", {}), ("fsdp", {"fsdp": True})):
-        summary, policy = run_rl_loop(out / f"rl-{name}", **extra)
+        summary, policy = run_rl_loop(out / f"rl-{name}", padded=True, **extra)
         save(policy, summary, f"rl-{name}")
     fsdp.shard = shard
     (out / f"sharded-rank{dist.rank()}.json").write_text(json.dumps(len(sharded)))
