@@ -2,7 +2,11 @@
 
 Self CPU time per operator, summed into what it is for: the matmuls (the model's arithmetic),
 attention, KV-cache copies (concatenation, row selection, the shared prompt repeated per rollout),
-the rest. The top operators are listed too. Writes ``benchmarks/results/profile-rollout[-MODEL].json``.
+the rest. The top operators are listed too. Then the ceiling the matmuls themselves set: the decoder
+blocks' linear layers (the model's own weights) run alone at the same rollout's shapes, its prefill
+and each decoding step's live rows, against this machine's float32 GEMM peak
+(``bench_policy.gemm_peak``, large square matmuls). Writes
+``benchmarks/results/profile-rollout[-MODEL].json``.
 
     python benchmarks/profile_rollout.py --model smollm2-135m [--requests 4] [--group 16]
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_policy import title_policy
+from bench_policy import gemm_peak, title_policy
 from torch.profiler import ProfilerActivity, profile
 
 from agents.policy import make_rollout_env
@@ -31,6 +35,27 @@ CATEGORIES = {
     "kv_copy": ("aten::cat", "aten::index_select", "aten::index", "aten::repeat_interleave",
                 "aten::copy_", "aten::index_put_", "aten::slice_scatter"),
 }
+
+
+def block_linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights of the decoder blocks' linear layers (the output layer left out), in model order."""
+    return [m.weight for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"]
+
+
+def linear_pass(weights: list[torch.Tensor], rows: list[int]) -> tuple[float, float]:
+    """(FLOPs, seconds) of running every weight once per entry of ``rows`` (that many input rows): the
+    blocks' matmuls of a prefill and of each decoding step, alone, on the model's own tensors."""
+    flops, seconds = 0.0, 0.0
+    with torch.no_grad():
+        for m in rows:
+            inputs = {n_in: torch.randn(m, n_in) for n_in in {w.shape[1] for w in weights}}
+            start = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            seconds += time.perf_counter() - start
+            flops += sum(2.0 * m * w.shape[0] * w.shape[1] for w in weights)
+    return flops, seconds
 
 
 def main() -> None:
@@ -54,7 +79,7 @@ def main() -> None:
         return policy.rollout(envs, group_size=args.group, rows=rows,
                               generator=torch.Generator().manual_seed(0), seed=0)
 
-    rollout()  # warm-up
+    ro = rollout()  # warm-up
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         rollout()
@@ -64,17 +89,28 @@ def main() -> None:
     shares = {name: sum(ops.get(op, 0.0) for op in names) / total for name, names in CATEGORIES.items()}
     shares["other"] = 1.0 - sum(shares.values())
     top = sorted(ops.items(), key=lambda kv: -kv[1])[: args.top]
+    # The same rollout's matmuls alone: the prefill (R padded prompts), then one pass per decoding
+    # step at the rows still generating then (rows leave as their titles end).
+    lens = ro.mask.sum(dim=1)
+    steps = [int((lens > t).sum()) for t in range(1, int(lens.max()))]
+    linear_flops, linear_seconds = linear_pass(block_linear_weights(policy.model),
+                                               [int(ro.prompt_mask.numel()), *steps])
+    peak = gemm_peak(torch.get_num_threads())
     result = {
         "dataset": args.dataset, "model": args.model or args.preset, "requests": args.requests,
         "group": args.group, "wall_seconds": wall, "profiled_self_seconds": total, "shares": shares,
         "top_ops": [{"op": op, "seconds": t, "share": t / total} for op, t in top],
+        "gemm_peak_flops": peak, "decoding_step_rows": steps,
+        "linear_only": {"flops": linear_flops, "seconds": linear_seconds,
+                        "fraction_of_gemm_peak": linear_flops / linear_seconds / peak},
         "categories": {k: list(v) for k, v in CATEGORIES.items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"wall_seconds": wall, "shares": shares, "top_ops": result["top_ops"][:8]}, indent=2))
+    print(json.dumps({"wall_seconds": wall, "shares": shares, "top_ops": result["top_ops"][:8],
+                      "linear_only": result["linear_only"]}, indent=2))
 
 
 if __name__ == "__main__":
