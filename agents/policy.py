@@ -86,6 +86,7 @@ PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.con
 POLICY_CONFIG = "recgym_policy.json"
 OBJECTIVES = ("full", "constrained")
 KV_ROOM = 16  # spare KV positions of a decoding cache (LLMPolicy._decoding_cache)
+BUCKET_PADDING = 0.1  # LLMPolicy.bucket_padding's default: at most 10% of a length bucket is padding
 
 
 @dataclass
@@ -185,7 +186,7 @@ class LLMPolicy(nn.Module):
         self.merge_at_inference = True
         # Teacher forcing runs rows in length buckets (:func:`length_buckets`) so that at most this
         # fraction of a bucket's tokens is padding; None pads the whole batch to its longest row.
-        self.bucket_padding: float | None = 0.1
+        self.bucket_padding: float | None = BUCKET_PADDING
         # Rollouts and beam search keep each prompt's KV once and attend to it per prompt
         # (agents.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
         self.shared_prefix = True

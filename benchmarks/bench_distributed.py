@@ -47,10 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents import distributed as dist  # noqa: E402
-from agents.policy import length_buckets  # noqa: E402
-
-# The policy's default (LLMPolicy.bucket_padding): length buckets with at most 10% padding.
-BUCKET_PADDING = 0.1
+from agents.policy import BUCKET_PADDING, length_buckets  # noqa: E402  (the policy's default)
 
 
 def worker(args: argparse.Namespace) -> None:
