@@ -199,10 +199,30 @@ class ItemTokenizer:
 
     def prompt_text(self, history: Sequence[int]) -> str:
         """The prompt for a history of item ids (oldest first)."""
-        return self.template.render([self.item_text(int(i)) for i in history])
+        tokenizer = getattr(self, "tokenizer", None)  # None while ItemTokenizer.train renders its corpus
+        end = tokenizer.eos_token if tokenizer is not None else EOS_TOKEN
+        return self.template.render([self.item_text(int(i)) for i in history], end=end)
 
     def encode_prompts(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Token ids of many prompts at once (one batched tokenizer call)."""
+        """Token ids of many prompts at once (one batched tokenizer call).
+
+        A compact template's prompt is built from the items' token sequences, not re-tokenized:
+        the end token, then each history item's :attr:`sequences` row (which ends with the end
+        token), so a prompt followed by an item's sequence is exactly the prompt of the history
+        with that item appended.
+
+        Example:
+            >>> from recgym.data import make_synthetic
+            >>> from recgym.prompts import COMPACT_TEMPLATE
+            >>> items = ItemTokenizer.train(make_synthetic(num_items=300, num_users=100), "sid",
+            ...                             template=COMPACT_TEMPLATE, vocab_size=600)
+            >>> ids = items.encode_prompts([[3, 7]])[0]
+            >>> ids == [items.eos_token_id, *items.sequences[3], *items.sequences[7]]
+            True
+        """
+        if self.template.compact:
+            return [[self.eos_token_id, *(t for i in h for t in self.sequences[int(i)].tolist())]
+                    for h in histories]
         return self._encode([self.prompt_text(h) for h in histories])
 
     def decode(self, token_ids: Sequence[int]) -> str:

@@ -98,3 +98,20 @@ def test_item_tokenizer_refuses_a_template_of_the_wrong_type():
     tok = train_tokenizer(["hello world", '"x"'] * 5, vocab_size=280)
     with pytest.raises(TypeError, match="template must be a PromptTemplate"):
         ItemTokenizer(tok, Catalogue(2, titles=["x", "hello"]), "title", template="{history}")
+
+
+@pytest.mark.parametrize("representation", ["sid", "title"])
+def test_compact_prompt_plus_an_item_is_the_prompt_of_the_longer_history(representation):
+    from recgym.prompts import template_named
+
+    ds = make_synthetic(num_items=300, num_users=100, seed=0)
+    items = ItemTokenizer.train(ds, representation, template=template_named("compact", representation),
+                                vocab_size=600)
+    eos = items.eos_token_id
+    a, b = items.encode_prompts([[5, 9], [5, 9, 17]])
+    assert a == [eos, *items.sequences[5], *items.sequences[9]]
+    assert b == a + items.sequences[17].tolist()  # so one stream teaches every position
+    # The text it stands for tokenizes to the same ids (the end token is the only separator).
+    assert items.tokenizer(items.prompt_text([5, 9]), add_special_tokens=False)["input_ids"] == a
+    # Every item ends with the end token: the separator between items in a compact prompt.
+    assert all(s[-1] == eos for s in items.sequences)

@@ -35,3 +35,18 @@ def test_sid_prompt_is_compact_and_overridable():
 def test_bad_templates_fail_at_construction(fields, error, match):
     with pytest.raises(error, match=match):
         replace(TITLE_TEMPLATE, **fields)
+
+
+def test_compact_template_writes_items_back_to_back_after_one_end_token():
+    from recgym.prompts import COMPACT_TEMPLATE, COMPACT_TITLE_TEMPLATE, template_named
+
+    rendered = COMPACT_TEMPLATE.render(["<a_1><b_2>", "<a_3><b_4>"], end="</s>")
+    assert rendered == "</s><a_1><b_2></s><a_3><b_4></s>"
+    assert COMPACT_TITLE_TEMPLATE.render(["Doom"], end="E") == 'E"Doom"\nE'
+    assert COMPACT_TEMPLATE.compact and not SID_TEMPLATE.compact
+    assert template_named("compact", "title") is COMPACT_TITLE_TEMPLATE
+    assert template_named("instruction", "sid") is SID_TEMPLATE
+    with pytest.raises(ValueError, match="response_header must be empty"):
+        replace(COMPACT_TEMPLATE, response_header="### Response:\n")
+    with pytest.raises(ValueError, match="layout='chat'"):
+        replace(SID_TEMPLATE, layout="chat")

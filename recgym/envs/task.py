@@ -53,7 +53,9 @@ class RecGenTask:
         tokenizer: an :class:`~recgym.items.ItemTokenizer`, a Hugging Face tokenizer, a local path
             or hub name for ``AutoTokenizer``, or None for the offline default (trained on the
             dataset once and cached under ``recgym.data.data_dir()/tokenizers``).
-        template: prompt template override (with an ``ItemTokenizer``: must be its template).
+        template: prompt template override: a :class:`~recgym.prompts.PromptTemplate`, or the name of a
+            built-in one, ``"instruction"`` (the default) or ``"compact"`` (items back to back, no
+            text: for models trained from scratch); with an ``ItemTokenizer`` it must be its template.
         max_history: history window when ``dataset`` is loaded by name (default 10); with a
             :class:`~recgym.data.Dataset` it must be the dataset's own window, if given.
         max_prompt_len: pad length of prompt observations; default: a bound computed from the
@@ -85,7 +87,7 @@ class RecGenTask:
         split: str = "train",
         representation: str | None = None,
         tokenizer: ItemTokenizer | PreTrainedTokenizerBase | str | None = None,
-        template: PromptTemplate | None = None,
+        template: PromptTemplate | str | None = None,
         max_history: int | None = None,
         max_prompt_len: int | None = None,
         hit_reward: float = 1.0,
@@ -135,6 +137,10 @@ class RecGenTask:
         self.examples: Examples = dataset.split(split)
         if representation is None:
             representation = "title" if dataset.catalogue.titles is not None else "sid"
+        if isinstance(template, str):
+            from recgym.prompts import template_named
+
+            template = template_named(template, representation)
         if isinstance(tokenizer, ItemTokenizer):
             _check_same_catalogue(tokenizer.catalogue, dataset.catalogue)
             self.items = tokenizer
@@ -335,7 +341,7 @@ def resolve_task(task: RecGenTask | None, task_kwargs: dict[str, Any]) -> RecGen
 def _check_item_settings(tokenizer: Any, representation: str | None, template: Any) -> None:
     """How items become tokens: known kinds, and nothing an ItemTokenizer would silently override."""
     from recgym.items import REPRESENTATIONS, ItemTokenizer
-    from recgym.prompts import PromptTemplate
+    from recgym.prompts import LAYOUTS, PromptTemplate, template_named
 
     if representation is not None:
         check_choice(representation, "representation", REPRESENTATIONS)
@@ -343,12 +349,17 @@ def _check_item_settings(tokenizer: Any, representation: str | None, template: A
             or (callable(tokenizer) and hasattr(tokenizer, "get_vocab"))):
         raise TypeError("tokenizer must be an ItemTokenizer, a Hugging Face tokenizer, a local path or "
                         f"hub name, or None for the offline default; got {type(tokenizer).__name__}")
-    if template is not None and not isinstance(template, PromptTemplate):
-        raise TypeError(f"template must be a PromptTemplate or None, got {type(template).__name__}")
+    if isinstance(template, str):
+        check_choice(template, "template", LAYOUTS)
+    elif template is not None and not isinstance(template, PromptTemplate):
+        raise TypeError(f"template must be a PromptTemplate, {' or '.join(map(repr, LAYOUTS))}, or None, "
+                        f"got {type(template).__name__}")
     if isinstance(tokenizer, ItemTokenizer):
         if representation is not None and representation != tokenizer.representation:
             raise ValueError(f"representation={representation!r} but the tokenizer writes items as "
                              f"{tokenizer.representation!r}: leave representation out or pass a matching one")
+        if isinstance(template, str):
+            template = template_named(template, tokenizer.representation)
         if template is not None and template != tokenizer.template:
             raise ValueError("template differs from the tokenizer's: an ItemTokenizer's items are "
                              "tokenized after its own template's header; leave template out")
