@@ -29,11 +29,12 @@ from recgym.data.formats import (
     read_sprec,
 )
 from recgym.data.registry import available, data_dir, load
+from recgym.data.sequences import SequenceWindows, UserSequences
 from recgym.data.synthetic import make_synthetic
 
 __all__ = [
     "available", "data_dir", "load", "make_synthetic",
     "FORMATS", "detect_format", "format_names", "read_d3", "read_folder", "read_lcrec", "read_sprec",
     "PAD", "SPLITS", "Catalogue", "DataFormatError", "DataWarning", "Dataset", "DownloadError", "Examples",
-    "format_sid", "parse_sid", "sequence_windows", "temporal_split",
+    "format_sid", "parse_sid", "sequence_windows", "temporal_split", "SequenceWindows", "UserSequences",
 ]
