@@ -24,6 +24,7 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
               "num_attention_heads": 8, "num_key_value_heads": 4},
 }
+SFT_LEVELS = ("auto", "request", "sequence")
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,13 @@ class SFTConfig:
         fsdp: under torchrun, shard the decoder blocks' weights, gradients and AdamW states over the
             processes (FSDP2, agents.fsdp; embeddings and output layer stay replicated); no effect in
             one process; not with adapters.
+        dropout: SFT-time dropout on the embeddings and both residual branches of every decoder
+            block (agents.training.hidden_dropout; SASRec and TIGER use 0.1-0.5); 0: none. Never
+            applied in RL, rollouts or evaluation.
+        level: what a batch holds: request (rows of the split, one prompt-plus-target forward each),
+            sequence (windows of users' item sequences, one forward teaching every item in it; needs
+            the compact template) or auto (sequence where the template is compact and the rows are
+            user sequences, else request); batch_size counts rows or windows.
     """
 
     epochs: int = 3
@@ -125,8 +133,15 @@ class SFTConfig:
     seed: int = 0
     progress: bool = True
     fsdp: bool = False
+    dropout: float = 0.0
+    level: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.level not in SFT_LEVELS:
+            raise ConfigError("level", self.level, f"choose one of {SFT_LEVELS}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0 <= self.dropout < 1:
+            raise ConfigError("dropout", self.dropout, "must be a number in [0, 1)")
         check_config(self, minimum={"epochs": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 0,
                                     "eval_requests": 1, "beam": 1, "patience": 0, "max_steps": 1, "seed": 0},
                      reals={"lr": True, "weight_decay": False, "grad_clip": True})

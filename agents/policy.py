@@ -844,6 +844,41 @@ class LLMPolicy(nn.Module):
         h = _in_order(parts, buckets, resp.shape[1])
         return self._scatter_token_logprobs(h, states, resp, mask, temperature, full_vocab)
 
+    def stream_logprobs(
+        self, token_ids: Any, lengths: Any, states: Any, *, full_vocab: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of the tokens of whole right-padded rows, each row one causal forward.
+
+        ``token_ids`` (B, T) hold rows of ``lengths`` real tokens; ``states`` (B, T) is the prefix
+        tree state *before* each token that is scored (the state the model writes it from) and -1 at
+        every token that is not (context, padding, the first token). Token t is scored from the
+        hidden state at t - 1. This is how a user's whole item sequence teaches every item in one
+        forward (:mod:`agents.sft`, sequence level): items written back to back under a compact
+        prompt, each scored as the response of the history before it. Rows run in length buckets.
+
+        Returns:
+            ``(logprobs [B, T], mask [B, T])``: the scored tokens' log-probs, zeros elsewhere.
+
+        Example:
+            >>> # logp, mask = policy.stream_logprobs(ids, lengths, states)
+        """
+        full_vocab = self.full_vocab if full_vocab is None else full_vocab
+        ids = _as_long(token_ids, self.device)
+        lens = _as_long(lengths, self.device)
+        states = _as_long(states, self.device)
+        buckets, parts = self._buckets(lens), []
+        for rows in buckets:
+            tb = int(lens[rows].max())
+            attn = (torch.arange(tb, device=self.device) < lens[rows, None]).long()
+            hidden, _ = self._forward(ids[rows, :tb], attn, use_cache=False)
+            parts.append(hidden[:, :tb - 1])  # h[:, t - 1] predicts token t
+        h = _in_order(parts, buckets, ids.shape[1] - 1)
+        mask = states[:, 1:] >= 0
+        logp, _, _ = self._scatter_token_logprobs(h, states[:, 1:].clamp(min=0), ids[:, 1:], mask, 1.0,
+                                                  full_vocab)
+        pad = logp.new_zeros(len(logp), 1)
+        return torch.cat([pad, logp], dim=1), torch.cat([mask.new_zeros(len(mask), 1), mask], dim=1)
+
     def group_logprobs(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor | np.ndarray,
         prompt_index: torch.Tensor | np.ndarray, temperature: float = 1.0, *, full_vocab: bool | None = None,

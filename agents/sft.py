@@ -10,6 +10,22 @@ distribution RL then trains; ``LLMPolicy(objective="constrained")`` renormalises
 prefix tree allows instead. Validation HR@K (constrained beam search) drives early
 stopping; checkpoints are atomic and training resumes exactly where it stopped.
 
+Two levels (``SFTConfig.level``) compute the same loss on different batches:
+
+* ``request``: a batch is rows of the split, one ``[prompt; target item]`` forward per row (any
+  template, any model).
+* ``sequence``: under a compact template (items back to back, :mod:`recgym.prompts`) the prompt of
+  a history followed by the target's tokens *is* the prompt of the next request, so a user's
+  rows are one token stream. A batch is windows of users' sequences
+  (:class:`recgym.data.UserSequences`), one causal forward each, and every target item in a window
+  is scored from the items before it, as SASRec and HSTU train: i in the sum above runs over every
+  (window, target) pair, x_i is the window's items before target i. Each target is learned once per
+  epoch, with at most ``max_history`` items before it, as in its request; the stream holds only the
+  split's own rows, so no valid or test target enters it. A user with 20 interactions costs one
+  forward of about 100 tokens instead of 19 forwards of up to 100 each.
+* ``auto`` (the default): ``sequence`` when the template is compact and the rows are user
+  sequences, else ``request``.
+
 Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) each step's batch is the global
 batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
 global token count and the ranks' gradients are summed, so N ranks take the step one process takes
@@ -35,6 +51,7 @@ from tqdm.auto import tqdm
 from agents import distributed as dist
 from agents import fsdp
 from agents.checkpoint import load_weights, restore_training, save_training
+from agents.configs import SFT_LEVELS as LEVELS
 from agents.configs import SFTConfig
 from agents.policy import LLMPolicy
 from agents.runs import (
@@ -46,7 +63,8 @@ from agents.runs import (
     saved_note,
 )
 from agents.tracking import MetricLogger
-from agents.training import check_valid_sample, shard_for_training, validate, warmup_cosine
+from agents.training import check_valid_sample, hidden_dropout, shard_for_training, validate, warmup_cosine
+from recgym.data import SequenceWindows, UserSequences
 from recgym.envs.task import RecGenTask
 
 
@@ -99,7 +117,8 @@ def _train_sft(
     policy: LLMPolicy, train_task: RecGenTask, valid_task: RecGenTask | None, cfg: SFTConfig,
     run: Path | None, resuming: bool,
 ) -> dict[str, Any]:
-    n = train_task.num_requests
+    objective = sft_objective(policy, train_task, cfg.level)
+    n = objective.size
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -134,11 +153,11 @@ def _train_sft(
                 rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]  # the global batch
                 saved = saved_note(run, saved_step)
                 mine = rows[dist.shard_slice(len(rows))]
-                with dist.loss_sync():  # this rank's share of the global batch's token-mean loss
+                with dist.loss_sync(), hidden_dropout(policy.model, cfg.dropout):  # this rank's share
                     if sharding is not None and len(mine) == 0:  # FSDP: the blocks' collectives still run
-                        loss, tokens = _zero_loss(policy, train_task, rows[:1])
+                        loss, tokens = objective.zero_loss(rows[:1])
                     else:
-                        loss, tokens = sft_loss(policy, train_task, mine)
+                        loss, tokens = objective.loss(mine)
                 loss_value = dist.all_sum(loss.item())  # the global loss (the same number on every rank)
                 tokens = int(dist.all_sum(tokens))
                 check_finite(loss_value, "loss", state["step"] + 1, cfg.lr, saved)
@@ -181,17 +200,131 @@ def _train_sft(
         load_weights(policy, run / "best")
     policy.model.eval()
     return {"steps": state["step"], "best_valid": state["best"], "best_step": state["best_step"],
-            "metric": cfg.metric, "seconds": round(time.time() - start_time, 2),
-            "valid_history": state["history"]}
+            "metric": cfg.metric, "seconds": round(time.time() - start_time, 2), "level": objective.level,
+            "batches_per_epoch": steps_per_epoch, "valid_history": state["history"]}
 
 
-def _zero_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
-    """A rank with no rows under FSDP: the forward and backward of ``rows`` (another rank's) times 0,
-    so that it takes part in the blocks' all-gathers and reduce-scatters; 0 tokens."""
-    responses = policy.item_responses(task.examples.target[rows])
-    logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
-    dist.global_sum(0)  # after the forward, as sft_loss: the collectives in the same order on every rank
-    return (logp * mask).sum() * 0.0, 0
+class SFTObjective:
+    """What one SFT step computes on a batch of ``rows`` in ``0..size-1``: requests or sequence windows.
+
+    Example:
+        >>> # objective = sft_objective(policy, train_task, "auto"); loss, tokens = objective.loss(rows)
+    """
+
+    level = "request"
+
+    def __init__(self, policy: LLMPolicy, task: RecGenTask) -> None:
+        self.policy, self.task = policy, task
+        self.size = task.num_requests
+
+    def logprobs(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token log-probs and the mask of scored tokens for a batch."""
+        responses = self.policy.item_responses(self.task.examples.target[rows])
+        logp, _, mask = self.policy.sequence_logprobs(*self.task.prompt_tokens(rows), responses)
+        return logp, mask
+
+    def loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+        """Token-mean negative log-likelihood of the batch (global token count under torchrun)."""
+        if len(rows) == 0:
+            dist.global_sum(0)  # a collective within loss_sync: every rank takes part
+            return torch.zeros((), device=self.policy.device), 0
+        logp, mask = self.logprobs(rows)
+        tokens = int(mask.sum())
+        return -(logp * mask).sum() / dist.global_sum(tokens), tokens
+
+    def zero_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+        """A rank with no rows under FSDP: the forward and backward of ``rows`` (another rank's) times 0,
+        so that it takes part in the blocks' all-gathers and reduce-scatters; 0 tokens."""
+        logp, mask = self.logprobs(rows)
+        dist.global_sum(0)  # after the forward, as loss(): the collectives in the same order on every rank
+        return (logp * mask).sum() * 0.0, 0
+
+
+class SequenceObjective(SFTObjective):
+    """Sequence-level SFT: a batch is windows of users' item sequences, one forward each (module docstring).
+
+    Every window is written as the compact prompt writes a history: the end token, then each item's
+    token sequence (which ends with the end token); the tokens of the window's targets are scored.
+
+    Example:
+        >>> # objective = SequenceObjective(policy, train_task); objective.size  # windows per epoch
+    """
+
+    level = "sequence"
+
+    def __init__(self, policy: LLMPolicy, task: RecGenTask, sequences: UserSequences) -> None:
+        super().__init__(policy, task)
+        self.sequences = sequences
+        self.windows: SequenceWindows = sequences.windows(task.max_history + 1)
+        self.size = len(self.windows)
+        items = policy.items.sequences
+        self.item_len = np.fromiter((len(x) for x in items), np.int64, count=len(items))
+        self.item_start = np.concatenate([[0], np.cumsum(self.item_len)[:-1]])
+        self.item_tokens = np.concatenate(items)
+        # The tree state each item token is written from (the same for every occurrence of the item).
+        responses = policy.item_responses(np.arange(len(items)))
+        states = policy.tree.path_states(responses)
+        self.item_states = states[responses >= 0]
+
+    def stream(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(token ids (B, T), lengths (B,), states (B, T))`` of windows ``rows``: -1 states on
+        tokens that are not scored (the leading end token, context items, padding).
+
+        Example:
+            >>> # ids, lengths, states = objective.stream(np.arange(4))
+        """
+        w = self.windows
+        count = w.length[rows]
+        # (window, item) pairs in stream order, as flat arrays: no loop over windows or items.
+        pair_window = np.repeat(np.arange(len(rows)), count)
+        pair_pos = np.arange(len(pair_window)) - np.repeat(np.cumsum(count) - count, count)
+        item = self.sequences.items[w.start[rows][pair_window] + pair_pos]
+        scored = pair_pos >= w.first_target[rows][pair_window]
+        length = self.item_len[item]
+        row_tokens = np.bincount(pair_window, weights=length, minlength=len(rows)).astype(np.int64) + 1
+        pair_end = np.cumsum(length)
+        row_first_pair = np.cumsum(count) - count
+        # Column of each pair's first token: 1 (after the end token) + the tokens of earlier pairs of its row.
+        col0 = 1 + pair_end - length - (pair_end - length)[row_first_pair][pair_window]
+        tok_pair = np.repeat(np.arange(len(item)), length)
+        k = np.arange(len(tok_pair)) - np.repeat(pair_end - length, length)
+        src = self.item_start[item][tok_pair] + k
+        row, col = pair_window[tok_pair], col0[tok_pair] + k
+        eos = self.policy.items.eos_token_id
+        ids = np.full((len(rows), int(row_tokens.max())), eos, np.int64)
+        states = np.full(ids.shape, -1, np.int64)
+        ids[row, col] = self.item_tokens[src]
+        states[row, col] = np.where(scored[tok_pair], self.item_states[src], -1)
+        return ids, row_tokens, states
+
+    def logprobs(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy.stream_logprobs(*self.stream(rows))
+
+
+def sft_objective(policy: LLMPolicy, task: RecGenTask, level: str = "auto") -> SFTObjective:
+    """The objective of SFT at ``level`` (``auto``, ``request`` or ``sequence``) on ``task``'s rows.
+
+    ``sequence`` needs a compact template (else the prompt of a history plus its target is not the
+    next request's prompt) and rows that are user sequences; ``auto`` takes it when both hold.
+
+    Example:
+        >>> # sft_objective(policy, train_task, "sequence").size  # windows of users' sequences
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}: choose one of {LEVELS}")
+    compact = policy.items.template.compact
+    if level == "request" or (level == "auto" and not compact):
+        return SFTObjective(policy, task)
+    if not compact:
+        raise ValueError("level='sequence' needs a compact template (items back to back): build the task "
+                         "with template='compact' (--set template=compact), or use level='request'")
+    try:
+        sequences = UserSequences.from_examples(task.examples)
+    except ValueError as err:
+        if level == "sequence":
+            raise ValueError(f"level='sequence': the {task.split!r} split's {err}") from err
+        return SFTObjective(policy, task)
+    return SequenceObjective(policy, task, sequences)
 
 
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -204,10 +337,4 @@ def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[tor
     Example:
         >>> # loss, tokens = sft_loss(policy, train_task, np.arange(16))
     """
-    if len(rows) == 0:
-        dist.global_sum(0)  # a collective within loss_sync: every rank takes part
-        return torch.zeros((), device=policy.device), 0
-    responses = policy.item_responses(task.examples.target[rows])
-    logp, _, mask = policy.sequence_logprobs(*task.prompt_tokens(rows), responses)
-    tokens = int(mask.sum())
-    return -(logp * mask).sum() / dist.global_sum(tokens), tokens
+    return SFTObjective(policy, task).loss(rows)

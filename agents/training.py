@@ -8,9 +8,10 @@ valid split and keep the best weights (:func:`validate`), and shard the policy w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,46 @@ def warmup_cosine(warmup: int, total: int) -> Any:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+@contextlib.contextmanager
+def hidden_dropout(model: torch.nn.Module, p: float) -> Iterator[None]:
+    """Dropout on the token embeddings and on both residual branches of every decoder block while
+    the model is in training mode, for as long as the context lasts (none when ``p`` is 0).
+
+    SASRec and TIGER regularise this way (0.1-0.5); Qwen2 / Llama configs have only attention
+    dropout. Forward hooks apply it, so nothing of it is saved with the weights and rollouts, beam
+    search and RL (outside the context, or in eval mode) never see it. Decoder blocks are found as
+    ``model.model.layers`` with ``self_attn`` and ``mlp`` children (Qwen2, Llama, Mistral, ...);
+    another layout is a ValueError.
+
+    Example:
+        >>> # with hidden_dropout(policy.model, 0.2):
+        >>> #     loss.backward()   # forwards inside drop 20% of the residual branches' outputs
+    """
+    if p == 0:
+        yield
+        return
+    trunk = getattr(model, "model", None)
+    layers = getattr(trunk, "layers", None)
+    if layers is None or not all(hasattr(b, "self_attn") and hasattr(b, "mlp") for b in layers):
+        raise ValueError(f"dropout: {type(model).__name__} has no model.layers[i].self_attn / .mlp to put "
+                         "dropout on; use dropout=0")
+
+    def drop(module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
+        if not module.training:
+            return output
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (torch.nn.functional.dropout(output[0], p, True), *output[1:])
+        return torch.nn.functional.dropout(output, p, True)
+
+    modules = [trunk.get_input_embeddings()] + [m for b in layers for m in (b.self_attn, b.mlp)]
+    handles = [m.register_forward_hook(drop) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def make_optimizer(

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -7,9 +8,9 @@ import torch
 from agents.baselines import PopularityRecommender
 from agents.evaluate import evaluate, evaluate_ranker
 from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, train_sft
-from agents.training import warmup_cosine
-from recgym.data import make_synthetic
+from agents.sft import SequenceObjective, SFTConfig, SFTObjective, sft_objective, train_sft
+from agents.training import hidden_dropout, warmup_cosine
+from recgym.data import Examples, make_synthetic
 from recgym.envs import RecGenTask
 
 
@@ -66,7 +67,7 @@ def test_resume_continues_exactly(data, tmp_path, monkeypatch):
     train_sft(straight, train, valid, cfg, run_dir=tmp_path / "a")
     # The same run, killed during step 5 (its checkpoint is at step 3), then the same command again.
     with monkeypatch.context() as m:
-        interrupt_after(m, agents.sft, "sft_loss", 4)
+        interrupt_after(m, agents.sft.SFTObjective, "loss", 4)
         with pytest.raises(Interrupted):
             train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
                       run_dir=tmp_path / "b")
@@ -134,3 +135,138 @@ def test_sft_and_rl_optimise_the_same_full_vocabulary_objective():
                         unique=torch.ones(6))
         rl_logp, _ = grpo.logprobs(policy, batch)
         assert -(rl_logp * batch.mask).sum().item() / count == pytest.approx(total / count, rel=1e-4)
+
+
+# -- sequence level ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compact():
+    ds = make_synthetic(num_items=300, num_users=400, seed=0)
+    train = RecGenTask(ds, split="train", representation="sid", vocab_size=400, template="compact")
+    return ds, train, RecGenTask(ds, split="valid", tokenizer=train.items), RecGenTask(ds, split="test",
+                                                                                       tokenizer=train.items)
+
+
+def _hand_nll(policy, items, requests):
+    """Sum and count of -log pi(target tokens | compact prompt) over (history, target) requests,
+    one request at a time, with the compact prompt written out by hand."""
+    eos = items.eos_token_id
+    total, count = 0.0, 0
+    for history, target in requests:
+        prompt = [eos] + [t for i in history for t in items.sequences[i].tolist()]
+        response = items.sequences[target].tolist()
+        logp = torch.log_softmax(policy.model(torch.tensor([prompt + response])).logits[0].double(), dim=-1)
+        for j, token in enumerate(response):
+            total -= float(logp[len(prompt) - 1 + j, token])
+            count += 1
+    return total, count
+
+
+def test_sequence_loss_is_the_mean_of_the_per_prefix_losses_by_hand(compact):
+    ds, task, _, _ = compact
+    # Two users by hand, max_history 3: windows of 4 items overlapping by one, so user 0's items 4
+    # and 5 are learned from [3] and [3, 4] (the second window), the others from every item before.
+    seq0, seq1 = [11, 12, 13, 14, 15, 16], [21, 22, 23]
+    rows = [(seq0[max(0, t - 3):t], seq0[t], 0) for t in range(1, 6)]
+    rows += [(seq1[:t], seq1[t], 1) for t in (1, 2)]
+    train = Examples.from_lists([h for h, _, _ in rows], [t for _, t, _ in rows], max_history=3,
+                                users=[u for _, _, u in rows])
+    hand = RecGenTask(dataclasses.replace(ds, train=train), split="train", tokenizer=task.items)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    objective = sft_objective(policy, hand)
+    assert isinstance(objective, SequenceObjective) and objective.size == 3
+    requests = [([11], 12), ([11, 12], 13), ([11, 12, 13], 14), ([14], 15), ([14, 15], 16), ([21], 22),
+                ([21, 22], 23)]
+    with torch.no_grad():
+        loss, tokens = objective.loss(np.arange(objective.size))
+        total, count = _hand_nll(policy, task.items, requests)
+    assert tokens == count == 7 * 4  # 3 SID codes and the end token per target
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    # Sequences that fit one window are exactly the requests: the request-level loss is the same.
+    short = RecGenTask(dataclasses.replace(ds, train=train.subset(np.arange(3))), split="train",
+                       tokenizer=task.items)
+    with torch.no_grad():
+        seq_loss, _ = sft_objective(policy, short, "sequence").loss(np.arange(1))
+        req_loss, _ = SFTObjective(policy, short).loss(np.arange(3))
+    assert seq_loss.item() == pytest.approx(req_loss.item(), rel=1e-5)
+
+
+def test_sequence_level_under_the_constrained_objective_matches_requests(compact):
+    ds, task, _, _ = compact
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu", objective="constrained")
+    first = np.flatnonzero(task.examples.user == task.examples.user[0])[:3]  # one user's first rows
+    short = RecGenTask(dataclasses.replace(ds, train=task.examples.subset(first)), split="train",
+                       tokenizer=task.items)
+    with torch.no_grad():
+        seq_loss, tokens = sft_objective(policy, short, "sequence").loss(np.arange(1))
+        req_loss, req_tokens = SFTObjective(policy, short).loss(np.arange(len(first)))
+    assert tokens == req_tokens
+    assert seq_loss.item() == pytest.approx(req_loss.item(), rel=1e-5)
+
+
+def test_stream_writes_windows_as_the_compact_prompt_does(compact):
+    _, task, _, _ = compact
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    objective = sft_objective(policy, task)
+    rows = np.array([4, 0, 9])
+    ids, lengths, states = objective.stream(rows)
+    w, eos = objective.windows, task.items.eos_token_id
+    for b, r in enumerate(rows):
+        items = objective.sequences.items[w.start[r]:w.start[r] + w.length[r]]
+        expected = [eos] + [t for i in items for t in task.items.sequences[i].tolist()]
+        assert lengths[b] == len(expected) and ids[b, :lengths[b]].tolist() == expected
+        scored = states[b] >= 0
+        context = 1 + sum(len(task.items.sequences[i]) for i in items[:w.first_target[r]])
+        assert not scored[:context].any() and scored[context:lengths[b]].all()
+        assert not scored[lengths[b]:].any()
+
+
+def test_level_follows_the_template_and_is_checked(compact, data):
+    _, task, _, _ = compact
+    _, instruction, _, _ = data
+    assert type(sft_objective(LLMPolicy.from_config("tiny", task.items), task)) is SequenceObjective
+    policy = LLMPolicy.from_config("tiny", instruction.items)
+    assert type(sft_objective(policy, instruction)) is SFTObjective
+    with pytest.raises(ValueError, match="level='sequence' needs a compact template"):
+        sft_objective(policy, instruction, "sequence")
+    unchained = RecGenTask(task.dataset, split="train", tokenizer=task.items)
+    unchained.examples = unchained.examples.subset(np.arange(0, 40, 2)[::-1])  # reversed: rows do not chain
+    compact_policy = LLMPolicy.from_config("tiny", task.items)
+    assert type(sft_objective(compact_policy, unchained)) is SFTObjective
+    with pytest.raises(ValueError, match="split's row .* does not continue"):
+        sft_objective(compact_policy, unchained, "sequence")
+    with pytest.raises(ValueError, match="level"):
+        SFTConfig(level="token")
+
+
+@pytest.mark.slow
+def test_sequence_level_sft_beats_popularity_and_says_so(compact, tmp_path):
+    ds, train, valid, test = compact
+    policy = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
+    cfg = SFTConfig(epochs=6, batch_size=32, lr=5e-3, eval_requests=150, patience=0, progress=False,
+                    dropout=0.1)
+    summary = train_sft(policy, train, valid, cfg, run_dir=tmp_path / "run")
+    assert summary["level"] == "sequence"
+    windows = sft_objective(policy, train).size
+    assert windows < train.num_requests and summary["batches_per_epoch"] == -(-windows // 32)
+    sft = evaluate(policy, test, beam=20, max_requests=300, progress=False)
+    pop = evaluate_ranker(PopularityRecommender().fit(ds.train, 300), ds.test, max_requests=300)
+    assert sft["HR@10"] > pop["HR@10"] + 0.1
+
+
+def test_hidden_dropout_acts_in_training_mode_inside_the_context_only(tiny_sid):
+    task, policy = tiny_sid
+    ids = torch.as_tensor(task.prompt_tokens(np.arange(2))[0][:, :6])
+    with torch.no_grad():
+        policy.model.train()
+        plain = policy.model(ids).logits
+        with hidden_dropout(policy.model, 0.5):
+            dropped = [policy.model(ids).logits for _ in range(2)]
+            policy.model.eval()
+            assert torch.equal(policy.model(ids).logits, plain)  # eval mode: no dropout
+            policy.model.train()
+        assert not torch.equal(dropped[0], dropped[1]) and not torch.equal(dropped[0], plain)
+        assert torch.equal(policy.model(ids).logits, plain)  # hooks gone after the context
+    policy.model.eval()
+    with pytest.raises(ValueError, match="dropout"):
+        SFTConfig(dropout=1.0)
