@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli_options import add_config_arguments, config_from_args
+from recgym.prompts import LAYOUTS
 
 
 def parse_key_values(values: Sequence[str]) -> dict[str, Any]:
@@ -107,8 +108,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _task_overrides(args: argparse.Namespace, *, from_scratch: bool = False) -> dict[str, Any]:
+    """The task options of the command line; a model trained ``from_scratch`` gets the compact
+    template unless ``--template`` (or ``--set template=...``) says otherwise."""
     out = parse_key_values(args.set)
+    if args.template:
+        out["template"] = args.template
+    elif from_scratch and "template" not in out:
+        out["template"] = "compact"
     if args.dataset:
         out["dataset"] = args.dataset
     if args.representation:
@@ -129,7 +136,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
-    overrides = _task_overrides(args)
+    overrides = _task_overrides(args, from_scratch=not args.model)
     with _locked_out(args, ("results.json",)):
         train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
         valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
@@ -179,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     adapters = build_config(AdapterConfig, args)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
-    overrides = _task_overrides(args)
+    overrides = _task_overrides(args, from_scratch=not (args.model or args.sft))
     out = Path(args.out)
     with _locked_out(args, ("results.json", "curves.png")):
         # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
@@ -437,6 +444,10 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="RecGen-Synthetic-v0", help="a registered RecGen env id")
     p.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     p.add_argument("--representation", choices=["title", "sid"])
+    p.add_argument("--template", choices=list(LAYOUTS),
+                   help="prompt template: compact (items back to back, no text; the default for models "
+                        "trained from scratch) or instruction (the papers' natural-language prompt; the "
+                        "default for --model); a saved policy brings its own")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RecGenTask option, e.g. --set vocab_size=2048 (repeatable)")
     p.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",

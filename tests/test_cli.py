@@ -28,6 +28,10 @@ def test_sft_then_eval_write_results(tmp_path, capsys):
     results = json.loads((run / "results.json").read_text())
     assert results["representation"] == "sid" and "HR@20" in results["test"]
     assert results["test"]["beam"] == 50 and "NDCG@50" in results["test"]  # the reference test protocol
+    # A model from scratch gets the compact prompt, and SFT runs on users' sequences; both recorded.
+    assert results["task"]["template"] == "compact" and results["sft"]["level"] == "sequence"
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
+    assert fingerprint["run"]["task"]["template"] == "compact" and fingerprint["config"]["level"] == "auto"
     assert "| sft (tiny) |" in capsys.readouterr().out
     out = tmp_path / "eval.json"
     assert main(["eval", *SMALL, "--policy", str(run / "best"), "--max-requests", "10",
@@ -217,3 +221,17 @@ def test_smollm2_trains_end_to_end_on_real_data(representation, smollm2_converte
         assert rows > 49_152 and "<a_0>" in policy.items.tokenizer.get_vocab()
     else:
         assert rows == 49_152
+
+
+def test_template_flag_chooses_the_prompt_and_a_rerun_with_another_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["sft", "--representation", "sid", *SMALL, "--max-steps", "2", "--batch-size", "8",
+            "--eval-requests", "10", "--test-requests", "5", "--test-beam", "10", "--out", str(run)]
+    assert main([*args, "--template", "instruction"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"]["template"] == "instruction" and results["sft"]["level"] == "request"
+    capsys.readouterr()
+    assert main([*args, "--template", "compact"]) == 2  # the fingerprint records the template
+    assert "template" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--template", "chat"])
