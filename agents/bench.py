@@ -89,8 +89,12 @@ class BenchPreset:
         train_split: the split SFT and RL train on: ``train``, or ``valid`` for D3 folders that
             publish only valid and test; then no split is left to select on, so nothing is
             validated and every agent is tested with its last weights.
-        sft_steps, sft_batch_size, sft_lr, sft_eval_every: SFT optimizer steps, batch, learning
-            rate and steps between validations.
+        sft_steps, sft_batch_size, sft_lr, sft_eval_every: SFT optimizer steps, batch (requests, or
+            sequence windows under the compact template), learning rate and steps between
+            validations (0: once an epoch).
+        sft_epochs, sft_patience: when ``sft_epochs`` is set, SFT runs up to that many epochs and
+            stops after ``sft_patience`` validations without a better NDCG@10 (``sft_steps`` is
+            then unused); sft_dropout, sft_warmup_steps: :class:`~agents.configs.SFTConfig`'s.
         rl_steps, requests_per_step, rollouts_per_request: the RL rollout budget (their product).
         riser_group: RISER's n (groups kept after de-duplicating ``rollouts_per_request``).
         rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
@@ -123,6 +127,10 @@ class BenchPreset:
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     sft_eval_every: int = 100
+    sft_epochs: int | None = None
+    sft_patience: int = 0
+    sft_dropout: float = 0.0
+    sft_warmup_steps: int = 20
     rl_steps: int = 60
     requests_per_step: int = 16
     rollouts_per_request: int = 16
@@ -208,7 +216,7 @@ PRESETS: dict[str, BenchPreset] = {
     # Offline synthetic SIDs, tiny model: the whole bench in a few minutes on one CPU thread.
     "ci": BenchPreset(
         name="ci", env="RecGen-Synthetic-v0",
-        task={"representation": "sid", "vocab_size": 400,
+        task={"representation": "sid", "vocab_size": 400, "template": "compact",
               "dataset_kwargs": {"num_items": 300, "num_users": 400}},
         model_preset="tiny", sft_steps=300, sft_batch_size=32, sft_lr=5e-3, sft_eval_every=100,
         rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
@@ -577,14 +585,20 @@ def _check_budget(spec: AgentSpec, learner: Any) -> None:
                          f"the bench's budget is {wanted}: its factory must honour group_size")
 
 
-def _sft_config(preset: BenchPreset, seed: int, progress: bool, train_requests: int) -> Any:
+def _sft_config(preset: BenchPreset, seed: int, progress: bool, train_rows: int) -> Any:
+    """SFT settings: ``sft_epochs`` with early stopping, or ``sft_steps`` over enough epochs of
+    ``train_rows`` (requests, or sequence windows at the sequence level)."""
     from agents.configs import SFTConfig
 
-    epochs = -(-preset.sft_steps * preset.sft_batch_size // train_requests)  # enough epochs
-    return SFTConfig(epochs=max(1, epochs), batch_size=preset.sft_batch_size, lr=preset.sft_lr,
-                     eval_every=preset.sft_eval_every, eval_requests=preset.eval_requests,
-                     beam=preset.valid_beam, patience=0, max_steps=preset.sft_steps, seed=seed,
-                     progress=progress)
+    if preset.sft_epochs is not None:
+        budget = {"epochs": preset.sft_epochs, "max_steps": None, "patience": preset.sft_patience}
+    else:
+        epochs = -(-preset.sft_steps * preset.sft_batch_size // train_rows)  # enough epochs
+        budget = {"epochs": max(1, epochs), "max_steps": preset.sft_steps, "patience": 0}
+    return SFTConfig(batch_size=preset.sft_batch_size, lr=preset.sft_lr, eval_every=preset.sft_eval_every,
+                     eval_requests=preset.eval_requests, beam=preset.valid_beam, seed=seed,
+                     progress=progress, dropout=preset.sft_dropout, warmup_steps=preset.sft_warmup_steps,
+                     **budget)
 
 
 def _rl_config(preset: BenchPreset, seed: int, progress: bool) -> Any:
@@ -634,10 +648,10 @@ def _train_sft(
     restart: bool = False, run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from agents.runs import DivergedError
-    from agents.sft import train_sft
+    from agents.sft import sft_objective, train_sft
 
     tick = time.time()
-    config = _sft_config(preset, seed, progress, tasks.train.num_requests)
+    config = _sft_config(preset, seed, progress, sft_objective(policy, tasks.train).size)
     try:
         summary = train_sft(policy, tasks.train, tasks.valid, config, run_dir=run_dir, restart=restart,
                             run_info=run_info)

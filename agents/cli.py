@@ -444,10 +444,7 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="RecGen-Synthetic-v0", help="a registered RecGen env id")
     p.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     p.add_argument("--representation", choices=["title", "sid"])
-    p.add_argument("--template", choices=list(LAYOUTS),
-                   help="prompt template: compact (items back to back, no text; the default for models "
-                        "trained from scratch) or instruction (the papers' natural-language prompt; the "
-                        "default for --model); a saved policy brings its own")
+    p.add_argument("--template", choices=list(LAYOUTS), help=TEMPLATE_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RecGenTask option, e.g. --set vocab_size=2048 (repeatable)")
     p.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
@@ -471,6 +468,9 @@ RESTART_HELP = ("start over in --out, discarding its runs (checkpoints, best wei
                 "rerun resumes, and only with the same settings")
 TEST_BEAM_HELP = ("beam width of the test (the reference protocol: 50, scoring HR/NDCG@K for K in "
                   "{1,3,5,10,20,50} up to it)")
+TEMPLATE_HELP = ("prompt template: compact (items back to back, no text; the default for models trained from "
+                 "scratch) or instruction (the papers' natural-language prompt; the default for --model); a "
+                 "saved policy brings its own")
 ADAPTER_GROUP = "adapters (agents.configs.AdapterConfig: LoRA, a frozen trunk, new-token rows)"
 BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
                "eval_requests", "sasrec_epochs", "model")
@@ -609,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--env", help="a registered RecGen env id (default: the preset's)")
     be.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     be.add_argument("--representation", choices=["title", "sid"])
+    be.add_argument("--template", choices=list(LAYOUTS), help=TEMPLATE_HELP)
     be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra RecGenTask option")
     be.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
                     help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")

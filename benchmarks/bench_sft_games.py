@@ -1,13 +1,15 @@
-"""SFT of an offline ``small`` Qwen2-architecture model on real Games (LC-Rec, SIDs), then test HR/NDCG.
+"""From-scratch SFT on real Games (LC-Rec SIDs, leave-one-out), tested under the reference protocol.
 
-Trains on the leave-one-out train split (``--max-steps`` batches of ``--batch-size`` requests, a
-budget that fits a CPU), validates on a seeded sample of valid for early stopping, and scores test
-by constrained beam search (width 20) on a seeded sample of ``--test-requests`` requests. Popularity
-and the transition model are scored on the same sample in the same run; SASRec's full-test numbers
-come from ``benchmarks/results/classic-games.json`` (``bench_classic_games.py``) when present.
-Writes ``benchmarks/results/sft-games.json``.
+Trains one recipe of ``sweep_sft_games.py`` (``--config``; the compact prompt and sequence-level SFT
+unless the recipe says otherwise) with early stopping on valid NDCG@10, then tests the best weights
+by constrained beam search of width 50 with the reference scoring on a seeded sample of
+``--test-requests`` test requests (all 50,546 with ``--test-requests 0``), reports HR/NDCG@{5, 10,
+20, 50}, SFT wall time and targets trained per second,
+popularity on the same requests, our SASRec's numbers from ``sasrec-games.json`` when present, and
+the sampled-rollout hit rate (temperature 1, groups of ``--group``) that an RL learner starts from.
+The run folder resumes; writes ``benchmarks/results/sft-games.json``.
 
-    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --max-steps 1500
+    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --config h64-b32-d0.1
 """
 
 from __future__ import annotations
@@ -16,62 +18,101 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from agents.baselines import PopularityRecommender, TransitionRecommender
-from agents.evaluate import evaluate, evaluate_ranker
-from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, train_sft
-from recgym.envs import RecGenTask
-from recgym.metrics import format_table
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_sft_games import BASE, CONFIGS, SIZES  # noqa: E402
+
+from agents.baselines import PopularityRecommender  # noqa: E402
+from agents.evaluate import evaluate, evaluate_ranker  # noqa: E402
+from agents.policy import LLMPolicy, make_rollout_env  # noqa: E402
+from agents.sft import SFTConfig, train_sft  # noqa: E402
+from recgym.envs import RecGenTask  # noqa: E402
+from recgym.metrics import format_table  # noqa: E402
+
+
+def rollout_hits(
+    policy: LLMPolicy, task: RecGenTask, requests: int, group: int, seed: int,
+) -> dict[str, float]:
+    """Hit rate of sampled rollouts and the share of groups of ``group`` with at least one hit."""
+    rows = np.random.default_rng(seed).choice(task.num_requests, size=requests, replace=False)
+    per_batch = max(1, 256 // group)
+    envs = make_rollout_env(task, per_batch * group)
+    hits = []
+    for start in range(0, requests, per_batch):
+        chunk = rows[start:start + per_batch]
+        if len(chunk) < per_batch:
+            envs = make_rollout_env(task, len(chunk) * group)
+        ro = policy.rollout(envs, group_size=group, rows=chunk, seed=seed + start)
+        hits.append(ro.hits.cpu().numpy().reshape(len(chunk), group))
+    h = np.concatenate(hits)
+    return {"requests": requests, "group": group, "temperature": 1.0, "hit_rate": float(h.mean()),
+            "groups_with_a_hit": float(h.any(axis=1).mean())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="games-lcrec")
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--max-steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-requests", type=int, default=300)
-    parser.add_argument("--test-requests", type=int, default=2000)
+    parser.add_argument("--config", default="h64-b32-d0.1", help=f"one of {', '.join(CONFIGS)}")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--eval-requests", type=int, default=2000)
+    parser.add_argument("--test-requests", type=int, default=10000, help="0: every test request")
+    parser.add_argument("--rollout-requests", type=int, default=2000)
+    parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run-dir", default="runs/sft-games")
     parser.add_argument("--out", default="benchmarks/results/sft-games.json")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    train = RecGenTask(args.dataset, split="train", representation="sid")
+    torch.set_num_threads(args.threads)
+    cfg = {**BASE, **CONFIGS[args.config]}
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    train = RecGenTask(args.dataset, split="train", representation="sid", template=cfg["template"],
+                       max_history=cfg["max_history"], vocab_size=257)
     valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
     test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
-    policy = LLMPolicy.from_config(args.preset, train.items, seed=0)
-    config = SFTConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                       eval_requests=args.eval_requests, max_steps=args.max_steps, patience=0)
+    policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=0)
+    config = SFTConfig(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"],
+                       weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup"], dropout=cfg["dropout"],
+                       eval_requests=args.eval_requests, beam=20, patience=args.patience, level=cfg["level"])
     start = time.time()
     summary = train_sft(policy, train, valid, config, run_dir=args.run_dir)
     sft_seconds = time.time() - start
+    records = [json.loads(x) for x in (Path(args.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    train_clock = records[-1]["time"] if records else sft_seconds
+    targets = summary["steps"] / summary["batches_per_epoch"] * train.num_requests
+    requests = args.test_requests or None
     start = time.time()
-    results = {"sft": evaluate(policy, test, beam=20, max_requests=args.test_requests)}
-    eval_seconds = time.time() - start
+    sft = evaluate(policy, test, beam=50, max_requests=requests, seed=0)
+    test_seconds = time.time() - start
     ds = train.dataset
-    for name, model in (("popularity", PopularityRecommender()), ("transition", TransitionRecommender())):
-        model.fit(ds.train, ds.catalogue.num_items)
-        results[name] = evaluate_ranker(model, ds.test, max_requests=args.test_requests)
-    print(format_table(results))
-    classic = Path("benchmarks/results/classic-games.json")
+    pop = evaluate_ranker(PopularityRecommender().fit(ds.train, ds.catalogue.num_items), ds.test,
+                          max_requests=requests)
+    rollouts = rollout_hits(policy, train, args.rollout_requests, args.group, seed=0)
+    print(format_table({"sft": sft, "popularity": pop}))
+    sasrec_file = Path(args.out).with_name("sasrec-games.json")
     out = {
-        "dataset": args.dataset, "representation": "sid", "preset": args.preset,
-        "parameters": sum(p.numel() for p in policy.model.parameters()),
-        "train_requests_seen": summary["steps"] * args.batch_size, "train_split_size": train.num_requests,
-        "sft": summary, "sft_seconds": round(sft_seconds, 1), "test_eval_seconds": round(eval_seconds, 1),
-        "test_sample": {"requests": args.test_requests, "seed": 0, "beam": 20},
-        "test": results,
-        "sasrec_full_test_from_classic_games_json": (
-            {k: v for k, v in json.loads(classic.read_text())["models"]["sasrec"].items()
-             if k in ("own_ranking", "history_excluded", "fit_seconds")} if classic.exists() else None),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "dataset": args.dataset, "representation": "sid", "recipe": args.config, "settings": cfg,
+        "model": SIZES[cfg["size"]], "parameters": sum(p.numel() for p in policy.model.parameters()),
+        "level": summary["level"], "sft": {k: v for k, v in summary.items() if k != "valid_history"},
+        "valid_history": summary["valid_history"],
+        "sft_wall_seconds_this_call": round(sft_seconds, 1), "sft_log_seconds": train_clock,
+        "targets_trained": int(targets), "targets_per_second": round(targets / max(train_clock, 1e-9), 1),
+        "test_protocol": {"split": "test", "requests": sft["requests"], "sample_seed": 0, "beam": 50,
+                          "scoring": "reference (full-vocabulary log-softmax, disallowed masked, no "
+                                     "renormalisation, no length penalty)"},
+        "test": {"sft": sft, "popularity": pop}, "test_seconds": round(test_seconds, 1),
+        "rollouts_from_sft": rollouts,
+        "sasrec": json.loads(sasrec_file.read_text()) if sasrec_file.exists() else None,
+        "reference": {"TIGER NDCG@10 (LC-Rec paper, LC-Rec Games)": 0.0501},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "torch": torch.__version__},
     }
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
