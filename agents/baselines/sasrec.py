@@ -67,8 +67,9 @@ class SASRecConfig:
         eval_batch_size: requests scored at once in :meth:`SASRecRecommender.rank`.
         exclude_history: :meth:`SASRecRecommender.rank` never recommends an item of the request's
             own history, as the paper's evaluation (candidates are items the user has not
-            interacted with). Needed in practice: with a shared item embedding, the raw top-1 is
-            almost always the last input item itself.
+            interacted with). Needed in practice: with a shared item embedding and BCE, the raw
+            top-1 is almost always the last input item itself; CE ranks history items high too
+            (Games, no repeats: test HR@10 .086 without exclusion, .095 with).
         seed: seeds weight init, dropout, shuffling and negative sampling.
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
         num_threads: torch CPU threads while fitting and ranking (restored afterwards); None leaves
