@@ -9,7 +9,7 @@ popularity on the same requests, our SASRec's numbers from ``sasrec-games.json``
 the sampled-rollout hit rate (temperature 1, groups of ``--group``) that an RL learner starts from.
 The run folder resumes; writes ``benchmarks/results/sft-games.json``.
 
-    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --config h64-b32-d0.1
+    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --config h128-seq-d0.2 --patience 2
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_sft_games import BASE, CONFIGS, SIZES  # noqa: E402
+from sweep_sft_games import CONFIGS, SIZES, build_run  # noqa: E402
 
 from agents.baselines import PopularityRecommender  # noqa: E402
 from agents.evaluate import evaluate, evaluate_ranker  # noqa: E402
 from agents.policy import LLMPolicy, make_rollout_env  # noqa: E402
-from agents.sft import SFTConfig, train_sft  # noqa: E402
+from agents.sft import train_sft  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 
@@ -57,7 +57,6 @@ def rollout_hits(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="games-lcrec")
     parser.add_argument("--config", default="h64-b32-d0.1", help=f"one of {', '.join(CONFIGS)}")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--patience", type=int, default=3)
@@ -66,25 +65,21 @@ def main() -> None:
     parser.add_argument("--rollout-requests", type=int, default=2000)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--run-dir", default="runs/sft-games")
+    parser.add_argument("--run-dir", help="the run folder (default: the sweep's, runs/sft-sweep/CONFIG, so "
+                        "a swept recipe is tested without training again)")
     parser.add_argument("--out", default="benchmarks/results/sft-games.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = {**BASE, **CONFIGS[args.config]}
     if args.epochs:
-        cfg["epochs"] = args.epochs
-    train = RecGenTask(args.dataset, split="train", representation="sid", template=cfg["template"],
-                       max_history=cfg["max_history"], vocab_size=257)
-    valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
+        CONFIGS[args.config] = {**CONFIGS[args.config], "epochs": args.epochs}
+    train, valid, policy, config, cfg = build_run(args.config, args.eval_requests, 1, args.patience,
+                                                  progress=True)
     test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
-    policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=0)
-    config = SFTConfig(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"],
-                       weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup"], dropout=cfg["dropout"],
-                       eval_requests=args.eval_requests, beam=20, patience=args.patience, level=cfg["level"])
     start = time.time()
-    summary = train_sft(policy, train, valid, config, run_dir=args.run_dir)
+    run_dir = args.run_dir or f"runs/sft-sweep/{args.config}"
+    summary = train_sft(policy, train, valid, config, run_dir=run_dir)
     sft_seconds = time.time() - start
-    records = [json.loads(x) for x in (Path(args.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_clock = records[-1]["time"] if records else sft_seconds
     targets = summary["steps"] / summary["batches_per_epoch"] * train.num_requests
     requests = args.test_requests or None
@@ -98,7 +93,7 @@ def main() -> None:
     print(format_table({"sft": sft, "popularity": pop}))
     sasrec_file = Path(args.out).with_name("sasrec-games.json")
     out = {
-        "dataset": args.dataset, "representation": "sid", "recipe": args.config, "settings": cfg,
+        "dataset": "games-lcrec", "representation": "sid", "recipe": args.config, "settings": cfg,
         "model": SIZES[cfg["size"]], "parameters": sum(p.numel() for p in policy.model.parameters()),
         "level": summary["level"], "sft": {k: v for k, v in summary.items() if k != "valid_history"},
         "valid_history": summary["valid_history"],

@@ -1,0 +1,175 @@
+"""Sweep of from-scratch SFT recipes on real Games (LC-Rec SIDs): quality per wall-minute on this CPU.
+
+Each configuration trains a fresh Qwen2-architecture model with the project's own SFT
+(:func:`agents.sft.train_sft`: compact prompt, sequence level unless a config says otherwise),
+validates NDCG@10 on a seeded sample of the valid split (beam 20) every ``--evals-per-epoch``
+fraction of an epoch with early stopping, and records the curve (valid NDCG@10 against training
+seconds, validation time excluded) and the steps per second. Runs live in ``--runs/<name>`` and
+resume where they stopped (``train_sft``'s checkpoints); a finished configuration has its JSON in
+``benchmarks/results/sft-sweep-games/`` and is skipped, so the sweep can be killed and rerun, and two
+sweeps over different configurations can share the folder (one per core). ``curves.png`` there
+draws every finished configuration.
+
+    RECGYM_DATA_PATH=../shared/data python benchmarks/sweep_sft_games.py --configs tiny-seq,h128-seq
+
+One thread (``torch.set_num_threads(1)``): two sweeps or a sweep and the tests can share 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.policy import LLMPolicy
+from agents.sft import SFTConfig, sft_objective, train_sft
+from agents.tracking import MetricLogger, write_atomically
+from recgym.envs import RecGenTask
+
+SIZES: dict[str, dict[str, int]] = {
+    "h64": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2},
+    "h128": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+    "h128x4": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "num_key_value_heads": 2},
+    "h256": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2, "num_attention_heads": 8,
+             "num_key_value_heads": 4},
+}
+
+BASE: dict[str, Any] = {"size": "h64", "template": "compact", "level": "auto", "max_history": 20,
+                        "batch": 128, "lr": 3e-3, "epochs": 10, "dropout": 0.0, "weight_decay": 0.01,
+                        "warmup": 100}
+# name -> the settings that differ from BASE
+CONFIGS: dict[str, dict[str, Any]] = {
+    # batch 128 windows (~720 targets): 418 updates an epoch
+    "h64-seq": {},
+    "h128-seq-d0.2": {"size": "h128", "dropout": 0.2, "lr": 2e-3},
+    # batch 32 windows (~180 targets, about a per-request batch of 128): 1,670 updates an epoch
+    "h256-seq-d0.3": {"size": "h256", "dropout": 0.3, "lr": 1e-3},
+    "h128-seq-d0.3-lr3e-3": {"size": "h128", "dropout": 0.3},
+    "h64-b32-d0.1": {"batch": 32, "dropout": 0.1, "epochs": 20},
+    "h128-b32-d0.2": {"size": "h128", "batch": 32, "dropout": 0.2, "lr": 2e-3, "epochs": 20},
+    "h128-b32-d0.1-lr1e-3": {"size": "h128", "batch": 32, "dropout": 0.1, "lr": 1e-3, "epochs": 20},
+    "h256-b32-d0.3": {"size": "h256", "batch": 32, "dropout": 0.3, "lr": 1e-3, "epochs": 20},
+    "h128-b32-d0.2-h10": {"size": "h128", "batch": 32, "dropout": 0.2, "lr": 2e-3, "epochs": 20,
+                          "max_history": 10},
+    "h64-request": {"level": "request", "epochs": 2},
+}
+
+
+def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int, seed: int = 0,
+              progress: bool = False) -> tuple[RecGenTask, RecGenTask, LLMPolicy, SFTConfig, dict[str, Any]]:
+    """(train task, valid task, fresh policy, SFT config, settings) of recipe ``name``: the one place a
+    recipe becomes a run, so ``bench_sft_games.py`` resumes or reuses a sweep's run folder."""
+    cfg = {**BASE, **CONFIGS[name]}
+    train = RecGenTask("games-lcrec", split="train", representation="sid", template=cfg["template"],
+                       max_history=cfg["max_history"], vocab_size=257)
+    valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
+    policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=seed)
+    steps_per_epoch = -(-sft_objective(policy, train, cfg["level"]).size // cfg["batch"])
+    config = SFTConfig(
+        epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+        warmup_steps=cfg["warmup"], eval_every=max(1, steps_per_epoch // evals_per_epoch),
+        eval_requests=eval_requests, beam=20, patience=patience, seed=seed,
+        dropout=cfg["dropout"], level=cfg["level"], progress=progress)
+    return train, valid, policy, config, cfg
+
+
+def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train configuration ``name``, return its curve and final valid numbers."""
+    train, valid, policy, config, cfg = build_run(name, args.eval_requests, args.evals_per_epoch,
+                                                  args.patience, args.seed, args.progress)
+    steps_per_epoch = -(-sft_objective(policy, train, cfg["level"]).size // cfg["batch"])
+    run = Path(args.runs) / name
+    summary = train_sft(policy, train, valid, config, run_dir=run)
+    records = MetricLogger.read(run)
+    curve, eval_seconds, last_time = [], 0.0, 0.0
+    for r in records:  # training seconds: the log's clock less the validations' share
+        if "valid/NDCG@10" in r:
+            eval_seconds += r["time"] - last_time
+            curve.append({"step": r["step"], "epoch": round(r["step"] / steps_per_epoch, 3),
+                          "train_seconds": round(r["time"] - eval_seconds, 1),
+                          "NDCG@10": r["valid/NDCG@10"], "HR@10": r["valid/HR@10"]})
+        last_time = r["time"]
+    train_seconds = curve[-1]["train_seconds"] if curve else None
+    steps = summary["steps"]
+    return {
+        "settings": cfg, "model": SIZES[cfg["size"]], "level": summary["level"],
+        "parameters": sum(p.numel() for p in policy.model.parameters()),
+        "batches_per_epoch": steps_per_epoch, "targets_per_epoch": train.num_requests,
+        "steps": steps, "train_seconds": train_seconds,
+        "targets_per_second": round(steps / steps_per_epoch * train.num_requests / train_seconds, 1)
+        if train_seconds else None,
+        "best_valid_NDCG@10": summary["best_valid"], "best_step": summary["best_step"], "curve": curve,
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Valid NDCG@10 against training minutes, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, r in results["configs"].items():
+        xs = [c["train_seconds"] / 60 for c in r["curve"]]
+        ax.plot(xs, [c["NDCG@10"] for c in r["curve"]], marker="o", ms=3, label=name)
+    ax.axhline(0.0501, color="k", ls="--", lw=1, label="TIGER (published, test)")
+    ax.set_xlabel("training minutes (one CPU thread, validation excluded)")
+    ax.set_ylabel(f"valid NDCG@10 ({results['eval_requests']} requests, beam 20)")
+    ax.set_title("From-scratch SFT on LC-Rec Games")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")  # two sweeps may draw at once: rename
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
+    parser.add_argument("--eval-requests", type=int, default=2000)
+    parser.add_argument("--evals-per-epoch", type=int, default=1)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="runs/sft-sweep")
+    parser.add_argument("--out", default="benchmarks/results/sft-sweep-games",
+                        help="folder: one JSON per configuration, and the plot of all of them")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = out / f"{name}.json"
+        if path.exists():
+            print(f"{name}: done ({path})")
+            continue
+        start = time.time()
+        result = run_config(name, args)
+        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+        result.update(wall_seconds=round(time.time() - start, 1), eval_requests=args.eval_requests,
+                      valid_beam=20, threads=args.threads, patience=args.patience, machine=machine)
+        print(name, json.dumps({k: v for k, v in result.items() if k != "curve"}))
+        write_atomically(path, json.dumps(result, indent=2))
+        results = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+        plot({"configs": results, "eval_requests": args.eval_requests}, out / "curves.png")
+
+
+if __name__ == "__main__":
+    main()
