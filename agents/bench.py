@@ -103,7 +103,8 @@ class BenchPreset:
             width (50, the reference protocol; HR/NDCG@K for every K <= beam, so at least 10);
             ``valid_beam``: validation's
             (model selection by NDCG@10).
-        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads: SASRec's size (early
+        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads, sasrec_dropout: SASRec's
+            size and regularisation (early
             stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
             a ranker's preset fields are ``<name>_<setting>``.
         ppo_envs, ppo_episodes_per_update, ppo_epochs, ppo_hidden, ppo_item_tokens, ppo_item_ids:
@@ -148,6 +149,7 @@ class BenchPreset:
     sasrec_hidden: int = 64
     sasrec_batch_size: int = 128
     sasrec_num_threads: int | None = 1
+    sasrec_dropout: float = 0.2
     ppo_envs: int = 8
     ppo_episodes_per_update: int = 64
     ppo_epochs: int = 4
@@ -222,18 +224,18 @@ PRESETS: dict[str, BenchPreset] = {
         rl_steps=40, requests_per_step=16, rollouts_per_request=8, riser_group=6, rl_lr=3e-4,
         rl_eval_every=10, eval_requests=None, test_requests=500, sasrec_epochs=20, sasrec_hidden=32,
         ppo_episodes_per_update=16, ppo_hidden=64),
-    # Real Amazon Video Games (LC-Rec, 4-level SIDs), small model: 1 h 52 min on one CPU thread (the
-    # other core busy) for popularity, sasrec, sft, simpo, grpo, riser and maskable_ppo with 3 seeds
-    # (results/bench-cpu-games/results.json): SFT 29 min (2,000 steps and 4 validations of 2,000
-    # requests), then per seed SASRec 2 min, each RL agent 6-7 min (100 steps of 1.6-1.9 s, 3
-    # validations, a beam-50 test of 1,000 requests), MaskablePPO 5 min. The prompt keeps the last
-    # 5 history items: 1.4x faster SFT steps than 10 (0.36 against 0.49 s on one thread), so 2,000
-    # SFT steps fit; the from-scratch policy stays below popularity (HR@10 .008 against .015).
+    # Real Amazon Video Games (LC-Rec, 4-level SIDs), the recipe the SFT sweep picked
+    # (benchmarks/sweep_sft_games.py, benchmarks/results/sft-sweep-games/): a model from scratch on
+    # the compact prompt with the last 20 items, sequence-level SFT (53,426 windows an epoch, about
+    # 1.5 min each on one thread), dropout 0.3, up to 30 epochs with early stopping on valid NDCG@10
+    # over 2,000 requests; SASRec with cross-entropy over all items and the same history, up to 30
+    # epochs (about 1 min each). The RL budget is unchanged (100 steps x 16 requests x 16 rollouts).
     "cpu": BenchPreset(
-        name="cpu", env="RecGen-Games-v0", task={"max_history": 5}, model_preset="small", sft_steps=2000,
-        sft_batch_size=32, sft_lr=2e-3, sft_eval_every=500, rl_steps=100, requests_per_step=16,
+        name="cpu", env="RecGen-Games-v0", task={"max_history": 20, "template": "compact", "vocab_size": 257},
+        model_preset="tiny", sft_epochs=30, sft_patience=3, sft_batch_size=128, sft_lr=3e-3, sft_dropout=0.3,
+        sft_warmup_steps=100, sft_eval_every=0, rl_steps=100, requests_per_step=16,
         rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
-        test_requests=1000, sasrec_epochs=3, sasrec_hidden=64, sasrec_batch_size=256,
+        test_requests=1000, sasrec_epochs=30, sasrec_hidden=64, sasrec_batch_size=64, sasrec_dropout=0.5,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
     # A real pretrained LM on this 2-core machine: SmolLM2-135M-Instruct with LoRA r = 8 on
     # office-d3 titles (D3 publishes valid and test only: valid trains, nothing is left to select

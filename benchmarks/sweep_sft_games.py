@@ -53,6 +53,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "h128-seq-d0.2": {"size": "h128", "dropout": 0.2, "lr": 2e-3},
     # batch 32 windows (~180 targets, about a per-request batch of 128): 1,670 updates an epoch
     "h256-seq-d0.3": {"size": "h256", "dropout": 0.3, "lr": 1e-3},
+    # SASRec-style regularisation and length: strong dropout, many epochs
+    "h64-seq-d0.3-e30": {"dropout": 0.3, "epochs": 30},
     "h128-seq-d0.3-lr3e-3": {"size": "h128", "dropout": 0.3},
     "h64-b32-d0.1": {"batch": 32, "dropout": 0.1, "epochs": 20},
     "h128-b32-d0.2": {"size": "h128", "batch": 32, "dropout": 0.2, "lr": 2e-3, "epochs": 20},
