@@ -57,6 +57,9 @@ def test_kl_cov_selects_top_covariance_tokens_by_hand():
     assert penalty[0, 0].item() == pytest.approx(2.0 * 0.5)
     _, selected = kl_cov_penalty(logp, old, adv, mask, k=1e-9, coef=1.0)  # at least one token
     assert int(selected.sum()) == 1
+    # k N = 0.6 * 4 = 2.4 tokens: verl takes int(2.4) = 2 (ceil would take 3)
+    _, selected = kl_cov_penalty(logp, old, adv, mask, k=0.6, coef=1.0)
+    assert selected.tolist() == [[True, False, False], [True, False, False]]
 
 
 def test_certainty_weights_from_a_known_tree():
@@ -219,7 +222,7 @@ def test_kl_cov_in_riser_loss_matches_verl_formula(tiny_sid):
     loss, stats = learner.loss(policy, batch)
     loss.backward()
     got = leaf.grad[:b, :t].clone()
-    # verl: pg = -A * ratio on every valid token; the top ceil(k N) tokens by
+    # verl: pg = -A * ratio on every valid token; the top max(1, int(k N)) tokens by
     # Cov = (A - mean A)(log pi - mean log pi) get + coef * |log pi - log pi_old|; per-sequence mean.
     x = leaf.detach()[:b, :t].clone().requires_grad_(True)
     mask = batch.mask
@@ -230,7 +233,7 @@ def test_kl_cov_in_riser_loss_matches_verl_formula(tiny_sid):
     valid = torch.nonzero(mask.reshape(-1)).squeeze(1)
     a_v, lp_v = adv.reshape(-1)[valid], x.detach().reshape(-1)[valid]
     cov = (a_v - a_v.mean()) * (lp_v - lp_v.mean())
-    top = valid[torch.topk(cov, int(np.ceil(k * len(valid)))).indices]
+    top = valid[torch.topk(cov, max(1, int(k * len(valid)))).indices]
     chosen = torch.zeros(b * t, dtype=torch.bool)
     chosen[top] = True
     per_token = torch.where(chosen.reshape(b, t), pg_kl, pg) * mask

@@ -23,8 +23,9 @@ from pi_old within a batch of rollouts.
 
        Cov_t = (A_t - mean A) * (log pi_t - mean log pi)       (detached)
 
-   the top ceil(k * N) tokens by Cov (k = 2e-3) get coef * |log pi_t - log pi_old,t| added
-   (coef = 1). ``kl_cov_clip=True`` keeps PPO's clipped surrogate under the penalty instead.
+   the top max(1, int(k * N)) of the N valid tokens by Cov (k = 2e-3; verl's count) get
+   coef * |log pi_t - log pi_old,t| added (coef = 1). ``kl_cov_clip=True`` keeps PPO's clipped
+   surrogate under the penalty instead.
 
 With ``oversample = group_size``, ``simpo_weight = 0``, ``certainty_d = 1`` and ``kl_cov_k = 0``
 RISER is exactly GRPO (a test checks loss and gradients).
@@ -32,7 +33,6 @@ RISER is exactly GRPO (a test checks loss and gradients).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +131,8 @@ def kl_cov_penalty(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k: float,
     coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL-Cov: coef * |log pi - log pi_old| on the top ceil(k * N) of the N valid tokens by Cov_t.
+    """KL-Cov: coef * |log pi - log pi_old| on the top max(1, int(k * N)) of the N valid tokens by Cov_t
+    (verl's ``kl_cov`` count: k * N rounded down, at least one).
 
     Returns ``(penalty [B, T], selected [B, T] bool)``. Inside
     :func:`agents.distributed.loss_sync` the means, N and the top-k run over the global batch's
@@ -147,7 +148,7 @@ def kl_cov_penalty(
     a, offset = dist.global_cat(a_local.detach())  # the global batch's tokens, in rank order
     lp, _ = dist.global_cat(logp.detach()[mask])
     cov = (a - a.mean()) * (lp - lp.mean())  # Cov_t
-    count = max(1, math.ceil(k * len(cov)))  # the top ceil(k * N) tokens
+    count = max(1, int(k * len(cov)))  # the top max(1, floor(k N)) tokens, as verl
     chosen = torch.zeros_like(cov, dtype=torch.bool)
     if len(cov):
         chosen[cov.topk(min(count, len(cov))).indices] = True
