@@ -55,6 +55,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "h256-seq-d0.3": {"size": "h256", "dropout": 0.3, "lr": 1e-3},
     # SASRec-style regularisation and length: strong dropout, many epochs
     "h64-seq-d0.3-e30": {"dropout": 0.3, "epochs": 30},
+    "h64-seq-d0.1-e30": {"dropout": 0.1, "epochs": 30},
     "h128-seq-d0.3-lr3e-3": {"size": "h128", "dropout": 0.3},
     "h64-b32-d0.1": {"batch": 32, "dropout": 0.1, "epochs": 20},
     "h128-b32-d0.2": {"size": "h128", "batch": 32, "dropout": 0.2, "lr": 2e-3, "epochs": 20},
@@ -84,26 +85,44 @@ def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int
     return train, valid, policy, config, cfg
 
 
-def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train configuration ``name``, return its curve and final valid numbers."""
+def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
+    """Valid NDCG@10 / HR@10 against training seconds from a run's ``metrics.jsonl``.
+
+    The log's clock restarts when a run resumes, so segments are added up; the time between two
+    records that ends in a validation is that validation's and is left out.
+    """
+    curve, base, eval_seconds, last_time = [], 0.0, 0.0, 0.0
+    for r in MetricLogger.read(run):
+        if r["time"] < last_time:  # a resumed segment: its clock starts again at 0
+            base += last_time
+            last_time = 0.0
+        if "valid/NDCG@10" in r:
+            eval_seconds += r["time"] - last_time
+            curve.append({"step": r["step"], "epoch": round(r["step"] / steps_per_epoch, 3),
+                          "train_seconds": round(base + r["time"] - eval_seconds, 1),
+                          "NDCG@10": r["valid/NDCG@10"], "HR@10": r["valid/HR@10"]})
+        last_time = r["time"]
+    return curve
+
+
+def run_config(name: str, args: argparse.Namespace, *, train_now: bool = True) -> dict[str, Any]:
+    """Train configuration ``name`` (or, with ``train_now=False``, read what its run folder holds so
+    far: a run stopped by hand), return its curve and best valid numbers."""
     train, valid, policy, config, cfg = build_run(name, args.eval_requests, args.evals_per_epoch,
                                                   args.patience, args.seed, args.progress)
     steps_per_epoch = -(-sft_objective(policy, train, cfg["level"]).size // cfg["batch"])
     run = Path(args.runs) / name
-    summary = train_sft(policy, train, valid, config, run_dir=run)
-    records = MetricLogger.read(run)
-    curve, eval_seconds, last_time = [], 0.0, 0.0
-    for r in records:  # training seconds: the log's clock less the validations' share
-        if "valid/NDCG@10" in r:
-            eval_seconds += r["time"] - last_time
-            curve.append({"step": r["step"], "epoch": round(r["step"] / steps_per_epoch, 3),
-                          "train_seconds": round(r["time"] - eval_seconds, 1),
-                          "NDCG@10": r["valid/NDCG@10"], "HR@10": r["valid/HR@10"]})
-        last_time = r["time"]
+    if train_now:
+        summary = train_sft(policy, train, valid, config, run_dir=run)
+    curve = curve_of(run, steps_per_epoch)
+    if not train_now:  # the same numbers train_sft's summary gives, from the log
+        best = max(curve, key=lambda c: (c["NDCG@10"], c["step"]))
+        summary = {"steps": curve[-1]["step"], "best_valid": best["NDCG@10"], "best_step": best["step"],
+                   "level": sft_objective(policy, train, cfg["level"]).level}
     train_seconds = curve[-1]["train_seconds"] if curve else None
     steps = summary["steps"]
     return {
-        "settings": cfg, "model": SIZES[cfg["size"]], "level": summary["level"],
+        "settings": cfg, "model": SIZES[cfg["size"]], "level": summary["level"], "finished": train_now,
         "parameters": sum(p.numel() for p in policy.model.parameters()),
         "batches_per_epoch": steps_per_epoch, "targets_per_epoch": train.num_requests,
         "steps": steps, "train_seconds": train_seconds,
@@ -149,6 +168,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/sft-sweep-games",
                         help="folder: one JSON per configuration, and the plot of all of them")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--collect", action="store_true",
+                        help="record the configurations' runs as they stand (stopped by hand: "
+                             "'finished': false) instead of training them")
     args = parser.parse_args()
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
@@ -163,7 +185,7 @@ def main() -> None:
             print(f"{name}: done ({path})")
             continue
         start = time.time()
-        result = run_config(name, args)
+        result = run_config(name, args, train_now=not args.collect)
         machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
         result.update(wall_seconds=round(time.time() - start, 1), eval_requests=args.eval_requests,
                       valid_beam=20, threads=args.threads, patience=args.patience, machine=machine)
