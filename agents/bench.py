@@ -699,7 +699,7 @@ def ranker_settings(name: str, preset: BenchPreset) -> dict[str, Any]:
 
     Example:
         >>> ranker_settings("sasrec", PRESETS["ci"])
-        {'epochs': 20, 'hidden': 32, 'batch_size': 128, 'num_threads': 1}
+        {'epochs': 20, 'hidden': 32, 'batch_size': 128, 'num_threads': 1, 'dropout': 0.2}
     """
     head = f"{name}_"
     return {f.name[len(head):]: getattr(preset, f.name) for f in fields(preset) if f.name.startswith(head)}
