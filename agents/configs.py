@@ -21,6 +21,9 @@ from recgym.metrics import KS
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2},
+    # mini: the Games SFT sweep's pick (benchmarks/results/sft-sweep-games/)
+    "mini": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2},
     "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
               "num_attention_heads": 8, "num_key_value_heads": 4},
 }

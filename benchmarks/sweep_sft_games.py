@@ -27,16 +27,15 @@ from typing import Any
 
 import torch
 
+from agents.configs import MODEL_PRESETS
 from agents.policy import LLMPolicy
 from agents.sft import SFTConfig, sft_objective, train_sft
 from agents.tracking import MetricLogger, write_atomically
 from recgym.envs import RecGenTask
 
 SIZES: dict[str, dict[str, int]] = {
-    "h64": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2},
-    "h128": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2},
+    "h64": MODEL_PRESETS["tiny"],
+    "h128": MODEL_PRESETS["mini"],
     "h128x4": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
                "num_key_value_heads": 2},
     "h256": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2, "num_attention_heads": 8,
