@@ -143,7 +143,9 @@ def _train_sft(
               if run is not None and main else None)
     start_time = time.time()
     bar = tqdm(total=total, initial=state["step"], desc="sft", disable=not cfg.progress or not main)
-    stop = state["step"] >= total
+    # A run that ended (all steps, or early-stopped: its last validation ran out of patience) is
+    # not trained further when the same command runs again: it returns its best weights.
+    stop = state["step"] >= total or (cfg.patience > 0 and state["bad_evals"] >= cfg.patience)
     policy.model.train()
     try:
         while not stop:

@@ -270,3 +270,25 @@ def test_hidden_dropout_acts_in_training_mode_inside_the_context_only(tiny_sid):
     policy.model.eval()
     with pytest.raises(ValueError, match="dropout"):
         SFTConfig(dropout=1.0)
+
+
+def test_an_early_stopped_run_is_not_trained_further_when_rerun(data, tmp_path, monkeypatch):
+    import agents.sft
+    import agents.training
+
+    _, train, valid, _ = data
+    scores = iter([0.5, 0.4, 0.3, 0.2])  # valid NDCG@10 falls after the first validation
+
+    def fake_evaluate(*args, **kwargs):
+        return {"NDCG@10": next(scores), "HR@10": 0.0, "requests": 5}
+
+    monkeypatch.setattr(agents.training, "evaluate", fake_evaluate)
+    cfg = SFTConfig(epochs=1, batch_size=16, max_steps=6, eval_every=1, eval_requests=5, beam=10,
+                    patience=1, progress=False)
+    first = train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
+                      run_dir=tmp_path / "run")
+    assert first["steps"] == 2 and first["best_step"] == 1  # stopped by patience, not by max_steps
+    interrupt_after(monkeypatch, agents.sft.SFTObjective, "loss", 0)  # any training step now fails
+    again = train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
+                      run_dir=tmp_path / "run")
+    assert again["steps"] == 2 and again["best_valid"] == 0.5
