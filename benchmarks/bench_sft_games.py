@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_sft_games import CONFIGS, SIZES, build_run  # noqa: E402
+from sweep_sft_games import CONFIGS, SIZES, build_run, curve_of  # noqa: E402
 
 from agents.baselines import PopularityRecommender  # noqa: E402
 from agents.evaluate import evaluate, evaluate_ranker  # noqa: E402
@@ -79,8 +79,8 @@ def main() -> None:
     run_dir = args.run_dir or f"runs/sft-sweep/{args.config}"
     summary = train_sft(policy, train, valid, config, run_dir=run_dir)
     sft_seconds = time.time() - start
-    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    train_clock = records[-1]["time"] if records else sft_seconds
+    curve = curve_of(Path(run_dir), summary["batches_per_epoch"])  # training seconds over resumed segments
+    train_clock = curve[-1]["train_seconds"] if curve else sft_seconds
     targets = summary["steps"] / summary["batches_per_epoch"] * train.num_requests
     requests = args.test_requests or None
     start = time.time()
@@ -97,7 +97,7 @@ def main() -> None:
         "model": SIZES[cfg["size"]], "parameters": sum(p.numel() for p in policy.model.parameters()),
         "level": summary["level"], "sft": {k: v for k, v in summary.items() if k != "valid_history"},
         "valid_history": summary["valid_history"],
-        "sft_wall_seconds_this_call": round(sft_seconds, 1), "sft_log_seconds": train_clock,
+        "sft_wall_seconds_this_call": round(sft_seconds, 1), "sft_train_seconds": train_clock,
         "targets_trained": int(targets), "targets_per_second": round(targets / max(train_clock, 1e-9), 1),
         "test_protocol": {"split": "test", "requests": sft["requests"], "sample_seed": 0, "beam": 50,
                           "scoring": "reference (full-vocabulary log-softmax, disallowed masked, no "

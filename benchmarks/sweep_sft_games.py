@@ -52,6 +52,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "h128-seq-d0.2": {"size": "h128", "dropout": 0.2, "lr": 2e-3},
     # batch 32 windows (~180 targets, about a per-request batch of 128): 1,670 updates an epoch
     "h256-seq-d0.3": {"size": "h256", "dropout": 0.3, "lr": 1e-3},
+    "h256-seq-d0.2": {"size": "h256", "dropout": 0.2, "lr": 1e-3},
     # SASRec-style regularisation and length: strong dropout, many epochs
     "h64-seq-d0.3-e30": {"dropout": 0.3, "epochs": 30},
     "h64-seq-d0.1-e30": {"dropout": 0.1, "epochs": 30},
