@@ -86,13 +86,15 @@ def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int
 
 
 def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
-    """Valid NDCG@10 / HR@10 against training seconds from a run's ``metrics.jsonl``.
+    """Valid NDCG@10 / HR@10 (and the last logged training loss) against training seconds from a
+    run's ``metrics.jsonl``.
 
     The log's clock restarts when a run resumes, so segments are added up; the time between two
     records that ends in a validation is that validation's and is left out.
     """
-    curve, base, eval_seconds, last_time = [], 0.0, 0.0, 0.0
+    curve, base, eval_seconds, last_time, loss = [], 0.0, 0.0, 0.0, None
     for r in MetricLogger.read(run):
+        loss = r.get("loss", loss)
         if r["time"] < last_time:  # a resumed segment: its clock starts again at 0
             base += last_time
             last_time = 0.0
@@ -100,7 +102,7 @@ def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
             eval_seconds += r["time"] - last_time
             curve.append({"step": r["step"], "epoch": round(r["step"] / steps_per_epoch, 3),
                           "train_seconds": round(base + r["time"] - eval_seconds, 1),
-                          "NDCG@10": r["valid/NDCG@10"], "HR@10": r["valid/HR@10"]})
+                          "NDCG@10": r["valid/NDCG@10"], "HR@10": r["valid/HR@10"], "train_loss": loss})
         last_time = r["time"]
     return curve
 
