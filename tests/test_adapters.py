@@ -330,7 +330,7 @@ def test_training_resumes_exactly_with_adapters(pretrained, task, tmp_path, monk
     straight = load(pretrained, task, "qwen2", "lora")
     train_sft(straight, task, None, cfg, run_dir=tmp_path / "sft-a")
     with monkeypatch.context() as m:
-        m.setattr(agents.sft, "sft_loss", killed(agents.sft, "sft_loss", 3))
+        m.setattr(agents.sft.SFTObjective, "loss", killed(agents.sft.SFTObjective, "loss", 3))
         with pytest.raises(KeyboardInterrupt):
             train_sft(load(pretrained, task, "qwen2", "lora"), task, None, cfg, run_dir=tmp_path / "sft-b")
     resumed = load(pretrained, task, "qwen2", "lora")

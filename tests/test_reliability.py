@@ -148,7 +148,7 @@ def test_resumed_steps_are_logged_once_and_a_torn_last_line_is_dropped(small, tm
                     progress=False)
     run = tmp_path / "run"
     with monkeypatch.context() as m:  # killed during step 5: steps 1-4 logged, the checkpoint at 3
-        kill_after(m, agents.sft, "sft_loss", 4)
+        kill_after(m, agents.sft.SFTObjective, "loss", 4)
         with pytest.raises(Killed):
             policy = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
             train_sft(policy, train, valid, cfg, run)
