@@ -169,7 +169,8 @@ def test_adapter_flags_train_only_their_part_and_a_rerun_with_others_is_refused(
     results = json.loads((run / "results.json").read_text())
     assert results["adapters"]["freeze"] == "top:1"
     # The same seeded start, built by hand: block 0 and the embeddings never moved, block 1 did.
-    task = RecGenTask("synthetic", representation="sid", dataset_kwargs={"num_items": 200, "num_users": 150})
+    task = RecGenTask("synthetic", representation="sid", template="compact",  # the from-scratch default
+                      dataset_kwargs={"num_items": 200, "num_users": 150})
     start = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu").model.state_dict()
     trained = load_file(str(run / "best" / "model.safetensors"))
     frozen = [k for k in trained if ".layers.0." in k or "embed_tokens" in k]
