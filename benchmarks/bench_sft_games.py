@@ -72,8 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.epochs:
         CONFIGS[args.config] = {**CONFIGS[args.config], "epochs": args.epochs}
-    train, valid, policy, config, cfg = build_run(args.config, args.eval_requests, 1, args.patience,
-                                                  progress=True)
+    train, valid, policy, config, cfg, _ = build_run(args.config, args.eval_requests, 1, args.patience,
+                                                     progress=True)
     test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
     start = time.time()
     run_dir = args.run_dir or f"runs/sft-sweep/{args.config}"

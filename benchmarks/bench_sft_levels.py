@@ -49,13 +49,15 @@ def main() -> None:
             for name, objective in levels.items():
                 rows = rng.choice(objective.size, size=args.batch, replace=False)
                 tick = time.perf_counter()
-                loss, tokens = objective.loss(rows)
+                loss, _ = objective.loss(rows)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if step:
                     seconds[name] += time.perf_counter() - tick
-                    targets[name] += tokens // 5  # 4 SID codes and the end token per target item
+                    # target items in the batch: one per request, or the windows' targets
+                    windows = getattr(objective, "windows", None)
+                    targets[name] += len(rows) if windows is None else int(windows.targets[rows].sum())
         per_second = {name: targets[name] / seconds[name] for name in levels}
         results[size] = {
             "parameters": sum(p.numel() for p in policy.model.parameters()),

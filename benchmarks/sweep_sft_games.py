@@ -29,7 +29,7 @@ import torch
 
 from agents.configs import MODEL_PRESETS
 from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, sft_objective, train_sft
+from agents.sft import SFTConfig, SFTObjective, sft_objective, train_sft
 from agents.tracking import MetricLogger, write_atomically
 from recgym.envs import RecGenTask
 
@@ -68,21 +68,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int, seed: int = 0,
-              progress: bool = False) -> tuple[RecGenTask, RecGenTask, LLMPolicy, SFTConfig, dict[str, Any]]:
-    """(train task, valid task, fresh policy, SFT config, settings) of recipe ``name``: the one place a
-    recipe becomes a run, so ``bench_sft_games.py`` resumes or reuses a sweep's run folder."""
+              progress: bool = False,
+              ) -> tuple[RecGenTask, RecGenTask, LLMPolicy, SFTConfig, dict[str, Any], SFTObjective]:
+    """(train task, valid task, fresh policy, SFT config, settings, SFT objective) of recipe ``name``:
+    the one place a recipe becomes a run, so ``bench_sft_games.py`` resumes or reuses a sweep's run
+    folder."""
     cfg = {**BASE, **CONFIGS[name]}
     train = RecGenTask("games-lcrec", split="train", representation="sid", template=cfg["template"],
                        max_history=cfg["max_history"], vocab_size=257)
     valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
     policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=seed)
-    steps_per_epoch = -(-sft_objective(policy, train, cfg["level"]).size // cfg["batch"])
+    objective = sft_objective(policy, train, cfg["level"])
+    steps_per_epoch = -(-objective.size // cfg["batch"])
     config = SFTConfig(
         epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
         warmup_steps=cfg["warmup"], eval_every=max(1, steps_per_epoch // evals_per_epoch),
         eval_requests=eval_requests, beam=20, patience=patience, seed=seed,
         dropout=cfg["dropout"], level=cfg["level"], progress=progress)
-    return train, valid, policy, config, cfg
+    return train, valid, policy, config, cfg, objective
 
 
 def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
@@ -110,9 +113,9 @@ def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
 def run_config(name: str, args: argparse.Namespace, *, train_now: bool = True) -> dict[str, Any]:
     """Train configuration ``name`` (or, with ``train_now=False``, read what its run folder holds so
     far: a run stopped by hand), return its curve and best valid numbers."""
-    train, valid, policy, config, cfg = build_run(name, args.eval_requests, args.evals_per_epoch,
-                                                  args.patience, args.seed, args.progress)
-    steps_per_epoch = -(-sft_objective(policy, train, cfg["level"]).size // cfg["batch"])
+    train, valid, policy, config, cfg, objective = build_run(name, args.eval_requests, args.evals_per_epoch,
+                                                             args.patience, args.seed, args.progress)
+    steps_per_epoch = -(-objective.size // cfg["batch"])
     run = Path(args.runs) / name
     if train_now:
         summary = train_sft(policy, train, valid, config, run_dir=run)
@@ -120,7 +123,7 @@ def run_config(name: str, args: argparse.Namespace, *, train_now: bool = True) -
     if not train_now:  # the same numbers train_sft's summary gives, from the log
         best = max(curve, key=lambda c: (c["NDCG@10"], c["step"]))
         summary = {"steps": curve[-1]["step"], "best_valid": best["NDCG@10"], "best_step": best["step"],
-                   "level": sft_objective(policy, train, cfg["level"]).level}
+                   "level": objective.level}
     train_seconds = curve[-1]["train_seconds"] if curve else None
     steps = summary["steps"]
     return {
