@@ -185,7 +185,9 @@ def task_fingerprint(task: Any) -> dict[str, Any]:
                                     np.asarray(ex.target)),
             "hit_reward": task.hit_reward, "miss_reward": task.miss_reward,
             "reward_fn": None if reward_fn is None else getattr(reward_fn, "__qualname__", repr(reward_fn)),
-            "max_prompt_len": int(task.max_prompt_len)}
+            "max_prompt_len": int(task.max_prompt_len),
+            # the default reward is left out, so that runs recorded before rewards were options resume
+            **({"reward": task.reward} if task.reward != "hit" else {})}
 
 
 def weights_fingerprint(model: Any) -> dict[str, Any]:

@@ -118,6 +118,9 @@ class RecGenParallelEnv(ParallelEnv[str, AgentObs, int]):
         duplicate_penalty = check_real(duplicate_penalty, "duplicate_penalty", minimum=0.0)
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.task = resolve_task(task, task_kwargs)
+        if self.task.reward != "hit":  # the agents' items are a slate, not a ranked list
+            raise ValueError(f"reward={self.task.reward!r}: the multi-agent env pays the hit reward "
+                             "(a slate has no ranks); use reward='hit'")
         self.tree = self.task.tree
         self.mode = mode
         self.duplicate_penalty = duplicate_penalty

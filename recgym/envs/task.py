@@ -6,6 +6,7 @@ PettingZoo env and any number of copies use the same tree and prompt cache.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -17,6 +18,7 @@ import numpy as np
 
 from recgym._checks import check_choice, check_int, check_options, check_real, int_array
 from recgym.data.dataset import SPLITS, Dataset, Examples
+from recgym.rewards import check_reward, item_rewards
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -63,6 +65,9 @@ class RecGenTask:
         hit_reward, miss_reward: reward of a generated item that is / is not the target (finite).
         reward_fn: optional ``(generated_item_ids, target, request) -> float`` replacing the
             hit / miss reward; a non-finite value it returns is a ValueError.
+        reward: what an item earns given its rank in the agent's list (:mod:`recgym.rewards`):
+            ``"hit"`` (the default), ``"ranking"`` (ReRe's ranking-aware reward) or
+            ``"rank_discounted"``; ranks are the slots of a vector env's group. Not with ``reward_fn``.
         vocab_size: vocabulary size of the offline default tokenizer (>= 257: the byte alphabet of
             byte-level BPE plus the end token); ignored when ``tokenizer`` is given.
         dataset_kwargs: passed to :func:`recgym.data.load` (only when ``dataset`` is a name or folder).
@@ -93,6 +98,7 @@ class RecGenTask:
         hit_reward: float = 1.0,
         miss_reward: float = 0.0,
         reward_fn: RewardFn | None = None,
+        reward: str = "hit",
         vocab_size: int = 4096,
         dataset_kwargs: dict[str, Any] | None = None,
         sid_index: str | os.PathLike[str] | None = None,
@@ -112,6 +118,7 @@ class RecGenTask:
         miss_reward = check_real(miss_reward, "miss_reward")
         if reward_fn is not None and not callable(reward_fn):
             raise TypeError(f"reward_fn must be callable or None, got {type(reward_fn).__name__}")
+        _check_reward_choice(reward, reward_fn)
         if tokenizer is None:
             vocab_size = check_vocab_size(vocab_size)
         else:  # unused, but never a nonsense value
@@ -160,6 +167,7 @@ class RecGenTask:
         self.hit_reward = hit_reward
         self.miss_reward = miss_reward
         self.reward_fn = reward_fn
+        self.reward = reward
         self.max_prompt_len = max_prompt_len or self._prompt_len_bound()
         self._prompt_cache: dict[int, np.ndarray] = {}
 
@@ -290,17 +298,40 @@ class RecGenTask:
         target = check_int(target, names[1], minimum=0, maximum=n - 1)
         return Request(tuple(hist[-self.max_history:].tolist()), target)
 
+    def with_reward(self, reward: str) -> RecGenTask:
+        """This task (sharing its data, tokenizer and tree) paying ``reward`` instead.
+
+        Example:
+            >>> task = RecGenTask("synthetic", representation="sid",
+            ...                   dataset_kwargs={"num_items": 300, "num_users": 100})
+            >>> task.with_reward("ranking").reward, task.reward
+            ('ranking', 'hit')
+        """
+        _check_reward_choice(reward, self.reward_fn)
+        if reward == self.reward:
+            return self
+        other = copy.copy(self)
+        other.reward = reward
+        return other
+
     def rewards(
-        self, states: np.ndarray, targets: np.ndarray, requests: Sequence[Request] | None = None
+        self, states: np.ndarray, targets: np.ndarray, requests: Sequence[Request] | None = None,
+        ranks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards and hits for complete states (vectorized unless a ``reward_fn`` is set)."""
+        """Rewards and hits for complete states (vectorized unless a ``reward_fn`` is set).
+
+        ``ranks`` (0-based, default 0) are the items' places in their lists; the reward is what each
+        item earns on its own (:func:`recgym.rewards.item_rewards`; ``ranking``'s list part is
+        :func:`recgym.rewards.list_bonus`, which the vector env adds when a whole list has ended).
+        """
         offsets, values = self.tree.items_batch(states)
         counts = np.diff(offsets)
         match = values == np.repeat(np.asarray(targets), counts)
         hits = np.add.reduceat(match, offsets[:-1]) > 0 if len(values) else np.zeros(len(states), bool)
         hits &= counts > 0
         if self.reward_fn is None:
-            return np.where(hits, self.hit_reward, self.miss_reward), hits
+            ranks = np.zeros(len(states), np.int64) if ranks is None else ranks
+            return item_rewards(hits, ranks, self.reward, self.hit_reward, self.miss_reward), hits
         assert requests is not None, "reward_fn needs the requests"
         rewards = np.array([
             self._user_reward(values[offsets[i]:offsets[i + 1]], int(targets[i]), requests[i])
@@ -336,6 +367,13 @@ def resolve_task(task: RecGenTask | None, task_kwargs: dict[str, Any]) -> RecGen
     if task is not None and task_kwargs:
         raise ValueError(f"pass either task or task keywords, not both: {sorted(task_kwargs)}")
     return task if task is not None else RecGenTask(**task_kwargs)
+
+
+def _check_reward_choice(reward: Any, reward_fn: RewardFn | None) -> None:
+    check_reward(reward)
+    if reward_fn is not None and reward != "hit":
+        raise ValueError(f"reward={reward!r} and reward_fn: a reward_fn replaces the hit / miss reward, "
+                         "so leave reward='hit' with it")
 
 
 def _check_item_settings(tokenizer: Any, representation: str | None, template: Any) -> None:

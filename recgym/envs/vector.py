@@ -13,6 +13,7 @@ from gymnasium.vector.utils import batch_space
 from recgym._checks import check_bool, check_int, check_options, int_array
 from recgym.envs.recgen import observation_space
 from recgym.envs.task import RecGenTask, Request, resolve_task
+from recgym.rewards import GROUP_REWARDS, rank_penalties
 from recgym.tree import MaskBuffer
 
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
@@ -38,6 +39,11 @@ class RecGenVectorEnv(VectorEnv):
     with ``rows`` or ``group_size``). Any other key, and values that are not ints (``rows`` of
     floats, ``group_size=2.7``), are errors naming the option, raised before any slot changes.
 
+    **Ranked lists (rewards).** Slot j of a group is rank j of its request's list (``info["rank"]``);
+    other slots are lists of one. The task's ``reward`` (:mod:`recgym.rewards`) is paid when a slot's
+    episode ends; ``reward="ranking"`` (ReRe's) adds its list part to every slot of a list on the step
+    the list's last slot ends (needs ``autoreset_mode="disabled"`` for groups).
+
     **Episodes end independently.** ``autoreset_mode="next_step"`` (Gymnasium's default): a slot
     that terminated is reset on the next ``step`` (its action is ignored, reward 0).
     ``autoreset_mode="disabled"`` (what learners want): a finished slot stays finished, its actions
@@ -55,7 +61,7 @@ class RecGenVectorEnv(VectorEnv):
     slots get all-ones rows.
 
     Info keys (arrays over slots): ``state``, ``row``, ``target``, ``active``, ``hit``,
-    ``invalid_action``, ``generated_len``; ``action_mask`` when dense.
+    ``invalid_action``, ``generated_len``, ``rank``; ``action_mask`` when dense.
 
     Args:
         num_envs: number of slots.
@@ -133,6 +139,9 @@ class RecGenVectorEnv(VectorEnv):
         self._hit = np.zeros(b, dtype=bool)
         self._invalid = np.zeros(b, dtype=bool)
         self._custom: dict[int, Request] = {}  # slot -> request given through options
+        # Ranked lists (recgym.rewards): the slot's rank and its list (the list's first slot).
+        self.ranks = np.zeros(b, dtype=np.int64)
+        self.lists = np.arange(b, dtype=np.int64)
 
     # -- reset ---------------------------------------------------------------------------------
 
@@ -150,7 +159,17 @@ class RecGenVectorEnv(VectorEnv):
                 raise ValueError("options: give 'requests' or 'rows' / 'group_size', not both")
             self._reset_custom(slots, options["requests"])
         else:
-            self._fill(slots, self._pick_rows(len(slots), options.get("group_size", 1), options.get("rows")))
+            group = options.get("group_size", 1)
+            rows = self._pick_rows(len(slots), group, options.get("rows"))
+            next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
+            if self.task.reward in GROUP_REWARDS and group > 1 and next_step:
+                raise ValueError(f"reward={self.task.reward!r} pays a group's misses once the whole group "
+                                 "has ended, and with autoreset_mode='next_step' a finished slot restarts "
+                                 "before that: use autoreset_mode='disabled'")
+            self._fill(slots, rows)
+            # slot j of a group of n is rank j % n of its request's list (group_size 1: lists of one)
+            self.ranks[slots] = np.arange(len(slots)) % group
+            self.lists[slots] = slots[np.arange(len(slots)) // group * group]
         return self._obs(), self._info(np.zeros(self.num_envs, bool))
 
     def _check_mask(self, mask: Any) -> np.ndarray:
@@ -220,6 +239,8 @@ class RecGenVectorEnv(VectorEnv):
         self._start(slots)
 
     def _start(self, slots: np.ndarray) -> None:
+        self.ranks[slots] = 0  # a list of one until a group reset says otherwise
+        self.lists[slots] = slots
         self.states[slots] = self.tree.root
         self.generated[slots] = self.task.pad_token_id
         self.generated_len[slots] = 0
@@ -256,15 +277,33 @@ class RecGenVectorEnv(VectorEnv):
         if ended.size:
             requests = [self._request(s) for s in ended.tolist()] if self.task.reward_fn else None
             rewards[ended], self._hit[ended] = self.task.rewards(
-                self.states[ended], self.targets[ended], requests)
+                self.states[ended], self.targets[ended], requests, self.ranks[ended])
         rewards[invalid] = self.task.miss_reward
         self._invalid |= invalid
         self.done |= complete | invalid
+        if self.task.reward in GROUP_REWARDS and (complete | invalid).any():
+            rewards += self._list_bonus(complete | invalid)
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             terminated = complete | invalid
         else:
             terminated = self.done.copy()
         return self._obs(), rewards, terminated, np.zeros(self.num_envs, bool), self._info(active)
+
+    def _list_bonus(self, ended: np.ndarray) -> np.ndarray:
+        """The list part of every slot's reward (:func:`recgym.rewards.list_bonus`) for the lists whose
+        last slot ended this step, on all their slots (earlier-finished ones too); 0 elsewhere."""
+        b = self.num_envs
+        members = np.bincount(self.lists, minlength=b)
+        finished = np.bincount(self.lists, weights=self.done, minlength=b)
+        closing = np.zeros(b, dtype=bool)
+        closing[self.lists[ended]] = True
+        closed = (closing & (finished == members))[self.lists]  # per slot: its list closed now
+        list_hit = (np.bincount(self.lists, weights=self._hit, minlength=b) > 0)[self.lists]
+        bonus = np.zeros(b)
+        pay = closed & ~self._hit & list_hit  # ReRe: only the misses of lists that hold a hit
+        if pay.any():
+            bonus[pay] = rank_penalties(self.ranks[pay], members[self.lists[pay]])
+        return bonus
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         actions = np.asarray(actions)
@@ -314,6 +353,7 @@ class RecGenVectorEnv(VectorEnv):
             "hit": self._hit.copy(),
             "invalid_action": self._invalid.copy(),
             "generated_len": self.generated_len.copy(),
+            "rank": self.ranks.copy(),
         }
         if self.dense_masks:
             info["action_mask"] = self._masks(np.int8)
