@@ -67,19 +67,23 @@ def hits_from_item_sets(
     return (np.bincount(entry, weights=match, minlength=n * k) > 0).reshape(n, k)
 
 
-def ranking_metrics(hits: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
-    """HR@K and NDCG@K averaged over requests, from a boolean hit matrix ordered by rank.
+def first_hit_ranks(hits: np.ndarray) -> np.ndarray:
+    """The 0-based rank of each request's first hit, -1 where its list holds none.
 
-    HR@K is 1 when the target is among the first K; NDCG@K is ``1 / log2(rank + 1)`` for the first
-    hit at 1-based ``rank <= K`` (one relevant item, so the ideal DCG is 1). Lists shorter than K
-    count what they have. Requests with no list count as misses. ``hits`` must be booleans (or
-    0 / 1 integers) and every K an int >= 1.
+    ``hits`` is a boolean (or 0 / 1 integer) ``(requests, ranks)`` matrix, as for
+    :func:`ranking_metrics` (which scores these ranks).
 
     Example:
-        >>> m = ranking_metrics(np.array([[False, True], [True, False]]), ks=(1, 2))
-        >>> m["HR@1"], m["HR@2"], round(m["NDCG@2"], 4)
-        (0.5, 1.0, 0.8155)
+        >>> hits = np.array([[False, True, True], [False, False, False], [True, False, False]])
+        >>> first_hit_ranks(hits).tolist()
+        [1, -1, 0]
     """
+    hits = _hit_matrix(hits)
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1).astype(np.int64)
+
+
+def _hit_matrix(hits: np.ndarray) -> np.ndarray:
+    """``hits`` as a 2-D boolean array, or an error (a score matrix passed by mistake is refused)."""
     hits = np.asarray(hits)
     if hits.ndim != 2:
         raise ValueError(f"hits must be a 2-D (requests, ranks) array, got shape {hits.shape}")
@@ -91,19 +95,117 @@ def ranking_metrics(hits: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float
             bad = hits[(hits != 0) & (hits != 1)][0]
             raise ValueError(f"hits must be booleans (or 0 / 1 integers), got the value {bad}")
         hits = hits.astype(bool)
+    return hits
+
+
+def request_gains(ranks: np.ndarray | Sequence[int], metric: str) -> np.ndarray:
+    """Per-request HR@K (1 or 0) or NDCG@K (``1 / log2(rank + 2)``) from 0-based first-hit ranks.
+
+    ``ranks`` are :func:`first_hit_ranks` (-1: no hit in the list); ``metric`` is ``"HR@K"`` or
+    ``"NDCG@K"``. The mean over requests is :func:`ranking_metrics`' value. A list of length L
+    says nothing about ranks >= L, so only K <= L is meaningful; that is the caller's to check.
+
+    Example:
+        >>> request_gains([0, 1, -1, 12], "NDCG@10").round(4).tolist()
+        [1.0, 0.6309, 0.0, 0.0]
+        >>> request_gains([0, 1, -1, 12], "HR@20").tolist()
+        [1.0, 1.0, 0.0, 1.0]
+    """
+    name, _, cutoff = str(metric).partition("@")
+    if name not in ("HR", "NDCG") or not cutoff.isdigit() or int(cutoff) < 1:
+        raise ValueError(f"metric must be 'HR@K' or 'NDCG@K' with an integer K >= 1, got {metric!r}")
+    k = int(cutoff)
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1:
+        raise ValueError(f"ranks must be a 1-D array (one first-hit rank per request), got shape "
+                         f"{ranks.shape}")
+    if ranks.size and (ranks.dtype.kind not in "iu" or ranks.min() < -1):
+        raise ValueError(f"ranks must be integers >= -1 (-1: no hit), got dtype {ranks.dtype} "
+                         f"and minimum {ranks.min()}")
+    inside = (ranks >= 0) & (ranks < k)
+    if name == "HR":
+        return inside.astype(np.float64)
+    return np.where(inside, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def ranking_metrics(hits: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """HR@K and NDCG@K averaged over requests, from a boolean hit matrix ordered by rank.
+
+    HR@K is 1 when the target is among the first K; NDCG@K is ``1 / log2(rank + 1)`` for the first
+    hit at 1-based ``rank <= K`` (one relevant item, so the ideal DCG is 1). Lists shorter than K
+    count what they have. Requests with no list count as misses. ``hits`` must be booleans (or
+    0 / 1 integers) and every K an int >= 1. Each value is the mean of :func:`request_gains` of
+    the :func:`first_hit_ranks`.
+
+    Example:
+        >>> m = ranking_metrics(np.array([[False, True], [True, False]]), ks=(1, 2))
+        >>> m["HR@1"], m["HR@2"], round(m["NDCG@2"], 4)
+        (0.5, 1.0, 0.8155)
+    """
+    ranks = first_hit_ranks(hits)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, (Sequence, np.ndarray)):
         raise TypeError(f"ks must be a sequence of ints (cutoffs K), got {ks!r}")
     ks = [check_int(k, f"ks[{i}]", minimum=1) for i, k in enumerate(ks)]
-    n, width = hits.shape
-    any_hit = hits.any(axis=1)
-    first = np.where(any_hit, hits.argmax(axis=1), width)  # 0-based rank of the first hit
     out: dict[str, float] = {}
     for k in ks:
-        inside = first < k
-        out[f"HR@{k}"] = float(inside.mean()) if n else 0.0
-        gain = np.where(inside, 1.0 / np.log2(first + 2.0), 0.0)
-        out[f"NDCG@{k}"] = float(gain.mean()) if n else 0.0
+        for name in ("HR", "NDCG"):
+            gains = request_gains(ranks, f"{name}@{k}")
+            out[f"{name}@{k}"] = float(gains.mean()) if len(gains) else 0.0
     return out
+
+
+def paired_bootstrap(
+    a: np.ndarray | Sequence[float],
+    b: np.ndarray | Sequence[float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """Paired bootstrap of ``mean(a - b)`` over requests: the difference and its percentile interval.
+
+    ``a[i]`` and ``b[i]`` are two agents' gains on the same request i (e.g. :func:`request_gains`).
+    Each of ``resamples`` resamples draws n request indices with replacement and takes the mean
+    of ``a - b`` over them (the *same* indices for both: the requests pair). Returns
+    ``difference`` (``mean(a - b)`` on the requests themselves), ``low`` / ``high`` (the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled means),
+    ``fraction_le_zero`` (the share of resampled means <= 0), ``requests``, ``resamples`` and
+    ``confidence``. Vectorized: the index matrix is drawn in chunks of at most about 4M entries.
+    The same ``seed`` and n give the same resamples, so two comparisons on one request sample
+    share them.
+
+    Example:
+        >>> r = paired_bootstrap([0.5, 1.0, 0.0], [0.25, 0.75, -0.25])  # a constant shift
+        >>> r["difference"], r["low"], r["high"], r["fraction_le_zero"]
+        (0.25, 0.25, 0.25, 0.0)
+    """
+    a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_arr.ndim != 1 or a_arr.shape != b_arr.shape:
+        raise ValueError(f"a and b must be 1-D arrays of the same length (one value per request, paired), "
+                         f"got a of shape {a_arr.shape} and b of shape {b_arr.shape}")
+    n = len(a_arr)
+    if n == 0:
+        raise ValueError("a and b are empty: no requests to resample")
+    if not (np.isfinite(a_arr).all() and np.isfinite(b_arr).all()):
+        raise ValueError("a and b must be finite (a NaN or inf gain would make every resample NaN)")
+    resamples = check_int(resamples, "resamples", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)) \
+            or not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    diff = a_arr - b_arr
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // n)  # bounds the index matrix to about 4M entries (32 MB)
+    means = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        index = rng.integers(0, n, size=(rows, n))
+        means[start:start + rows] = diff[index].mean(axis=1)
+    tail = (1.0 - float(confidence)) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+            "fraction_le_zero": float((means <= 0.0).mean()), "requests": n, "resamples": resamples,
+            "confidence": float(confidence)}
 
 
 def format_table(rows: dict[str, dict[str, float]], ks: Sequence[int] = KS) -> str:

@@ -82,3 +82,109 @@ def test_item_sets_must_cover_every_entry():
         hits_from_item_sets(np.array([0, 2, 3, 3, 4]), values, np.array([2, 9]), (2, 2))
     with pytest.raises(ValueError, match=r"targets must have shape \(2,\)"):
         hits_from_item_sets(np.array([0, 2, 3, 3, 5]), values, np.array([2]), (2, 2))
+
+
+# -- per-request gains and the paired bootstrap (issue 25: confidence intervals against SFT) ---------
+
+def test_first_hit_ranks_and_request_gains_give_ranking_metrics():
+    from recgym.metrics import first_hit_ranks, request_gains
+
+    hits = np.array([[False, True, True], [False, False, False], [True, False, False], [0, 0, 1]], dtype=bool)
+    ranks = first_hit_ranks(hits)
+    assert ranks.tolist() == [1, -1, 0, 2]
+    assert request_gains(ranks, "HR@2").tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert request_gains(ranks, "NDCG@3") == pytest.approx([1 / np.log2(3), 0.0, 1.0, 0.5])
+    m = ranking_metrics(hits, ks=(1, 2, 3))
+    for key, value in m.items():  # the aggregate is exactly the mean of the per-request gains
+        assert value == request_gains(ranks, key).mean(), key
+    assert first_hit_ranks(np.zeros((0, 4), bool)).shape == (0,)
+
+
+def test_request_gains_refuse_bad_input():
+    from recgym.metrics import first_hit_ranks, request_gains
+
+    for metric in ("MRR@10", "NDCG@", "HR@0", "HR10", "NDCG@2.5"):
+        with pytest.raises(ValueError, match="metric must be 'HR@K' or 'NDCG@K'"):
+            request_gains(np.array([0]), metric)
+    with pytest.raises(ValueError, match="ranks must be integers >= -1"):
+        request_gains(np.array([0, -2]), "HR@1")
+    with pytest.raises(ValueError, match="ranks must be integers >= -1"):
+        request_gains(np.array([0.5]), "HR@1")
+    with pytest.raises(ValueError, match="ranks must be a 1-D array"):
+        request_gains(np.array([[0]]), "HR@1")
+    with pytest.raises(TypeError, match="hits must be booleans"):
+        first_hit_ranks(np.array([[0.3, 0.0]]))
+
+
+def test_bootstrap_of_identical_gains_is_zero():
+    from recgym.metrics import paired_bootstrap
+
+    gains = np.random.default_rng(1).random(300)
+    r = paired_bootstrap(gains, gains.copy())
+    assert (r["difference"], r["low"], r["high"], r["fraction_le_zero"]) == (0.0, 0.0, 0.0, 1.0)
+    assert (r["requests"], r["resamples"], r["confidence"]) == (300, 2000, 0.95)
+
+
+def test_bootstrap_of_a_constant_shift_is_that_shift_only_when_paired():
+    from recgym.metrics import paired_bootstrap
+
+    # Varied gains (0/1 hits), shifted by exactly 0.5: every request differs by 0.5, so every paired
+    # resample's mean difference is 0.5. Resampling a and b with different indices would mix
+    # requests and spread the interval (half the requests hit, half miss).
+    b = (np.random.default_rng(2).random(400) < 0.5).astype(float)
+    r = paired_bootstrap(b + 0.5, b, resamples=500)
+    assert (r["difference"], r["low"], r["high"], r["fraction_le_zero"]) == (0.5, 0.5, 0.5, 0.0)
+    r = paired_bootstrap(b, b + 0.5, resamples=500)
+    assert (r["difference"], r["low"], r["high"], r["fraction_le_zero"]) == (-0.5, -0.5, -0.5, 1.0)
+
+
+def test_bootstrap_of_two_requests_follows_its_binomial_distribution():
+    from recgym.metrics import paired_bootstrap
+
+    # Differences (0, 1): a resample holds k ~ Binomial(2, 1/2) copies of the 1, so its mean is
+    # 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4; the 2.5% and 97.5% quantiles are 0 and 1.
+    r = paired_bootstrap([0.0, 1.0], [0.0, 0.0], resamples=20000, seed=3)
+    assert r["difference"] == 0.5 and (r["low"], r["high"]) == (0.0, 1.0)
+    assert r["fraction_le_zero"] == pytest.approx(0.25, abs=0.015)  # sd sqrt(3/16 / 20000) = 0.003
+    # At 40% confidence the quantiles are the 30% and 70% ones: both inside the mass at 0.5.
+    narrow = paired_bootstrap([0.0, 1.0], [0.0, 0.0], resamples=20000, seed=3, confidence=0.4)
+    assert (narrow["low"], narrow["high"]) == (0.5, 0.5)
+    # One request: every resample is that request.
+    one = paired_bootstrap([0.75], [0.25])
+    assert (one["low"], one["high"]) == (0.5, 0.5)
+
+
+def test_bootstrap_is_seeded_and_chunked_alike():
+    from recgym.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(4)
+    a, b = rng.random(5000), rng.random(5000)  # 5000 requests: 838 resamples a chunk, 3 chunks
+    first = paired_bootstrap(a, b, resamples=2000, seed=7)
+    assert first == paired_bootstrap(a, b, resamples=2000, seed=7)
+    assert first != paired_bootstrap(a, b, resamples=2000, seed=8)
+    assert first["low"] < first["difference"] < first["high"]
+    # The normal approximation: the interval is about +- 1.96 standard errors of the mean difference.
+    se = np.std(a - b, ddof=1) / np.sqrt(5000)
+    assert first["high"] - first["low"] == pytest.approx(2 * 1.96 * se, rel=0.1)
+    assert first["difference"] == pytest.approx(float(np.mean(a - b)))
+
+
+def test_bootstrap_refuses_bad_input():
+    from recgym.metrics import paired_bootstrap
+
+    with pytest.raises(ValueError, match=r"a and b must be 1-D arrays of the same length .* got a of shape "
+                                         r"\(3,\) and b of shape \(2,\)"):
+        paired_bootstrap([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"got a of shape \(1, 2\)"):
+        paired_bootstrap([[1.0, 2.0]], [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="a and b are empty"):
+        paired_bootstrap([], [])
+    with pytest.raises(ValueError, match="a and b must be finite"):
+        paired_bootstrap([1.0, np.nan], [1.0, 1.0])
+    with pytest.raises(ValueError, match="resamples must be >= 1, got 0"):
+        paired_bootstrap([1.0], [1.0], resamples=0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        paired_bootstrap([1.0], [1.0], seed=0.5)
+    for confidence in (0.0, 1.0, 95, True, "0.95"):
+        with pytest.raises(ValueError, match="confidence must be a number in \\(0, 1\\)"):
+            paired_bootstrap([1.0], [1.0], confidence=confidence)
