@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from agents import distributed as dist
 from recgym.data import Examples
 from recgym.envs.task import RecGenTask
-from recgym.metrics import KS, hits_from_item_sets, hits_from_ranked, ranking_metrics
+from recgym.metrics import KS, first_hit_ranks, hits_from_item_sets, hits_from_ranked, ranking_metrics
 
 
 def select_rows(num: int, max_requests: int | None, seed: int = 0) -> np.ndarray:
@@ -33,7 +33,8 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     distributed: bool | None = None,
-) -> dict[str, float]:
+    per_request: bool = False,
+) -> dict[str, Any]:
     """Score an :class:`~agents.policy.LLMPolicy` on ``task``'s split by constrained beam search.
 
     The reference protocol (D3 / ReRe / MiniOneRec): beam width 50, beams scored with the
@@ -57,6 +58,11 @@ def evaluate(
     returns the metrics one process returns on the same requests. ``distributed=False`` scores
     every request on this rank alone.
 
+    ``per_request=True`` adds ``rows`` (the test rows scored, :func:`select_rows`) and
+    ``first_hit_ranks`` (per row, the 0-based rank of its first hit among the top ``max(ks)``,
+    -1 for none; :func:`recgym.metrics.request_gains` turns them into per-request HR/NDCG@K, and
+    :func:`recgym.metrics.paired_bootstrap` compares two agents on the same rows).
+
     Example:
         >>> # evaluate(policy, RecGenTask(dataset, split="test", tokenizer=policy.items), beam=20)
     """
@@ -77,13 +83,20 @@ def evaluate(
     hits, missing = request_hits(policy, task, rows, beam=beam, k=k, batch_size=batch_size,
                                  length_normalize=length_normalize, scoring=scoring, progress=progress,
                                  distributed=distributed)
-    out = ranking_metrics(hits, ks)
+    out: dict[str, Any] = dict(ranking_metrics(hits, ks))
     out["requests"] = len(rows)
     out["invalid_rate"] = missing / max(1, len(rows) * k)
     if not searching_rows:
         out["scoring"] = scoring
     out["beam"] = beam
+    if per_request:
+        _add_requests(out, rows, hits)
     return out
+
+
+def _add_requests(out: dict[str, Any], rows: np.ndarray, hits: np.ndarray) -> None:
+    out["rows"] = [int(r) for r in rows]
+    out["first_hit_ranks"] = first_hit_ranks(hits).tolist()
 
 
 def request_hits(
@@ -142,11 +155,21 @@ def request_hits(
 
 def evaluate_ranker(
     model: Any, examples: Examples, *, ks: tuple[int, ...] = KS, max_requests: int | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Score a classic recommender (``rank(examples, k) -> (n, k)`` item ids) on the same protocol."""
+    seed: int = 0, per_request: bool = False,
+) -> dict[str, Any]:
+    """Score a classic recommender (``rank(examples, k) -> (n, k)`` item ids) on the same protocol.
+
+    ``per_request=True`` adds ``rows`` and ``first_hit_ranks`` (among the top ``max(ks)``, -1 for
+    none), as :func:`evaluate` does.
+
+    Example:
+        >>> # evaluate_ranker(PopularityRecommender().fit(ds.train, n), ds.test, per_request=True)
+    """
     rows = select_rows(len(examples), max_requests, seed)
     subset = examples.subset(rows)
-    out = ranking_metrics(hits_from_ranked(model.rank(subset, max(ks)), subset.target), ks)
+    hits = hits_from_ranked(model.rank(subset, max(ks)), subset.target)
+    out: dict[str, Any] = dict(ranking_metrics(hits, ks))
     out["requests"] = len(rows)
+    if per_request:
+        _add_requests(out, rows, hits)
     return out

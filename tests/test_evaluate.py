@@ -53,3 +53,33 @@ def test_beam_must_cover_k():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="beam"):
         evaluate(LLMPolicy.from_config("tiny", task.items, device="cpu"), task, beam=5, ks=(1, 10))
+
+
+def test_per_request_ranks_are_the_first_hits_of_the_searched_rows():
+    from agents.evaluate import request_hits
+    from recgym.metrics import request_gains
+
+    ds = shared_title_dataset()
+    task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
+    policy = LLMPolicy.from_config("tiny", task.items, seed=1, device="cpu")
+    plain = evaluate(policy, task, beam=4, ks=(1, 3), max_requests=3, seed=5, progress=False)
+    m = evaluate(policy, task, beam=4, ks=(1, 3), max_requests=3, seed=5, progress=False, per_request=True)
+    assert {k: v for k, v in m.items() if k not in ("rows", "first_hit_ranks")} == plain  # default unchanged
+    assert "first_hit_ranks" not in plain and m["rows"] == select_rows(4, 3, seed=5).tolist()
+    hits, _ = request_hits(policy, task, np.array(m["rows"]), beam=4, k=3, progress=False)
+    expect = [int(np.flatnonzero(h)[0]) if h.any() else -1 for h in hits]
+    assert m["first_hit_ranks"] == expect and all(isinstance(r, int) for r in m["first_hit_ranks"])
+    for key in ("HR@1", "NDCG@3"):
+        assert request_gains(m["first_hit_ranks"], key).mean() == m[key]
+
+
+def test_ranker_per_request_ranks():
+    ds = shared_title_dataset()
+    pop = PopularityRecommender().fit(ds.train, 5)
+    m = evaluate_ranker(pop, ds.test, ks=(1, 3), per_request=True)
+    ranked = pop.rank(ds.test, 3)
+    expect = [int(np.flatnonzero(r == t)[0]) if (r == t).any() else -1
+              for r, t in zip(ranked, ds.test.target)]
+    assert m["rows"] == [0, 1, 2, 3] and m["first_hit_ranks"] == expect
+    assert m["HR@1"] == np.mean([r == 0 for r in expect])
+    assert "rows" not in evaluate_ranker(pop, ds.test, ks=(1, 3))
