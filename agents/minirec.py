@@ -205,6 +205,11 @@ def request_embeddings(
 #
 #     l_i = -(1/G) sum_j A_j (1/|y_j|) sum_t log pi(y_jt),   A_j = (r_j - mean r) / (std r + eps)
 #
+# with log pi the policy's objective, the one the RL update trains: the LLM's full-vocabulary
+# softmax by default (``LLMPolicy.full_vocab``), so forced tokens (one allowed child) have pi < 1
+# and take part in u_i; the distribution renormalised over the tree's allowed tokens only when the
+# policy's objective is "constrained".
+#
 # u_i is the update direction of l_i, in one of two spaces:
 #   "hidden" (the authors' kind; see the module notes for how theirs differs): u_i = H_i g_i, the
 #       Hessian-vector product of l_i with respect to the final hidden states h (g_i = dl_i/dh,
@@ -282,8 +287,14 @@ class _Groups:
         return torch.cat([first, rest], dim=1)
 
     def losses(self, policy: LLMPolicy, h: torch.Tensor) -> torch.Tensor:
-        """l_i per request (b,) from the response hidden states ``h``."""
-        logp, _, _ = policy._scatter_token_logprobs(h, self.states, self.resp, self.mask, 1.0, False)
+        """l_i per request (b,) from the response hidden states ``h``, under the policy's objective.
+
+        log pi is what the RL update trains (:meth:`LLMPolicy.group_logprobs` with its default
+        ``full_vocab``): the whole vocabulary for ``objective="full"`` (the default), renormalised
+        over the tree's allowed tokens only for ``objective="constrained"``.
+        """
+        logp, _, _ = policy._scatter_token_logprobs(h, self.states, self.resp, self.mask, 1.0,
+                                                    policy.full_vocab)
         return self.per_request(-self.weight.to(logp.dtype) * logp.sum(dim=1))
 
     def per_request(self, rows: torch.Tensor) -> torch.Tensor:

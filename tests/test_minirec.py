@@ -201,6 +201,68 @@ def test_shared_prompt_hidden_states_equal_the_full_forward(double_pool):
     torch.testing.assert_close(shared[groups.mask], full[groups.mask], rtol=1e-9, atol=1e-9)
 
 
+def _request_losses_by_hand(policy, task, rows, proxy):
+    """l_i = -(1/G) sum_j A_j / |y_j| sum_t log pi(y_jt) from the model's own logits, under the full
+    vocabulary and renormalised over the tree's allowed tokens: ``(full, renormalised)``.
+
+    Group j of request i: its N proxy rollouts, then the target with the hit reward. Each member is
+    the plain sequence [prompt; y_j], right-padded (a causal model's earlier positions ignore what
+    follows), all in one forward.
+    """
+    prompts, lengths = task.prompt_tokens(rows)
+    seqs, owners = [], []
+    for i, row in enumerate(rows):
+        prompt = prompts[i, : lengths[i]].tolist()
+        for y in [r[r >= 0].tolist() for r in proxy.responses[i]] + [
+                list(task.items.sequences[int(task.examples.target[row])])]:
+            seqs.append((prompt, y))
+            owners.append(i)
+    width = max(len(p) + len(y) for p, y in seqs)
+    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
+    with torch.no_grad():
+        logits = policy.model(ids).logits.double()
+    out = np.zeros((2, len(rows)))
+    for i in range(len(rows)):
+        r = np.append(proxy.rewards[i], task.hit_reward)
+        adv = (r - r.mean()) / (r.std(ddof=1) + 1e-4)  # A_j, unbiased std as group_advantages
+        members = [k for k, owner in enumerate(owners) if owner == i]
+        for a, k in zip(adv, members):
+            prompt, y = seqs[k]
+            sums = np.zeros(2)
+            for t, token in enumerate(y):
+                z = logits[k, len(prompt) - 1 + t]  # the position before token t predicts it
+                _, allowed = task.tree.allowed_tokens([task.tree.walk(y[:t])])
+                sums[0] += float(torch.log_softmax(z, dim=0)[token])
+                sums[1] += float(torch.log_softmax(z[allowed], dim=0)[list(allowed).index(token)])
+            out[:, i] -= a / len(y) * sums / len(members)
+    return out
+
+
+def test_representativeness_loss_uses_the_policys_full_vocabulary(double_pool):
+    """l_i (whose H g / gradient is u_i) is the loss the RL update trains: under the default full
+    objective log pi is the whole vocabulary's softmax, as the policy's; not the renormalised one."""
+    task, policy, rows, proxy = double_pool
+    assert policy.objective == "full"
+    groups = _Groups.build(policy, task, rows, proxy.responses, proxy.rewards)
+    with torch.no_grad():
+        got = groups.losses(policy, groups.hidden(policy)).numpy()
+    full, renormalised = _request_losses_by_hand(policy, task, rows, proxy)
+    assert np.abs(full - renormalised).min() > 5e-3  # the two objectives differ on every request
+    # Qwen2's RMSNorm runs in float32 even in a float64 model: agreement to ~1e-7, while the two
+    # objectives' losses differ by 1e-2 to 1e-1 here
+    np.testing.assert_allclose(got, full, rtol=0, atol=1e-6)
+    # objective="constrained" is the documented switch to the renormalised distribution
+    constrained = copy.copy(policy)
+    constrained.objective = "constrained"
+    with torch.no_grad():
+        got_c = groups.losses(constrained, groups.hidden(constrained)).numpy()
+    np.testing.assert_allclose(got_c, renormalised, rtol=0, atol=1e-6)
+    # and so the update directions differ between the two objectives
+    u_full = hidden_directions(policy, task, rows, proxy.responses, proxy.rewards)
+    u_renormalised = hidden_directions(constrained, task, rows, proxy.responses, proxy.rewards)
+    assert (u_full - u_renormalised).norm(dim=1).min() > 1e-3 * u_full.norm(dim=1).max()
+
+
 def test_hidden_directions_match_finite_differences(double_pool):
     task, policy, rows, proxy = double_pool
     u = hidden_directions(policy, task, rows, proxy.responses, proxy.rewards)
