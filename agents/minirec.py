@@ -40,17 +40,37 @@ Follows it:
     1024 requests (scores/sorted_*_fold_*.npy, train.py:110-117): folds of 64, which ``group=64``
     gives (n_folds = N // group); applied to their scores/selected_indices_{256,512,1024}.npy and
     train_diff/all_merged_sorted.jsonl, :func:`curriculum` reproduces their sorted files exactly.
-  * proxy: the rewards (launch_gen_diff.sh:52) and gradients (launch_gen_grads.sh:46) come from
-    ``checkpoint-256-...-1/checkpoint-28``: the SFT'd model after 28 RL optimizer steps on 256
-    requests with RecPO (trainers/RecPOTrainer.py: group-normalised advantages, mean / (std + 1e-8),
-    ratio clip 0.2 / 0.28, no KL, token-mean loss, one update per batch, so the ratio is 1), group
-    size 4 (launch_train.sh:49), 4 requests x 4 accumulation steps x 3 processes = 48 requests per
-    optimizer step (launch_train.sh:16,42, train.py:36), linear warm-up over 32 steps
-    (launch_train.sh:45), so the whole proxy run is in warm-up. :func:`train_proxy` does that with
-    our GRPO (clip 0.2 / 0.28, one minibatch, mu = 1) through :func:`agents.rl.train_rl`.
+  * the proxy's budget: the rewards (launch_gen_diff.sh:52) and gradients (launch_gen_grads.sh:46)
+    come from ``checkpoint-256-...-1/checkpoint-28``, the SFT'd model after 28 RL optimizer steps
+    on 256 requests, group size 4 (launch_train.sh:49), 4 requests x 4 accumulation steps x 3
+    processes = 48 requests per optimizer step (launch_train.sh:16,42, train.py:36), linear warm-up
+    over 32 steps (launch_train.sh:45), so the whole proxy run is in warm-up; :func:`train_proxy`
+    takes the same steps, requests, group size, batch and warm-up. Its loss is not theirs (below).
   * 4 proxy rollouts per request (launch_gen_diff.sh:49).
 
 Differs, and why:
+  * the proxy's RL loss is our GRPO (:class:`agents.learners.grpo.GRPO` with its defaults but for
+    the clip), not their RecPO: in short, a k3 KL (beta = 1e-3) and a per-sequence mean where
+    RecPO has no KL, a token mean and an item-retrieval term. Ours, per step of 48 requests x 4
+    rollouts: item rollouts sampled from the policy (temperature 1) with the env's reward;
+    A_i = (r_i - mean r) / (std r + 1e-4) (unbiased std) within each group of 4; per token
+    l_t = -min(rho_t A_i, clip(rho_t, 0.8, 1.28) A_i) + beta KL_t with the k3 KL to a frozen copy
+    of the starting policy, beta = 1e-3; the loss is the mean over each rollout's tokens, then over
+    rollouts (``loss_type="grpo"``); log pi is the policy's objective (full vocabulary by
+    default); one optimizer step per batch (mu = 1, one minibatch), so rho = 1 and the clip never
+    acts; AdamW, grad-norm clip 1.0. Their RecPO (trainers/RecPOTrainer.py, a98d819): a rollout is
+    generated text (up to 256 new tokens, launch_train.sh:44) after which the item is retrieved by
+    the user embedding's similarity to the item embeddings; rewards 0.95 NDCG@1000 + 0.05 softmax
+    similarity of the target (:43-50, 161-171); A = (r - mean r) / (std r + 1e-8) (unbiased std,
+    :173-179); no KL and no reference model; per mini-batch of 4 rollouts (GRecTrainer.py:200-201,
+    RecPOTrainer.py:295-301) the loss is a token term, the sum over the mini-batch's tokens of
+    -min(rho A, clip(rho, 0.8, 1.28) A) divided by the token count and again by the mini-batch's
+    4 rows (:423-425), plus an item term, the same clipped surrogate on the in-batch softmax
+    probability of the target item, for the highest-advantage rollout of each request only
+    (``relabel_topk=1``, :187-193, 407-422); rho = exp(log pi - stopgrad log pi) = 1 (:369), so
+    their clip never acts either. Why: our policy generates the item's tokens themselves (no
+    separate text, user embedding or item loss), and the proxy reuses the RL learner that trains
+    the policy.
   * the proxy's learning rate is our RL default (:class:`agents.configs.RLConfig`), not their 1e-5:
     theirs is for LoRA (r = 4, alpha = 128, train.py:171) on a 2B model, ours trains all weights
     of the policy; the schedule after warm-up is irrelevant for 28 steps.
@@ -661,14 +681,20 @@ def train_proxy(
 ) -> LLMPolicy:
     """MiniRec's proxy: a copy of ``policy`` after a short GRPO run on a seeded sample of the pool.
 
-    The official proxy is the SFT'd model after 28 RL optimizer steps on 256 requests (group size
-    4, 48 requests per step, warm-up over 32 steps: see the module notes). This copies ``policy``
-    (``copy.deepcopy``: the caller's policy does not change; memory for a second model is needed),
-    draws ``samples`` rows of ``pool`` (default: every request of ``task``) with
-    ``numpy.random.default_rng(seed)``, and trains the copy for ``steps`` steps with GRPO (ratio
-    clip 0.2 / 0.28, one optimizer step per batch) through :func:`agents.rl.train_rl`, without
-    validation. ``lr`` defaults to our RL learning rate (``RLConfig().lr``). ``steps=0`` returns an
-    untrained copy.
+    The official proxy is the SFT'd model after 28 RL optimizer steps of their RecPO on 256
+    requests (group size 4, 48 requests per step, warm-up over 32 steps); this run has that
+    budget but our GRPO's loss, not RecPO's (the module notes say how they differ). It copies
+    ``policy`` (``copy.deepcopy``: the caller's policy does not change; memory for a second model
+    is needed), draws ``samples`` rows of ``pool`` (default: every request of ``task``) with
+    ``numpy.random.default_rng(seed)``, and trains the copy for ``steps`` steps through
+    :func:`agents.rl.train_rl`, without validation, with ``GRPO`` at its defaults but for the clip:
+    ``group_size`` rollouts per request at temperature 1 with the env's reward, A_i = (r_i - mean r)
+    / (std r + 1e-4), ratio clip 0.2 / 0.28, a k3 KL to a frozen copy of the start with beta = 1e-3
+    (so a reference model is kept too), the per-sequence mean of token losses
+    (``loss_type="grpo"``), the policy's objective (full vocabulary by default). One optimizer step
+    per batch (``mu=1``, one minibatch): rho = 1 and the clip never acts. ``lr`` defaults to our RL
+    learning rate (``RLConfig().lr``), with ``RLConfig``'s AdamW and grad-norm clip, and a linear
+    warm-up over ``warmup_steps``. ``steps=0`` returns an untrained copy.
 
     Example:
         >>> # proxy = train_proxy(sft_policy, train_task, pool=np.arange(train_task.num_requests))
