@@ -27,8 +27,22 @@ def test_unique_group_selection_by_hand():
     hits = np.array([[0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [1, 0, 1, 0, 1]], dtype=bool)
     select, distinct = unique_group_selection(terminal, 4, hits)
     assert distinct.tolist() == [1, 4, 2]
-    # Hits first, then first copies of missed items, then the rest, each in sampling order.
-    assert select.reshape(3, 4).tolist() == [[0, 1, 2, 3], [9, 5, 6, 8], [10, 12, 14, 11]]
+    # The hit's first copy, then first copies of missed items, then the rest (repeats, of the hit too),
+    # each in sampling order. Request 2: hit 5 (col 0), miss 6 (col 1), then the repeats (cols 2, 3).
+    assert select.reshape(3, 4).tolist() == [[0, 1, 2, 3], [9, 5, 6, 8], [10, 11, 12, 13]]
+
+
+def test_a_repeated_hit_never_displaces_a_distinct_miss():
+    # The target 4 was sampled three times; the misses 2, 3, 5 once each; n = 4.
+    terminal = np.array([[4, 4, 2, 3, 4, 5], [2, 4, 2, 4, 3, 3]])
+    select, distinct = unique_group_selection(terminal, 4, terminal == 4)
+    # Request 0: hit 4 (col 0), then the misses 2, 3, 5 (cols 2, 3, 5); keeping every copy of the hit
+    # first would give cols [0, 1, 4, 2] and drop the distinct misses 3 and 5.
+    # Request 1: hit 4 (col 1), misses 2, 3 (cols 0, 4), then the first repeat (col 2).
+    assert (select.reshape(2, 4) % 6).tolist() == [[0, 2, 3, 5], [1, 0, 4, 2]]
+    assert distinct.tolist() == [4, 3]
+    assert [sorted(set(terminal[i][select.reshape(2, 4)[i] % 6].tolist())) for i in range(2)] == [
+        [2, 3, 4, 5], [2, 3, 4]]
 
 
 def test_a_hit_seen_after_the_nth_distinct_item_survives_de_duplication():
@@ -111,17 +125,17 @@ def test_riser_components(tiny_sid):
     off = RISER(RISERConfig(**base, simpo_weight=0.0))
     on = RISER(RISERConfig(**base, simpo_weight=0.5, simpo_beta=2.0, simpo_gamma=0.3))
     batch = on.make_batch(policy, ro)
-    # Oversampling: groups of n = 6 from m = 12 rollouts: hits, first copies of misses, the rest.
+    # Oversampling: groups of n = 6 from m = 12 rollouts: the hit's first copy, first copies of
+    # misses, the rest (repeats).
     assert batch.responses.shape[0] == 4 * 6
     for g in range(4):
         raw = ro.terminal[g * 12:(g + 1) * 12].tolist()
         hit = ro.hits[g * 12:(g + 1) * 12].tolist()
-        seen, firsts, rest = set(), [], []
+        seen, first_hits, firsts, rest = set(), [], [], []
         for i, item in enumerate(raw):
-            if not hit[i]:
-                (rest if item in seen else firsts).append(i)
-                seen.add(item)
-        order = [i for i in range(12) if hit[i]] + firsts + rest
+            (rest if item in seen else first_hits if hit[i] else firsts).append(i)
+            seen.add(item)
+        order = first_hits + firsts + rest
         assert batch.terminal[g * 6:(g + 1) * 6].tolist() == [raw[i] for i in order[:6]]
     assert batch.unique.tolist() == [len(set(ro.terminal[g * 12:(g + 1) * 12].tolist())) for g in range(4)]
     # SimPO on failed groups only: L(w) - L(0) = w * L_SimPO, L_SimPO computed here by hand.

@@ -6,10 +6,11 @@ in the default configuration: the policy's objective is the LLM's full-vocabular
 from pi_old within a batch of rollouts.
 
 1. **Oversampling with de-duplication**: m rollouts per request (m = 20) form a group of n (n = 16)
-   by a rule that never loses a hit (as ReRe's dynamic sampling puts the ground truth in):
-   every sampled copy of the ground-truth item first (up to n), then the first occurrence of each
-   distinct missed item in sampling order, then the remaining samples in sampling order, so a rare
-   hit is never dropped nor duplicated beyond what was sampled. Distinct items per group are logged.
+   by a rule that never loses a hit (as ReRe's dynamic sampling puts the ground truth in): the
+   first sampled copy of the ground-truth item first, then the first copy of each distinct missed
+   item in sampling order, then the remaining samples (repeats, further copies of the hit among
+   them) in sampling order. So a rare hit is never dropped nor duplicated beyond what was sampled,
+   and a repeated hit never displaces a distinct miss. Distinct items per group are logged.
 2. **SimPO on failed groups**: a group where every rollout missed has A_i = 0 for all i and teaches
    GRPO nothing; there the ground-truth item y_w is preferred over each distinct failed item y_l:
 
@@ -83,19 +84,20 @@ def unique_group_selection(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows that form groups of n from (R, m) sampled items, never losing a hit.
 
-    Per request: every row that hit (the ground-truth item, up to n) first, then the first
-    occurrence of each distinct missed item in sampling order, then the remaining rows in sampling
-    order (repeats of missed items). With m >= n there are always n rows; a hit is kept whenever
-    one was sampled and is never repeated beyond its sampled count.
+    Per request: the first copy of the hit (the ground-truth item) first, then the first copy of
+    each distinct missed item in sampling order, then the remaining rows in sampling order (repeats:
+    further copies of the hit and of missed items). With m >= n there are always n rows; a hit is
+    kept whenever one was sampled, is never repeated beyond its sampled count, and its repeats never
+    displace a distinct missed item.
 
     Returns ``(select [R * n] flat row indices, distinct [R] items among the m samples)``.
 
     Example:
-        >>> terminal = np.array([[3, 3, 5, 3], [1, 2, 3, 4], [7, 8, 7, 9]])
-        >>> hits = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]], dtype=bool)
+        >>> terminal = np.array([[3, 3, 5, 3], [1, 2, 3, 4], [7, 7, 8, 7]])
+        >>> hits = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 1]], dtype=bool)
         >>> select, distinct = unique_group_selection(terminal, 3, hits)
-        >>> (select.reshape(3, 3) % 4).tolist(), distinct.tolist()
-        ([[0, 2, 1], [3, 0, 1], [3, 0, 1]], [2, 4, 3])
+        >>> (select.reshape(3, 3) % 4).tolist(), distinct.tolist()  # row 2: hit 7, miss 8, then a repeat
+        ([[0, 2, 1], [3, 0, 1], [0, 2, 1]], [2, 4, 2])
     """
     r, m = terminal.shape
     if n > m:
@@ -104,9 +106,9 @@ def unique_group_selection(
     groups = torch.arange(r).repeat_interleave(m)
     is_first = first_in_group(torch.as_tensor(terminal).reshape(-1), groups).reshape(r, m).numpy()
     distinct = is_first.sum(axis=1)
-    # Priority per row: 0 = a hit, 1 = the first copy of a missed item, 2 = a repeat; a stable sort
-    # keeps sampling order within each class.
-    priority = np.where(hits, 0, np.where(is_first, 1, 2))
+    # Priority per row: 0 = the first copy of a hit, 1 = the first copy of a missed item, 2 = a
+    # repeat (of a hit or a miss); a stable sort keeps sampling order within each class.
+    priority = np.where(is_first, np.where(hits, 0, 1), 2)
     cols = np.argsort(priority, axis=1, kind="stable")[:, :n]
     return (np.arange(r)[:, None] * m + cols).reshape(-1), distinct
 
