@@ -163,6 +163,61 @@ def test_riser_components(tiny_sid):
     assert (loss_on - loss_off).item() == pytest.approx(0.5 * float(np.mean(terms)), rel=1e-4, abs=1e-6)
 
 
+def test_riser_simpo_rewards_carry_the_certainty_weights(tiny_sid):
+    """RISER's SimPO term by hand with r(y) = beta / |y| sum_t w_t log pi_t, w_t = d on forced tokens."""
+    task, policy = tiny_sid
+    ro = rollout(task, policy, m=12, seed=1)
+    d, beta, gamma, weight = 0.5, 2.0, 0.3, 0.5
+    base = dict(group_size=6, oversample=12, certainty_d=d, kl_cov_k=0.0, beta=0.0, simpo_beta=beta,
+                simpo_gamma=gamma)
+    on = RISER(RISERConfig(**base, simpo_weight=weight))
+    off = RISER(RISERConfig(**base, simpo_weight=0.0))
+    batch = on.make_batch(policy, ro)
+    failed = torch.nonzero(~batch.hits.reshape(4, 6).any(dim=1)).squeeze(1).tolist()
+    assert len(failed) > 0
+    b = batch.responses.shape[0]
+    with torch.no_grad():
+        logp, entropy = on.logprobs(policy, batch, extra=batch.chosen, extra_index=torch.arange(4))
+    # The tiny model's forced tokens (the SIDs' end tokens) have nearly equal log-probs in every item,
+    # so their weight would nearly cancel in r(y_w) - r(y_l): spread them (seeded) so that it shows.
+    logp = logp - 2.0 * torch.rand(logp.shape, generator=torch.Generator().manual_seed(0))
+
+    def logprobs(policy, batch, extra=None, extra_index=None):  # rows [:B], then the chosen rows asked
+        rows = torch.arange(b) if extra is None else torch.cat([torch.arange(b), b + extra_index])
+        return logp[rows], entropy[rows]
+
+    on.logprobs = off.logprobs = logprobs
+    with torch.no_grad():
+        loss_on, stats = on.loss(policy, batch)
+        loss_off, _ = off.loss(policy, batch)
+    logp = logp.double()
+
+    def reward(row, tokens, weighted):
+        """beta / |y| * sum_t w_t log pi_t, w_t = 1 where the token's node branches, d where it is forced."""
+        states = task.tree.path_states(np.array(tokens))
+        w = np.where(task.tree.branching(states), 1.0, d) if weighted else np.ones(len(tokens))
+        return beta / len(tokens) * float((torch.as_tensor(w) * logp[row, :len(tokens)]).sum())
+
+    expected = {True: [], False: []}
+    forced = 0
+    for g in failed:
+        chosen = batch.chosen[g][batch.chosen[g] >= 0].tolist()
+        forced += int((~task.tree.branching(task.tree.path_states(np.array(chosen)))).sum())
+        seen = set()
+        for row in range(g * 6, (g + 1) * 6):
+            if int(batch.terminal[row]) in seen:
+                continue  # each distinct failed item once
+            seen.add(int(batch.terminal[row]))
+            tokens = batch.responses[row][batch.mask[row]].tolist()
+            for weighted in (True, False):
+                margin = reward(b + g, chosen, weighted) - reward(row, tokens, weighted)
+                expected[weighted].append(np.log1p(np.exp(-(margin - gamma))))  # -log sigmoid(m - gamma)
+    assert forced > 0 and stats["simpo_pairs"] == len(expected[True])
+    with_w, without_w = weight * np.mean(expected[True]), weight * np.mean(expected[False])
+    assert abs(with_w - without_w) > 1e-2 * with_w  # the weights matter (100x the tolerance below)
+    assert (loss_on - loss_off).item() == pytest.approx(with_w, rel=1e-4, abs=1e-6)
+
+
 def _leaf_logprobs(learner, policy, batch):
     """Make ``learner.loss`` read its log-probs from a leaf tensor, so token gradients can be compared."""
     with torch.no_grad():
