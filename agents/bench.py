@@ -664,12 +664,19 @@ def _train_sft(
             "train_seconds": round(time.time() - tick, 2)}
 
 
-def _test(agent: Any, tasks: SimpleNamespace, preset: BenchPreset, progress: bool) -> dict[str, float]:
-    """The shared protocol for agents that search the prefix tree (LLM policies, MaskablePPO)."""
+def _test(agent: Any, tasks: SimpleNamespace, preset: BenchPreset, progress: bool) -> dict[str, Any]:
+    """The shared protocol for agents that search the prefix tree (LLM policies, MaskablePPO).
+
+    The metrics carry ``first_hit_ranks``: per test request, in the order of the seeded sample
+    every agent shares, the 0-based rank of its first hit (-1: none), for the paired comparisons
+    of :func:`agents.bench_report.paired_differences`.
+    """
     from agents.evaluate import evaluate
 
-    return evaluate(agent, tasks.test, beam=preset.beam, max_requests=preset.test_requests,
-                    seed=preset.test_seed, progress=progress)
+    metrics = evaluate(agent, tasks.test, beam=preset.beam, max_requests=preset.test_requests,
+                       seed=preset.test_seed, progress=progress, per_request=True)
+    del metrics["rows"]  # the same seeded sample for every agent: the ranks pair by position
+    return metrics
 
 
 def _run_classic(
@@ -689,7 +696,8 @@ def _run_classic(
     model.fit(tasks.train.examples, num_items, valid=valid)
     train_seconds = time.time() - tick
     metrics = evaluate_ranker(model, tasks.test.examples, max_requests=preset.test_requests,
-                              seed=preset.test_seed)
+                              seed=preset.test_seed, per_request=True)
+    del metrics["rows"]  # as in _test: first_hit_ranks pair with every agent's by position
     described = model.describe() if hasattr(model, "describe") else {}
     return {"metrics": metrics, "rollouts": 0, "train_seconds": round(train_seconds, 2),
             "config": {"name": spec.name, **described}}

@@ -8,6 +8,7 @@ from agents.bench_report import METRICS
 from agents.cli import main
 from agents.learners import Learner, make_learner, register_learner, unregister_learner
 from agents.tracking import MetricLogger
+from recgym.metrics import request_gains
 
 CI_AGENTS = "popularity,sasrec,sft,grpo,riser,maskable_ppo"
 
@@ -184,9 +185,12 @@ def test_llm_preset_trains_adapters_on_valid_and_tests_the_zero_shot_model(tmp_p
     # The zero-shot row is the untrained model under the same protocol, computed here independently.
     test = make_task("RecGen-Synthetic-v0", "test", task, tokenizer=str(lm))
     start = LLMPolicy.from_pretrained(lm, items=test.items)
-    expected = evaluate(start, test, beam=50, max_requests=6, seed=0, progress=False)
+    expected = evaluate(start, test, beam=50, max_requests=6, seed=0, progress=False, per_request=True)
+    del expected["rows"]
     zero = results["agents"]["zero_shot"]["runs"]["0"]
-    assert zero["metrics"] == pytest.approx(expected) and zero["rollouts"] == 0
+    assert zero["metrics"]["first_hit_ranks"] == expected.pop("first_hit_ranks")  # the same requests' ranks
+    assert {k: v for k, v in zero["metrics"].items() if k != "first_hit_ranks"} == pytest.approx(expected)
+    assert zero["rollouts"] == 0
     assert zero["metrics"] != results["agents"]["sft"]["runs"]["0"]["metrics"]  # SFT changed the model
 
 
@@ -212,6 +216,9 @@ def test_ci_preset_through_the_cli_writes_every_field(tmp_path, capsys):
         run = agent["runs"]["0"]
         assert set(METRICS) <= set(run["metrics"]) and run["metrics"]["requests"] == requests, name
         assert all(0.0 <= run["metrics"][m] <= 1.0 for m in METRICS), name
+        ranks = run["metrics"]["first_hit_ranks"]  # per request of the shared sample, -1: no hit
+        assert len(ranks) == requests and -1 <= min(ranks) and max(ranks) < 50, name
+        assert request_gains(ranks, "NDCG@10").mean() == pytest.approx(run["metrics"]["NDCG@10"]), name
         assert run["wall_seconds"] > (0 if name != "popularity" else -1), name
         assert isinstance(run["config"], dict) and run["config"], name
         if agent["kind"] in ("rl", "maskable_ppo"):
@@ -230,6 +237,11 @@ def test_ci_preset_through_the_cli_writes_every_field(tmp_path, capsys):
     md = (out / "results.md").read_text()
     for name in results["agents"]:
         assert f"| {name} | " in md
+    # Every row beside SFT: its paired bootstrap difference from SFT over the test requests.
+    assert set(results["paired_differences"]) == set(results["agents"]) - {"sft"}
+    assert "ΔNDCG@10 vs sft [95% CI]" in md and "ΔHR@20 vs sft [95% CI]" in md
+    grpo = results["paired_differences"]["grpo"]["NDCG@10"]
+    assert grpo["low"] <= grpo["difference"] <= grpo["high"] and grpo["requests"] == requests
     assert (out / "metrics.png").stat().st_size > 5000 and (out / "curves.png").stat().st_size > 5000
     assert "| maskable_ppo | " in capsys.readouterr().out
     # The PPO run logs curves against episodes like the RL learners do against rollouts.
