@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-CURVES = (("hit_rate", "rollout hit rate"), ("entropy", "policy entropy (nats/token)"),
-          ("valid/HR@10", "valid HR@10"))
+CURVES = (("hit_rate", "rollout hit rate"), ("group_hit", "groups with a hit"),
+          ("entropy", "policy entropy (nats/token)"), ("valid/HR@10", "valid HR@10"))
 
 
 def plot_training_curves(

@@ -156,7 +156,9 @@ def _train_rl(
     sampler = sampler or EpochSampler(train_task.num_requests, cfg.requests_per_step, cfg.seed)
     # This rank's requests per step (all of them in one process); too few per rank is an error here.
     local_requests = sum(len(p) for p in dist.minibatch_shards(cfg.requests_per_step, cfg.minibatches))
-    envs = make_rollout_env(train_task, local_requests * learner.rollouts_per_request, cfg.env_id)
+    # The learner's reward (e.g. ReRe's ranking reward) is an env option: its rollout env pays it.
+    rollout_task = train_task.with_reward(learner.reward) if learner.reward else train_task
+    envs = make_rollout_env(rollout_task, local_requests * learner.rollouts_per_request, cfg.env_id)
     torch.manual_seed(cfg.seed)
     main = dist.is_main()
     dist.broadcast_parameters(policy.model)  # every rank starts from rank 0's weights (as DDP does)
@@ -194,7 +196,8 @@ def _train_rl(
             record.update(lr=scheduler.get_last_lr()[0], rollouts=state["rollouts"],
                           step_seconds=round(time.time() - tick, 3))
             bar.update(1)
-            bar.set_postfix(hit=f"{record['hit_rate']:.3f}", ent=f"{record.get('entropy', 0):.2f}")
+            bar.set_postfix(hit=f"{record['hit_rate']:.3f}", group_hit=f"{record.get('group_hit', 0):.3f}",
+                            ent=f"{record.get('entropy', 0):.2f}")
             if logger is not None:
                 logger.log(record, state["step"])
             last = state["step"] >= cfg.steps

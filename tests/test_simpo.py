@@ -55,7 +55,7 @@ def test_simpo_learner_loss_equals_pairs_by_hand(tiny_sid):
 
 def test_beam_negatives_are_distinct_items_with_env_rewards(tiny_sid):
     task, policy = tiny_sid
-    learner = SimPO(SimPOConfig(group_size=5, negatives="beam"))
+    learner = SimPO(SimPOConfig(group_size=5, rollout="beam"))
     envs = make_rollout_env(task, 3 * 5)
     rows = np.array([0, 4, 9])
     batch = learner.collect(policy, envs, rows, generator=torch.Generator(), seed=0)
@@ -67,5 +67,5 @@ def test_beam_negatives_are_distinct_items_with_env_rewards(tiny_sid):
         assert task.tree.walk(path) == node
     loss, _ = learner.loss(policy, batch)
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="negatives"):
-        SimPOConfig(negatives="random")
+    with pytest.raises(ValueError, match="rollout"):
+        SimPOConfig(rollout="random")

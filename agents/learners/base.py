@@ -84,7 +84,10 @@ class RLBatch:
             rewards=rollout.rewards[sel], hits=rollout.hits[sel], terminal=rollout.terminal[sel],
             rows=rollout.rows[::m], targets=targets,
             chosen=torch.as_tensor(policy.item_responses(targets), device=dev), unique=unique,
+            # group_hit: the share of requests whose m rollouts hold at least one hit (a group with
+            # none has A_i = 0 for every i: GRPO learns nothing from it)
             stats={"reward_mean": float(rollout.rewards.mean()), "hit_rate": float(hits_all.mean()),
+                   "group_hit": float(hits_all.reshape(r, m).amax(dim=1).mean()),
                    "unique_per_group": float(unique.float().mean()), "rollouts": len(rollout.rows)},
         )
 
@@ -128,6 +131,81 @@ _TOKEN_FIELDS = ("responses", "mask", "states", "old_logp", "ref_logp")
 _ROW_FIELDS = (*_TOKEN_FIELDS, "rewards", "hits", "terminal", "advantages")
 
 
+# -- rollouts ----------------------------------------------------------------------------------------
+
+ROLLOUT_MODES = ("sample", "beam")
+
+
+def check_rollout_settings(config: Any) -> None:
+    """Check a learner config's rollout settings: ``rollout`` mode, ``top_k`` and ``reward``.
+
+    Example:
+        >>> from agents.learners.grpo import GRPOConfig
+        >>> GRPOConfig(rollout="beams")
+        Traceback (most recent call last):
+        ...
+        ValueError: rollout='beams': choose one of ('sample', 'beam')
+    """
+    from recgym.rewards import check_reward
+
+    if config.rollout not in ROLLOUT_MODES:
+        raise ValueError(f"rollout={config.rollout!r}: choose one of {ROLLOUT_MODES}")
+    top_k = config.top_k
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: must be an int >= 1 or None (off)")
+    if top_k is not None and config.rollout == "beam":
+        raise ValueError("top_k applies to sampled rollouts only: a beam group is the top G of a beam search")
+    if config.reward is not None:
+        check_reward(config.reward)
+
+
+@torch.no_grad()
+def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, width: int) -> Rollout:
+    """Groups of ``width`` from one constrained beam search per request, played through the env.
+
+    The group of request ``rows[i]`` is the top ``width`` distinct items of one beam search of that
+    width under the reference scoring (:meth:`~agents.policy.LLMPolicy.beam_search`: full-vocabulary
+    log-softmax, disallowed tokens masked, no renormalisation), in beam order, as ReRe and
+    MiniOneRec roll out. Each item's tokens are then stepped through ``envs`` (a group reset of
+    ``width``, so beam j is rank j of the request's list): rewards, hits and ranks come from the env
+    (its ``reward`` option included). ``logprobs`` are not filled (zeros): the loop takes log pi_old
+    from the update's own forward.
+
+    Example:
+        >>> # ro = beam_rollout(policy, make_rollout_env(task, 4 * 16), np.arange(4), width=16)
+    """
+    task = envs.task
+    if envs.num_envs != len(rows) * width:
+        raise ValueError(f"beam groups of {width} for {len(rows)} requests need {len(rows) * width} env "
+                         f"slots, the env has {envs.num_envs}")
+    prompt_ids, prompt_len = task.prompt_tokens(rows)
+    terminal, _ = policy.beam_search(prompt_ids, prompt_len, width=width, k=width)
+    # Fewer than `width` items exist only in tiny catalogues: repeat the best one there.
+    terminal = np.where(terminal >= 0, terminal, terminal[:, :1]).reshape(-1)
+    paths = task.tree.paths(terminal)
+    envs.reset(options={"group_size": width, "rows": rows})
+    rewards = np.zeros(envs.num_envs)
+    info: dict[str, Any] = {}
+    for t in range(paths.shape[1]):  # one env step per token position, every slot at once
+        _, reward, _, _, info = envs.step(np.maximum(paths[:, t], 0))
+        rewards += reward
+    if not info["hit"].shape or (info["generated_len"] != (paths >= 0).sum(axis=1)).any():
+        raise RuntimeError("the env did not accept every beam item's tokens: the policy and the env "
+                           "use different prefix trees")
+    states = task.tree.path_states(paths)
+    dev = policy.device
+    ids, mask = policy.left_pad(prompt_ids, prompt_len)
+
+    def tensor(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(a, device=dev, dtype=dtype)
+
+    return Rollout(
+        prompt_ids=ids, prompt_mask=mask, tokens=tensor(np.maximum(paths, 0)), mask=tensor(states >= 0),
+        logprobs=torch.zeros(paths.shape, device=dev), states=tensor(states),
+        rewards=tensor(rewards, torch.float32), hits=tensor(info["hit"]), terminal=tensor(terminal),
+        rows=info["row"].copy(), targets=info["target"].copy(), group_size=width)
+
+
 # -- learners ----------------------------------------------------------------------------------------
 
 
@@ -169,6 +247,22 @@ class Learner(ABC):
         return getattr(self.config, "temperature", 1.0)
 
     @property
+    def rollout_mode(self) -> str:
+        """``sample`` (constrained sampling through the env) or ``beam`` (the group is the top G of
+        one constrained beam search, :func:`beam_rollout`): the config's ``rollout``."""
+        return getattr(self.config, "rollout", "sample")
+
+    @property
+    def top_k(self) -> int | None:
+        """Sample among the k most likely allowed tokens (None: all of them); sampled rollouts only."""
+        return getattr(self.config, "top_k", None)
+
+    @property
+    def reward(self) -> str | None:
+        """The env reward this learner trains on (:mod:`recgym.rewards`; None: the env's own)."""
+        return getattr(self.config, "reward", None)
+
+    @property
     def full_vocab(self) -> bool | None:
         """The config's override of the policy's objective (None: the policy's own, full by default)."""
         return getattr(self.config, "full_vocab", None)
@@ -206,9 +300,15 @@ class Learner(ABC):
         self, policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, *, generator: torch.Generator,
         seed: int,
     ) -> RLBatch:
-        """Sample ``rollouts_per_request`` items per request of ``rows`` and make a batch of them."""
-        rollout = policy.rollout(envs, group_size=self.rollouts_per_request, rows=rows,
-                                 temperature=self.temperature, generator=generator, seed=seed)
+        """Roll out ``rollouts_per_request`` items per request of ``rows`` and make a batch of them:
+        sampled (``rollout="sample"``, at the config's temperature and top-k) or the top G of one
+        constrained beam search (``rollout="beam"``)."""
+        if self.rollout_mode == "beam":
+            rollout = beam_rollout(policy, envs, rows, self.rollouts_per_request)
+        else:
+            rollout = policy.rollout(envs, group_size=self.rollouts_per_request, rows=rows,
+                                     temperature=self.temperature, top_k=self.top_k, generator=generator,
+                                     seed=seed)
         return self.make_batch(policy, rollout)
 
     @abstractmethod
@@ -314,4 +414,5 @@ def check_settings(name: str, config_class: type, settings: dict[str, Any]) -> N
         raise ValueError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
 
 
-__all__ = ["Learner", "RLBatch", "check_settings", "first_in_group", "group_advantages", "masked_mean"]
+__all__ = ["ROLLOUT_MODES", "Learner", "RLBatch", "beam_rollout", "check_rollout_settings", "check_settings",
+           "first_in_group", "group_advantages", "masked_mean"]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from agents import distributed as dist
-from agents.learners.base import Learner, RLBatch, group_advantages, masked_mean
+from agents.learners.base import Learner, RLBatch, check_rollout_settings, group_advantages, masked_mean
 from agents.policy import LLMPolicy, Rollout
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
@@ -46,7 +46,12 @@ class GRPOConfig:
 
     Args:
         group_size: n, rollouts per request.
+        rollout: ``sample`` (constrained sampling through the env) or ``beam`` (the group is the top
+            n items of one constrained beam search, in beam order, as ReRe and MiniOneRec roll out).
         temperature: sampling temperature (the update uses the same one).
+        top_k: sample among the k most likely allowed tokens (None: all; sampled rollouts only).
+        reward: the env reward to train on (``hit``, ``ranking``: ReRe's, ``rank_discounted``;
+            :mod:`recgym.rewards`); None: the env's own.
         clip_low, clip_high: eps_low / eps_high of the ratio clip (DAPO's clip-higher: 0.2 / 0.28).
         beta: weight of the k3 KL to the frozen reference policy (1e-3 as ReRe; 0: no reference
             model is kept).
@@ -58,7 +63,10 @@ class GRPOConfig:
     """
 
     group_size: int = 16
+    rollout: str = "sample"
     temperature: float = 1.0
+    top_k: int | None = None
+    reward: str | None = None
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 1e-3
@@ -72,6 +80,7 @@ class GRPOConfig:
             raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}")
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size}: GRPO needs at least 2 rollouts per request")
+        check_rollout_settings(self)
 
 
 def clipped_token_loss(

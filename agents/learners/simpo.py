@@ -5,7 +5,7 @@
 
 For recommendation the chosen item y_w is the one the user really chose next (the ground truth) and
 each rejected y_l is a distinct item the policy produced that missed: sampled through the env
-(``negatives="sample"``) or the top beam items (``negatives="beam"``, as ReRe draws negatives).
+(``rollout="sample"``) or the top beam items (``rollout="beam"``, as ReRe draws negatives).
 Optional token weights w_t (RISER's certainty mask) make the sum sum_t w_t log pi(y_t | ...);
 |y| stays the token count.
 """
@@ -19,9 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from agents import distributed as dist
-from agents.learners.base import Learner, RLBatch, first_in_group, masked_mean
+from agents.learners.base import (
+    Learner,
+    RLBatch,
+    check_rollout_settings,
+    first_in_group,
+    masked_mean,
+)
 from agents.policy import LLMPolicy, Rollout
-from recgym.envs.vector import RecGenVectorEnv
 
 
 @dataclass
@@ -31,23 +36,26 @@ class SimPOConfig:
 
     Args:
         group_size: items drawn per request to find rejected ones.
-        negatives: ``sample`` (constrained sampling through the env) or ``beam`` (top items of a
+        rollout: ``sample`` (constrained sampling through the env) or ``beam`` (top items of a
             constrained beam search of width ``group_size``).
         beta, gamma: SimPO's reward scale and target margin.
         temperature: sampling temperature (the update uses the same one).
+        top_k: sample among the k most likely allowed tokens (None: all; sampled rollouts only).
+        reward: the env reward (None: the env's); SimPO reads only the hits.
         full_vocab: override the policy's objective (None: the policy's, full vocabulary by default).
     """
 
     group_size: int = 16
-    negatives: str = "sample"
+    rollout: str = "sample"
     beta: float = 2.0
     gamma: float = 1.0
     temperature: float = 1.0
+    top_k: int | None = None
+    reward: str | None = None
     full_vocab: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.negatives not in ("sample", "beam"):
-            raise ValueError(f"negatives={self.negatives!r}: choose 'sample' or 'beam'")
+        check_rollout_settings(self)
 
 
 def length_normalized_reward(
@@ -113,7 +121,7 @@ class SimPO(Learner):
     """Standalone SimPO: the ground-truth item against every distinct missed item of a request.
 
     Example:
-        >>> SimPO(SimPOConfig(negatives="beam", group_size=10)).rollouts_per_request
+        >>> SimPO(SimPOConfig(rollout="beam", group_size=10)).rollouts_per_request
         10
     """
 
@@ -124,14 +132,6 @@ class SimPO(Learner):
 
     def __init__(self, config: SimPOConfig | None = None) -> None:
         self.config = config or SimPOConfig()
-
-    def collect(
-        self, policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, *, generator: torch.Generator,
-        seed: int,
-    ) -> RLBatch:
-        if self.config.negatives == "sample":
-            return super().collect(policy, envs, rows, generator=generator, seed=seed)
-        return self.make_batch(policy, beam_rollout(policy, envs, rows, self.config.group_size))
 
     def make_batch(self, policy: LLMPolicy, rollout: Rollout) -> RLBatch:
         n = rollout.group_size
@@ -149,36 +149,5 @@ class SimPO(Learner):
         return loss, stats
 
 
-@torch.no_grad()
-def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, width: int) -> Rollout:
-    """The top ``width`` distinct items of a constrained beam search per request, as a :class:`Rollout`.
-
-    Rewards and hits come from the env's task (its reward function included); the tokens are the
-    items' paths in the env's prefix tree. ``logprobs`` are not filled (zeros).
-    """
-    task = envs.task
-    prompt_ids, prompt_len = task.prompt_tokens(rows)
-    terminal, _ = policy.beam_search(prompt_ids, prompt_len, width=width, k=width)
-    terminal = terminal.reshape(-1)
-    # Fewer than `width` items exist only in tiny catalogues: repeat the best one there.
-    terminal = np.where(terminal >= 0, terminal, np.repeat(terminal.reshape(len(rows), width)[:, 0], width))
-    targets = np.repeat(task.examples.target[rows], width)
-    requests = [task.request(int(r)) for r in np.repeat(rows, width)] if task.reward_fn else None
-    rewards, hits = task.rewards(terminal, targets, requests)
-    paths = task.tree.paths(terminal)
-    states = task.tree.path_states(paths)
-    dev = policy.device
-    ids, mask = policy.left_pad(prompt_ids, prompt_len)
-
-    def tensor(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(a, device=dev, dtype=dtype)
-
-    return Rollout(
-        prompt_ids=ids, prompt_mask=mask, tokens=tensor(np.maximum(paths, 0)), mask=tensor(states >= 0),
-        logprobs=torch.zeros(paths.shape, device=dev), states=tensor(states),
-        rewards=tensor(rewards, torch.float32), hits=tensor(hits), terminal=tensor(terminal),
-        rows=np.repeat(rows, width), targets=targets, group_size=width)
-
-
-__all__ = ["SimPO", "SimPOConfig", "beam_rollout", "length_normalized_reward",
+__all__ = ["SimPO", "SimPOConfig", "length_normalized_reward",
            "preference_loss", "simpo_loss"]
