@@ -257,6 +257,62 @@ def test_default_riser_weighs_forced_tokens_d_times_grpo(tiny_sid):
     torch.testing.assert_close(grads["riser"][branching], grads["grpo"][branching])
 
 
+def _full_vocab_logprobs_by_hand(policy, batch):
+    """log pi(y_t | x, y_<t) of the batch's responses from the model's own logits: one plain forward of
+    [prompt; response] per row (right-padded: a causal model's earlier positions ignore what follows),
+    log_softmax over the whole vocabulary. (B, T), zeros on padding; gradients flow into the model."""
+    seqs = []
+    for row in range(len(batch.responses)):
+        g = int(batch.group_index[row])
+        prompt = batch.prompt_ids[g][batch.prompt_mask[g].bool()].tolist()
+        seqs.append((prompt, batch.responses[row][batch.mask[row]].tolist()))
+    width = max(len(p) + len(y) for p, y in seqs)
+    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
+    logits = policy.model(ids).logits
+    out = torch.zeros(batch.responses.shape, dtype=logits.dtype)
+    for row, (prompt, y) in enumerate(seqs):
+        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(y))  # position t-1 predicts t
+        out[row, : len(y)] = torch.log_softmax(logits[row, positions], dim=-1)[torch.arange(len(y)), y]
+    return out
+
+
+def test_forced_tokens_carry_gradient_through_the_model_scaled_by_d(tiny_sid):
+    """Through the real model (not a leaf of log-probs): under the default full-vocabulary objective a
+    forced token (one allowed child) has log pi < 0 and a gradient, and d scales exactly that part.
+
+    GRPO loss on-policy (rho = 1), beta = 0, per-sequence mean: grad L(d) = -(1/B) sum_b A_b / |y_b|
+    sum_t w_t grad log pi_bt, so grad L(1) - grad L(0.7) = 0.3 * grad of
+    -(1/B) sum_b A_b / |y_b| sum_{t forced} log pi_bt, computed here from the model's logits.
+    """
+    task, policy = tiny_sid
+    ro = rollout(task, policy, m=6, seed=2)
+    grads = {}
+    for d in (1.0, 0.7):
+        learner = RISER(RISERConfig(group_size=6, oversample=6, beta=0.0, simpo_weight=0.0, kl_cov_k=0.0,
+                                    certainty_d=d))
+        batch = learner.make_batch(policy, ro)
+        batch.advantages = torch.arange(len(batch.rewards), dtype=torch.float32) % 3 - 1.0  # A_i != 0
+        _, grads[d], _ = _loss_and_grads(policy, learner, batch)
+    forced = torch.as_tensor(~task.tree.branching(batch.states.clamp(min=0).numpy())) & batch.mask
+    assert policy.objective == "full" and forced.any()
+    policy.model.zero_grad()
+    logp = _full_vocab_logprobs_by_hand(policy, batch)
+    lengths = batch.mask.sum(dim=1)
+    forced_part = -(batch.advantages / lengths * (logp * forced).sum(dim=1)).mean()
+    forced_part.backward()
+    expected = [0.3 * p.grad.clone() for p in policy.model.parameters()]
+    policy.model.zero_grad()
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 1e-4
+    for g1, g07, e in zip(grads[1.0], grads[0.7], expected):
+        torch.testing.assert_close(g1 - g07, e, rtol=1e-3, atol=1e-4 * scale)
+    # The learner's log-probs are the model's full-vocabulary ones; pi < 1 on forced tokens.
+    with torch.no_grad():
+        learner_logp = learner.logprobs(policy, batch)[0]
+    torch.testing.assert_close(learner_logp[batch.mask], logp.detach()[batch.mask], rtol=1e-4, atol=1e-4)
+    assert (learner_logp[forced] < -1e-3).all()
+
+
 def test_every_riser_component_changes_the_loss_at_the_defaults(tiny_sid):
     task, policy = tiny_sid
     ro = rollout(task, policy, m=20, seed=3)
