@@ -4,6 +4,7 @@ import torch
 
 from agents.learners.base import group_advantages
 from agents.learners.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, k3_kl
+from agents.policy import make_rollout_env
 
 
 def test_group_advantages_by_hand():
@@ -53,3 +54,61 @@ def test_grpo_learner_defaults():
     learner = GRPO(GRPOConfig(group_size=6, beta=0.1))
     assert learner.rollouts_per_request == 6 and learner.needs_reference
     assert learner.describe()["name"] == "grpo" and learner.describe()["beta"] == 0.1
+
+
+def _full_vocab_logprobs_by_hand(policy, batch):
+    """log pi(y_t | x, y_<t) of the batch's responses from the model's own logits: one plain forward of
+    [prompt; response] per row (right-padded: a causal model's earlier positions ignore what follows),
+    log_softmax over the whole vocabulary. (B, T), zeros on padding; gradients flow into the model."""
+    seqs = []
+    for row in range(len(batch.responses)):
+        g = int(batch.group_index[row])
+        prompt = batch.prompt_ids[g][batch.prompt_mask[g].bool()].tolist()
+        seqs.append((prompt, batch.responses[row][batch.mask[row]].tolist()))
+    width = max(len(p) + len(y) for p, y in seqs)
+    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
+    logits = policy.model(ids).logits
+    out = torch.zeros(batch.responses.shape, dtype=logits.dtype)
+    for row, (prompt, y) in enumerate(seqs):
+        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(y))  # position t-1 predicts t
+        out[row, : len(y)] = torch.log_softmax(logits[row, positions], dim=-1)[torch.arange(len(y)), y]
+    return out
+
+
+def test_grpo_update_uses_the_full_vocabulary_by_default(tiny_sid):
+    """GRPOConfig() trains the policy's objective, the whole vocabulary's softmax by default: its log-probs
+    and its loss and gradient equal a hand computation from the model's logits (not renormalised)."""
+    task, policy = tiny_sid
+    envs = make_rollout_env(task, 4 * 4)
+    ro = policy.rollout(envs, group_size=4, rows=np.arange(4), temperature=1.0,
+                        generator=torch.Generator().manual_seed(0), seed=0)
+    learner = GRPO(GRPOConfig(group_size=4))
+    assert policy.objective == "full" and learner.config.beta == 1e-3
+    batch = learner.make_batch(policy, ro)
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * 4)
+    mask = batch.mask
+    policy.model.zero_grad()
+    logp = _full_vocab_logprobs_by_hand(policy, batch)
+    with torch.no_grad():
+        learner_logp = learner.logprobs(policy, batch)[0]
+    # Forced tokens (one allowed child) have pi < 1 under the full vocabulary; renormalised they'd be 0.
+    assert (logp.detach()[mask] < -1e-3).all()
+    torch.testing.assert_close(learner_logp[mask], logp.detach()[mask], rtol=1e-4, atol=1e-4)
+    # One update's loss by hand: pi_old = this policy (rho = 1), a reference 0.2 nats below it;
+    # l_t = -A_i rho_t + beta (exp(q) - q - 1), q = log pi_ref - log pi; mean per sequence, then over them.
+    old = logp.detach() * mask
+    batch.old_logp, batch.ref_logp = old, (old - 0.2) * mask
+    q = batch.ref_logp - logp
+    token = -batch.advantages[:, None] * torch.exp(logp - old) + 1e-3 * (torch.exp(q) - q - 1)
+    expected = ((token * mask).sum(dim=1) / mask.sum(dim=1)).mean()
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in policy.model.parameters()]
+    assert expected.item() == pytest.approx(1e-3 * (np.exp(-0.2) + 0.2 - 1), abs=1e-7)  # mean A_i = 0
+    policy.model.zero_grad()
+    loss, _ = learner.loss(policy, batch)
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    scale = max(float(g.abs().max()) for g in expected_grads)
+    for p, e in zip(policy.model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, e, rtol=1e-3, atol=1e-4 * scale)
+    policy.model.zero_grad()
