@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from agents.plugins import load_plugin
 from recgym.metrics import KS
 
+BEAM_SUFFIX = "-beam"  # --agents grpo-beam: a learner on beam groups (rollout="beam")
 SELECT_K = 10  # the smallest test beam: HR@10 and NDCG@10 (the model-selection metric) need 10 items
 
 # --agents ablation, as the RISER paper reports it: GRPO, RISER's components added one at a time on
@@ -292,7 +293,9 @@ class AgentSpec:
 
     ``kind`` is ``classic`` (popularity, transition, sasrec), ``zero_shot`` (the LM as built or
     pretrained, before any training), ``sft``, ``rl`` (a learner trained by
-    :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``.
+    :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``. ``recipe`` names an
+    :mod:`agents.recipes` recipe whose RL settings (but not its batch size: the budget is the
+    preset's) the row trains with.
 
     Example:
         >>> AgentSpec("+simpo", "rl", "riser", {"kl_cov_k": 0.0}).learner
@@ -303,6 +306,7 @@ class AgentSpec:
     kind: str
     learner: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None
 
 
 def agent_choices() -> list[str]:
@@ -314,8 +318,11 @@ def agent_choices() -> list[str]:
     """
     from agents.baselines import ranker_names
     from agents.learners import learner_names
+    from agents.recipes import recipe_names
 
-    return [*ranker_names(), "zero_shot", "sft", *learner_names(), "maskable_ppo", "ablation"]
+    learners = learner_names()
+    return [*ranker_names(), "zero_shot", "sft", *learners, *(n + BEAM_SUFFIX for n in learners),
+            *recipe_names(), "maskable_ppo", "ablation"]
 
 
 def budget_settings(learner: str, preset: BenchPreset) -> dict[str, Any]:
@@ -348,6 +355,7 @@ def parse_agents(
     """
     from agents.baselines import ranker_names
     from agents.learners import learner_names
+    from agents.recipes import get_recipe, recipe_names
 
     extra = learner_settings or {}
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -368,6 +376,14 @@ def parse_agents(
         elif name in learner_names():
             merged = {**budget_settings(name, preset), **extra.get(name, {})}
             specs.append(AgentSpec(name, "rl", name, merged))
+        elif name.endswith(BEAM_SUFFIX) and name[:-len(BEAM_SUFFIX)] in learner_names():
+            learner = name[:-len(BEAM_SUFFIX)]  # e.g. grpo-beam: GRPO on beam groups
+            merged = {**budget_settings(learner, preset), "rollout": "beam", **extra.get(name, {})}
+            specs.append(AgentSpec(name, "rl", learner, merged))
+        elif name in recipe_names():  # the recipe's learner settings within the preset's budget
+            recipe = get_recipe(name)
+            merged = recipe.learner_settings(**budget_settings(recipe.learner, preset), **extra.get(name, {}))
+            specs.append(AgentSpec(name, "rl", recipe.learner, merged, recipe=name))
         else:
             raise ValueError(f"--agents: unknown agent {name!r}; choose from {', '.join(agent_choices())}")
     seen = [s.name for s in specs]
@@ -604,14 +620,17 @@ def _sft_config(preset: BenchPreset, seed: int, progress: bool, train_rows: int)
                      **budget)
 
 
-def _rl_config(preset: BenchPreset, seed: int, progress: bool) -> Any:
+def _rl_config(preset: BenchPreset, seed: int, progress: bool, recipe: str | None = None) -> Any:
+    """The preset's RL settings; a recipe's optimizer settings replace them, its batch size does not."""
     from agents.configs import RLConfig
+    from agents.recipes import get_recipe
 
     # patience=0: every RL agent spends the whole rollout budget (the best weights still win).
-    return RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
-                    mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
-                    eval_requests=preset.eval_requests, beam=preset.valid_beam, patience=0, seed=seed,
-                    progress=progress, env_id=preset.env)
+    config = RLConfig(steps=preset.rl_steps, requests_per_step=preset.requests_per_step, lr=preset.rl_lr,
+                      mu=preset.mu, minibatches=preset.minibatches, eval_every=preset.rl_eval_every,
+                      eval_requests=preset.eval_requests, beam=preset.valid_beam, patience=0, seed=seed,
+                      progress=progress, env_id=preset.env)
+    return get_recipe(recipe).rl_config(config, keep=("steps", "requests_per_step")) if recipe else config
 
 
 def _run_info(preset: BenchPreset, task: dict[str, Any]) -> dict[str, Any]:
@@ -640,7 +659,8 @@ def _check_rl_folders(
             continue
         learner = make_learner(spec.learner, **spec.settings)
         for seed in seeds:
-            fingerprint = run_fingerprint("rl", _rl_config(preset, seed, progress), tasks.train, tasks.valid,
+            fingerprint = run_fingerprint("rl", _rl_config(preset, seed, progress, spec.recipe), tasks.train,
+                                          tasks.valid,
                                           learner=learner, extra=_run_info(preset, task))
             check_run_folder(out / "runs" / f"{_slug(spec.name)}-seed{seed}", fingerprint, restart=restart,
                              skip=("start",))
@@ -726,7 +746,7 @@ def _run_rl(
     learner = make_learner(spec.learner, **spec.settings)
     _check_budget(spec, learner)
     policy = LLMPolicy.from_pretrained(sft_dir, device=device)  # a fresh copy of the one SFT start
-    config = _rl_config(preset, seed, progress)
+    config = _rl_config(preset, seed, progress, spec.recipe)
     try:
         summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir,
                            restart=restart, run_info=run_info)

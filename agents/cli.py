@@ -25,6 +25,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from agents.learners import make_learner
     from agents.plots import plot_training_curves
     from agents.policy import LLMPolicy
+    from agents.recipes import get_recipe
     from agents.rl import EpochSampler, RLConfig, train_rl
     from agents.runs import DivergedError, check_run_folder, run_fingerprint
     from agents.sft import SFTConfig, train_sft
@@ -173,11 +175,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Every setting is checked before anything is loaded or trained.
     learner_settings = parse_key_values(args.learner_set)
-    for key in ("group_size", "oversample"):
+    for key in ("group_size", "oversample", "rollout"):
         if getattr(args, key) is not None:
             learner_settings[key] = getattr(args, key)
+    given = getattr(args, "given_flags", set())
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    if recipe is not None:  # its learner and settings; flags given on the command line win
+        if "--agent" in given and args.agent != recipe.learner:
+            raise ValueError(f"--recipe {recipe.name} trains {recipe.learner}, not --agent {args.agent}: "
+                             "leave --agent out")
+        args.agent = recipe.learner
+        learner_settings = recipe.learner_settings(**learner_settings)
+    label = recipe.name if recipe is not None else args.agent
     learner = make_learner(args.agent, **learner_settings)
     rl_config = build_config(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
+    if recipe is not None:
+        explicit = tuple(f.name for f in fields(RLConfig) if "--" + f.name.replace("_", "-") in given)
+        rl_config = recipe.rl_config(rl_config, keep=explicit)
     sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
     sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
                               seed=args.seed, eval_requests=args.eval_requests, beam=args.beam,
@@ -200,7 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         test = make_task(args.env, "test", overrides, tokenizer=train.items, source=source)
         valid_or_none = valid if valid.num_requests else None
         results: dict[str, Any] = {"env": args.env, "task": overrides, "representation": train.representation,
-                                   "agent": learner.describe()}
+                                   "agent": learner.describe(), "recipe": args.recipe,
+                                   "rl_config": asdict(rl_config)}
         sampler = None
         if args.subset:
             from agents.minirec import CurriculumSampler
@@ -233,12 +248,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  seed=args.seed)}
         results["rl"] = train_rl(policy, learner, train, valid_or_none, rl_config, run_dir=out / "rl",
                                  sampler=sampler, restart=args.restart, run_info=rl_info)
-        table[f"sft -> {args.agent}"] = evaluate(policy, test, beam=args.test_beam,
+        table[f"sft -> {label}"] = evaluate(policy, test, beam=args.test_beam,
                                                  max_requests=args.test_requests, seed=args.seed)
         results["test"] = table
         if _is_main():
             print(format_table(table))
-            curves = plot_training_curves({args.agent: MetricLogger.read(out / "rl")}, out / "curves.png")
+            curves = plot_training_curves({label: MetricLogger.read(out / "rl")}, out / "curves.png")
             print(f"wrote {curves}")
             write_json(out / "results.json", results)
     return 0
@@ -453,6 +468,7 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+ROLLOUT_CHOICES = ("sample", "beam")  # agents.learners.base.ROLLOUT_MODES (not imported: the CLI starts fast)
 # Commands that run data-parallel under torchrun (the others refuse several processes).
 DISTRIBUTED_COMMANDS = ("sft", "train", "eval", "bench")
 # Options shared by several commands (task, seed, beam) are not repeated per config.
@@ -482,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.bench import PRESETS, BenchPreset
     from agents.configs import MODEL_PRESETS, AdapterConfig, RLConfig, SFTConfig
     from agents.learners import learner_names
+    from agents.recipes import recipe_names
     from recgym.data.formats import format_names
 
     parser = argparse.ArgumentParser(prog="recgym", description=__doc__.splitlines()[0])
@@ -534,10 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--restart", action="store_true", help=RESTART_HELP)
     sft.set_defaults(func=cmd_sft)
 
-    tr = sub.add_parser("train", help="SFT (or load an SFT policy), then RL (GRPO/SimPO/RISER), then test")
+    # allow_abbrev=False: --recipe tells explicit RL flags from its defaults by their exact names
+    tr = sub.add_parser("train", help="SFT (or load an SFT policy), then RL (GRPO/SimPO/RISER), then test",
+                        allow_abbrev=False)
     _add_task_arguments(tr)
     tr.add_argument("--agent", default="riser", choices=learner_names(),
                     help="the RL learner (plug-ins registered with --plugin join the choices)")
+    tr.add_argument("--recipe", choices=recipe_names(),
+                    help="a published RL recipe (agents.recipes): its learner, learner settings and RL "
+                         "settings; RL flags given here win (rere: ReRe's rere.sh; minionerec: "
+                         "MiniOneRec's rl.sh)")
     tr.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                     help="a .py file or module that registers learners when imported (repeatable)")
     tr.add_argument("--sft", type=_policy_folder,
@@ -549,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
     tr.add_argument("--group-size", type=_positive_int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=_positive_int, help="RISER's m, rollouts before de-duplication")
+    tr.add_argument("--rollout", choices=ROLLOUT_CHOICES,
+                    help="how a request's group is drawn: sample (constrained sampling through the env, the "
+                         "learners' default) or beam (the top G of one constrained beam search, as ReRe)")
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",
                     help="learner setting, e.g. --learner-set simpo_weight=0.5 (repeatable)")
     tr.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
@@ -669,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recgym.data.download import DownloadError
 
     args = build_parser().parse_args(argv)
+    args.given_flags = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
     launched = os.environ.get("WORLD_SIZE", "1") not in ("", "1")  # torchrun started several processes
     if launched and args.command not in DISTRIBUTED_COMMANDS:
         print(f"recgym: error: `recgym {args.command}` runs in one process: launch it without torchrun "

@@ -63,6 +63,20 @@ def test_train_runs_sft_then_rl_and_writes_results_and_curves(tmp_path, capsys):
     assert json.loads((again / "results.json").read_text())["sft"] == {"loaded": str(run / "sft" / "best")}
     assert main(["train", "--agent", "grpo", "--learner-set", "nonsense=1", "--out", str(again)]) == 2
     assert "unknown setting" in capsys.readouterr().err
+    # ReRe's recipe: its learner settings and RL settings, but an explicit --lr wins
+    rere = tmp_path / "rere"
+    assert main(["train", "--recipe", "rere", *SMALL, "--sft", str(run / "sft" / "best"), "--steps", "2",
+                 "--lr", "3e-4", "--requests-per-step", "2", "--group-size", "3", "--eval-requests", "4",
+                 "--test-requests", "4", "--out", str(rere)]) == 0
+    results = json.loads((rere / "results.json").read_text())
+    assert results["recipe"] == "rere" and results["agent"]["rollout"] == "beam"
+    assert results["agent"]["reward"] == "ranking" and results["agent"]["group_size"] == 3
+    rl = results["rl_config"]
+    settings = (rl["lr"], rl["grad_clip"], rl["mu"], rl["minibatches"], rl["requests_per_step"])
+    assert settings == (3e-4, 0.3, 1, 1, 2)
+    assert set(results["test"]) == {"sft", "sft -> rere"}
+    assert main(["train", "--recipe", "rere", "--agent", "riser", "--out", str(rere)]) == 2
+    assert "leave --agent out" in capsys.readouterr().err
 
 
 def test_select_then_train_on_the_subset(tmp_path, capsys):
