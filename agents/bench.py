@@ -40,7 +40,6 @@ Plug-ins: a Python file or module that calls :func:`agents.learners.register_lea
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -57,6 +56,7 @@ from agents.plugins import load_plugin
 from recgym.metrics import KS
 
 BEAM_SUFFIX = "-beam"  # --agents grpo-beam: a learner on beam groups (rollout="beam")
+SUBSET_SUFFIX = "-subset"  # --agents riser-subset: a learner on the requests of --subset
 SELECT_K = 10  # the smallest test beam: HR@10 and NDCG@10 (the model-selection metric) need 10 items
 
 # --agents ablation, as the RISER paper reports it: GRPO, RISER's components added one at a time on
@@ -231,13 +231,15 @@ PRESETS: dict[str, BenchPreset] = {
     # users' windows an epoch), dropout 0.2, up to 10 epochs with early stopping on valid NDCG@10
     # over 2,000 requests; SASRec with cross-entropy over all items, the same history and dropout 0.2
     # (benchmarks/results/sasrec-games*.json: test NDCG@10 .0603 after 12 epochs at dropout 0.2,
-    # .0527 after 30 at 0.5), up to 30 epochs. The RL budget is unchanged (100 x 16 x 16).
+    # .0527 after 30 at 0.5), 12 epochs (70 s each here). The RL budget is unchanged (100 x 16 x 16).
+    # Test: 5,000 requests at beam 50, so that the paired bootstrap intervals resolve differences of
+    # about .005 in NDCG@10.
     "cpu": BenchPreset(
         name="cpu", env="RecGen-Games-v0", task={"max_history": 20, "template": "compact", "vocab_size": 257},
         model_preset="mini", sft_epochs=10, sft_patience=2, sft_batch_size=128, sft_lr=2e-3, sft_dropout=0.2,
         sft_warmup_steps=100, sft_eval_every=0, rl_steps=100, requests_per_step=16,
         rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
-        test_requests=1000, sasrec_epochs=30, sasrec_hidden=64, sasrec_batch_size=64, sasrec_dropout=0.2,
+        test_requests=5000, sasrec_epochs=12, sasrec_hidden=64, sasrec_batch_size=64, sasrec_dropout=0.2,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
     # A real pretrained LM on this 2-core machine: SmolLM2-135M-Instruct with LoRA r = 8 on
     # office-d3 titles (D3 publishes valid and test only: valid trains, nothing is left to select
@@ -295,7 +297,8 @@ class AgentSpec:
     pretrained, before any training), ``sft``, ``rl`` (a learner trained by
     :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``. ``recipe`` names an
     :mod:`agents.recipes` recipe whose RL settings (but not its batch size: the budget is the
-    preset's) the row trains with.
+    preset's) the row trains with; ``subset``: the row trains on the requests of ``--subset`` (a
+    ``recgym select`` file, e.g. MiniRec's pick), with the same budget.
 
     Example:
         >>> AgentSpec("+simpo", "rl", "riser", {"kl_cov_k": 0.0}).learner
@@ -307,6 +310,7 @@ class AgentSpec:
     learner: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     recipe: str | None = None
+    subset: bool = False
 
 
 def agent_choices() -> list[str]:
@@ -322,7 +326,7 @@ def agent_choices() -> list[str]:
 
     learners = learner_names()
     return [*ranker_names(), "zero_shot", "sft", *learners, *(n + BEAM_SUFFIX for n in learners),
-            *recipe_names(), "maskable_ppo", "ablation"]
+            *(n + SUBSET_SUFFIX for n in learners), *recipe_names(), "maskable_ppo", "ablation"]
 
 
 def budget_settings(learner: str, preset: BenchPreset) -> dict[str, Any]:
@@ -380,6 +384,10 @@ def parse_agents(
             learner = name[:-len(BEAM_SUFFIX)]  # e.g. grpo-beam: GRPO on beam groups
             merged = {**budget_settings(learner, preset), "rollout": "beam", **extra.get(name, {})}
             specs.append(AgentSpec(name, "rl", learner, merged))
+        elif name.endswith(SUBSET_SUFFIX) and name[:-len(SUBSET_SUFFIX)] in learner_names():
+            learner = name[:-len(SUBSET_SUFFIX)]  # e.g. riser-subset: RISER on the --subset requests
+            merged = {**budget_settings(learner, preset), **extra.get(name, {})}
+            specs.append(AgentSpec(name, "rl", learner, merged, subset=True))
         elif name in recipe_names():  # the recipe's learner settings within the preset's budget
             recipe = get_recipe(name)
             merged = recipe.learner_settings(**budget_settings(recipe.learner, preset), **extra.get(name, {}))
@@ -427,11 +435,14 @@ def run_bench(
     *,
     task_overrides: dict[str, Any] | None = None,
     sft: str | None = None,
+    subset: str | None = None,
     device: str | None = None,
     progress: bool = True,
     restart: bool = False,
 ) -> dict[str, Any]:
     """Train and test every agent for every seed; write results.json/.md, metrics.png, curves.png.
+
+    ``subset`` (a ``recgym select`` file) is the request pool of the ``-subset`` agents.
 
     Returns the results dict written to ``results.json``. ``out`` is locked while the bench runs.
     A rerun into the same ``out`` resumes its SFT and RL runs when their settings are the same
@@ -445,6 +456,9 @@ def run_bench(
     out = Path(out)
     seeds = list(seeds)
     _check_learners(agents)
+    if any(a.subset for a in agents) and subset is None:
+        names = [a.name for a in agents if a.subset]
+        raise ValueError(f"--agents {names} train on a subset: pass --subset FILE (a `recgym select` file)")
     for seed in seeds:  # every training config is checked before anything is loaded or trained
         _sft_config(preset, seed, progress, preset.sft_batch_size)
         _rl_config(preset, seed, progress)
@@ -456,18 +470,20 @@ def run_bench(
         raise ValueError("--model: the paper preset needs a local pretrained causal LM (e.g. Qwen2-1.5B) "
                          "or --sft DIR")
     with lock_on_main(out) as main:  # under torchrun rank 0 alone locks and writes
-        return _run_bench(preset, agents, seeds, out, task_overrides, sft, device, progress and main, restart)
+        return _run_bench(preset, agents, seeds, out, task_overrides, sft, subset, device, progress and main,
+                          restart)
 
 
 def _run_bench(
     preset: BenchPreset, agents: Sequence[AgentSpec], seeds: list[int], out: Path,
-    task_overrides: dict[str, Any] | None, sft: str | None, device: str | None, progress: bool, restart: bool,
+    task_overrides: dict[str, Any] | None, sft: str | None, subset: str | None, device: str | None,
+    progress: bool, restart: bool,
 ) -> dict[str, Any]:
     import torch
 
     from agents import distributed as dist
     from agents.bench_report import machine_info, write_report
-    from agents.build import build_policy, make_task, write_json
+    from agents.build import build_policy, json_text, make_task, write_json
     from agents.checkpoint import write_folder_atomically
     from agents.evaluate import select_rows
     from agents.policy import LLMPolicy
@@ -495,7 +511,7 @@ def _run_bench(
     test = make_task(preset.env, "test", task, tokenizer=train.items, source=source)
     tasks = SimpleNamespace(train=train, valid=valid if valid.num_requests and preset.validates else None,
                             test=test)
-    _check_rl_folders(agents, seeds, tasks, preset, task, out, progress, restart)
+    _check_rl_folders(agents, seeds, tasks, preset, task, out, progress, restart, subset)
     test_requests = len(select_rows(test.num_requests, preset.test_requests))
     results: dict[str, Any] = {
         "env": preset.env, "task": task, "representation": train.representation,
@@ -552,7 +568,7 @@ def _run_bench(
         else:
             assert sft_dir is not None
             record = _run_rl(spec, seed, tasks, preset, sft_dir, run_dir, device, progress, restart,
-                             _run_info(preset, task))
+                             _run_info(preset, task), subset if spec.subset else None)
         if spec.kind in ("rl", "maskable_ppo"):  # its metrics.jsonl: the curves
             record["run_dir"] = str(run_dir)
         record["wall_seconds"] = round(time.time() - tick, 3)
@@ -560,7 +576,7 @@ def _run_bench(
         for s in (seeds if not _per_seed(spec) else [seed]):
             runs[str(s)] = {"seed": s, **record, "shared_across_seeds": not _per_seed(spec)}
         if main:
-            write_atomically(out / "results.json", json.dumps(results, indent=2))  # partial results survive
+            write_atomically(out / "results.json", json_text(results))  # partial results survive
     bar.close()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if main:
@@ -648,7 +664,7 @@ def _run_info(preset: BenchPreset, task: dict[str, Any]) -> dict[str, Any]:
 
 def _check_rl_folders(
     agents: Sequence[AgentSpec], seeds: Sequence[int], tasks: SimpleNamespace, preset: BenchPreset,
-    task: dict[str, Any], out: Path, progress: bool, restart: bool,
+    task: dict[str, Any], out: Path, progress: bool, restart: bool, subset: str | None = None,
 ) -> None:
     """Refuse, before anything trains, an RL run folder that holds a run with other settings."""
     from agents.learners import make_learner
@@ -659,8 +675,9 @@ def _check_rl_folders(
             continue
         learner = make_learner(spec.learner, **spec.settings)
         for seed in seeds:
+            sampler = _subset_sampler(subset if spec.subset else None, tasks, preset, seed)
             fingerprint = run_fingerprint("rl", _rl_config(preset, seed, progress, spec.recipe), tasks.train,
-                                          tasks.valid,
+                                          tasks.valid, sampler=sampler,
                                           learner=learner, extra=_run_info(preset, task))
             check_run_folder(out / "runs" / f"{_slug(spec.name)}-seed{seed}", fingerprint, restart=restart,
                              skip=("start",))
@@ -734,9 +751,18 @@ def ranker_settings(name: str, preset: BenchPreset) -> dict[str, Any]:
     return {f.name[len(head):]: getattr(preset, f.name) for f in fields(preset) if f.name.startswith(head)}
 
 
+def _subset_sampler(subset: str | None, tasks: SimpleNamespace, preset: BenchPreset, seed: int) -> Any:
+    """The request sampler of a ``-subset`` row (None: every train request, the loop's default)."""
+    from agents.build import subset_sampler
+
+    return None if subset is None else subset_sampler(subset, tasks.train.num_requests,
+                                                      preset.requests_per_step, seed)[0]
+
+
 def _run_rl(
     spec: AgentSpec, seed: int, tasks: SimpleNamespace, preset: BenchPreset, sft_dir: Path, run_dir: Path,
     device: str | None, progress: bool, restart: bool = False, run_info: dict[str, Any] | None = None,
+    subset: str | None = None,
 ) -> dict[str, Any]:
     from agents.learners import make_learner
     from agents.policy import LLMPolicy
@@ -749,12 +775,16 @@ def _run_rl(
     config = _rl_config(preset, seed, progress, spec.recipe)
     try:
         summary = train_rl(policy, learner, tasks.train, tasks.valid, config, run_dir=run_dir,
-                           restart=restart, run_info=run_info)
+                           sampler=_subset_sampler(subset, tasks, preset, seed), restart=restart,
+                           run_info=run_info)
     except DivergedError as err:
         raise err.with_flag("--preset-set rl_lr=...") from err
     metrics = _test(policy, tasks, preset, progress)
+    described = {**learner.describe(), "rl": asdict(config), "start": str(sft_dir)}
+    if subset is not None:
+        described["subset"] = str(subset)
     return {"metrics": metrics, "rollouts": summary["rollouts"], "train_seconds": summary["seconds"],
-            "config": {**learner.describe(), "rl": asdict(config), "start": str(sft_dir)}, "summary": summary}
+            "config": described, "summary": summary}
 
 
 def _run_maskable_ppo(

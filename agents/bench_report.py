@@ -61,7 +61,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float
     for name, agent in results["agents"].items():
         runs = list(agent["runs"].values())
         row: dict[str, tuple[float, float]] = {}
-        for key in (*METRICS, "rollouts", "wall_seconds"):
+        for key in (*METRICS, "group_hit", "rollouts", "wall_seconds"):
             values = [float(r["metrics"][key] if key in r["metrics"] else r[key]) for r in runs
                       if key in r["metrics"] or key in r]
             if values:
@@ -171,12 +171,17 @@ def results_table(results: dict[str, Any], differences: dict[str, dict[str, dict
     paired = [m for m in PAIRED if any(m in row for row in differences.values())]
     shown = [m for m in METRICS if any(m in row for row in summary.values())]  # K <= the beam width
     columns = [*shown, *(f"Δ{m} vs {REFERENCE} [95% CI]" for m in paired)]
+    group_hit = any("group_hit" in row for row in summary.values())  # RL rows: groups holding a hit
+    if group_hit:
+        columns.append("group hit")
     header = "| agent | " + " | ".join(columns) + " | rollouts | wall s |"
     lines = [header, "|---" * (len(columns) + 3) + "|"]
     for name, row in summary.items():
         cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "-" for m in shown]
         cells += ["ref" if name == REFERENCE else _difference_cell(differences.get(name, {}).get(m))
                   for m in paired]
+        if group_hit:
+            cells.append(f"{row['group_hit'][0]:.3f}" if "group_hit" in row else "-")
         rollouts = f"{row['rollouts'][0]:.0f}" if "rollouts" in row else "-"
         wall = f"{row['wall_seconds'][0]:.1f}" if "wall_seconds" in row else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rollouts} | {wall} |")
@@ -200,6 +205,12 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
 
     out = Path(out)
 
+    logs = {(name, seed): MetricLogger.read(run["run_dir"]) for name, agent in results["agents"].items()
+            for seed, run in agent["runs"].items() if "run_dir" in run and Path(run["run_dir"]).is_dir()}
+    for (name, seed), records in logs.items():  # the share of rollout groups holding a hit, over training
+        shares = [r["group_hit"] for r in records if "group_hit" in r]
+        if shares:
+            results["agents"][name]["runs"][seed]["group_hit"] = float(np.mean(shares))
     differences = paired_differences(results)
     results["paired_differences"] = differences  # run_bench writes results.json after this
     table = results_table(results, differences)
@@ -221,14 +232,56 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
             f"{table}\n")
     write_atomically(out / "results.md", text)
     plot_metric_bars(summarize(results), out / "metrics.png")
-    curves = {f"{name} seed{seed}": MetricLogger.read(run["run_dir"])
-              for name, agent in results["agents"].items() for seed, run in agent["runs"].items()
-              if "run_dir" in run}
+    curves = {f"{name} seed{seed}": records for (name, seed), records in logs.items()}
     if curves:
         plot_training_curves(curves, out / "curves.png", x="rollouts",
                              group_of=lambda label: label.rsplit(" seed", 1)[0])
     return table
 
 
-__all__ = ["METRICS", "PAIRED", "REFERENCE", "machine_info", "paired_differences", "results_table",
-           "summarize", "write_report"]
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench's results from benches of the same preset, agents and test run with other seeds
+    (e.g. one process per seed on a machine with several cores).
+
+    Runs of every agent are gathered by seed; agents shared across seeds (popularity, the SFT start)
+    keep the first part's run under every seed. Parts whose env, preset or test protocol differ
+    are refused.
+
+    Example:
+        >>> base = {"env": "e", "preset": {"name": "cpu"}, "test_protocol": {"beam": 50}}
+        >>> run = lambda seed, shared: {"seed": seed, "metrics": {}, "shared_across_seeds": shared}
+        >>> a = {**base, "seeds": [0], "agents": {"sft": {"runs": {"0": run(0, True)}},
+        ...                                       "grpo": {"runs": {"0": run(0, False)}}}}
+        >>> b = {**base, "seeds": [1], "agents": {"sft": {"runs": {"1": run(1, True)}},
+        ...                                       "grpo": {"runs": {"1": run(1, False)}}}}
+        >>> m = merge_results([a, b])
+        >>> m["seeds"], sorted(m["agents"]["grpo"]["runs"]), m["agents"]["sft"]["runs"]["1"]["seed"]
+        ([0, 1], ['0', '1'], 0)
+    """
+    if not parts:
+        raise ValueError("merge_results: no results to merge")
+    first = parts[0]
+    for i, part in enumerate(parts[1:], 1):
+        for key in ("env", "preset", "test_protocol"):
+            if part.get(key) != first.get(key):
+                raise ValueError(f"merge_results: part {i} has another {key} than part 0; only benches of "
+                                 "one preset, env and test protocol merge")
+    seeds = sorted({int(s) for part in parts for s in part["seeds"]})
+    merged = {**first, "seeds": seeds, "agents": {}}
+    for part in parts:
+        for name, agent in part["agents"].items():
+            into = merged["agents"].setdefault(name, {**agent, "runs": {}})
+            for seed, run in agent["runs"].items():
+                if run.get("shared_across_seeds") and into["runs"]:
+                    continue  # one shared run (the first part's) stands for every seed
+                into["runs"][seed] = run
+    for agent in merged["agents"].values():
+        runs = agent["runs"]
+        if all(r.get("shared_across_seeds") for r in runs.values()):
+            shared = next(iter(runs.values()))
+            agent["runs"] = {str(s): shared for s in seeds}
+    return merged
+
+
+__all__ = ["METRICS", "PAIRED", "REFERENCE", "machine_info", "merge_results", "paired_differences",
+           "results_table", "summarize", "write_report"]

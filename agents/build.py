@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,42 @@ def load_subset(path: str, num_requests: int) -> tuple[np.ndarray, bool]:
     return order, bool(selection.get("curriculum", False))
 
 
+def subset_sampler(
+    path: str, num_requests: int, requests_per_step: int, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """The RL request sampler over a ``recgym select`` file's rows, and what to record about it.
+
+    A curriculum selection (MiniRec's easy-to-hard order) is followed in order
+    (:class:`~agents.minirec.CurriculumSampler`); any other is shuffled per epoch
+    (:class:`~agents.rl.EpochSampler`).
+
+    Example:
+        >>> # sampler, info = subset_sampler("runs/minirec.json", train.num_requests, 16, seed=0)
+    """
+    from agents.minirec import CurriculumSampler
+    from agents.rl import EpochSampler
+
+    order, ordered = load_subset(path, num_requests)
+    sampler = (CurriculumSampler(order, requests_per_step) if ordered
+               else EpochSampler(order, requests_per_step, seed=seed))
+    return sampler, {"file": str(path), "requests": len(order), "curriculum": ordered}
+
+
+def json_text(results: dict[str, Any]) -> str:
+    """Indented JSON with every list of integers on one line (per-request ranks stay one line each).
+
+    Example:
+        >>> print(json_text({"ranks": [3, -1, 0]}))
+        {
+          "ranks": [3, -1, 0]
+        }
+    """
+    text = json.dumps(results, indent=2)
+    # indent puts each item on its own line; strings never hold a newline, so they are left alone
+    return re.sub(r"\[\n\s*-?\d+(?:,\n\s*-?\d+)*\n\s*\]",
+                  lambda m: "[" + ", ".join(re.findall(r"-?\d+", m.group(0))) + "]", text)
+
+
 def write_json(path: str | Path | None, results: dict[str, Any]) -> Path | None:
     """Write ``results`` as indented JSON atomically and say where (nothing when ``path`` is None).
 
@@ -206,7 +243,7 @@ def write_json(path: str | Path | None, results: dict[str, Any]) -> Path | None:
         return None
     from agents.tracking import write_atomically
 
-    written = write_atomically(Path(path), json.dumps(results, indent=2))
+    written = write_atomically(Path(path), json_text(results))
     print(f"wrote {written}")
     return written
 

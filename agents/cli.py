@@ -160,14 +160,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.adapters import apply_adapters
-    from agents.build import adapter_record, build_policy, load_subset, make_task, write_json
+    from agents.build import adapter_record, build_policy, make_task, subset_sampler, write_json
     from agents.configs import AdapterConfig
     from agents.evaluate import evaluate
     from agents.learners import make_learner
     from agents.plots import plot_training_curves
     from agents.policy import LLMPolicy
     from agents.recipes import get_recipe
-    from agents.rl import EpochSampler, RLConfig, train_rl
+    from agents.rl import RLConfig, train_rl
     from agents.runs import DivergedError, check_run_folder, run_fingerprint
     from agents.sft import SFTConfig, train_sft
     from agents.tracking import MetricLogger
@@ -218,12 +218,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    "rl_config": asdict(rl_config)}
         sampler = None
         if args.subset:
-            from agents.minirec import CurriculumSampler
-
-            order, ordered = load_subset(args.subset, train.num_requests)
-            sampler = (CurriculumSampler(order, args.requests_per_step) if ordered
-                       else EpochSampler(order, args.requests_per_step, seed=args.seed))
-            results["subset"] = {"file": args.subset, "requests": len(order), "curriculum": ordered}
+            sampler, results["subset"] = subset_sampler(args.subset, train.num_requests,
+                                                        args.requests_per_step, args.seed)
         rl_info = {"env": args.env, "task": overrides, "adapters": adapter_record(adapters)}
         # The RL folder's settings, checked before SFT runs (its start is known only after it).
         check_run_folder(out / "rl", run_fingerprint("rl", rl_config, train, valid_or_none, learner=learner,
@@ -347,7 +343,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     seeds = bench.parse_seeds(args.seeds)
     _torch_on(args.device)
     bench.run_bench(preset, agents, seeds, args.out, task_overrides=_task_overrides(args), sft=args.sft,
-                    device=args.device, progress=not args.quiet, restart=args.restart)
+                    subset=args.subset, device=args.device, progress=not args.quiet, restart=args.restart)
     return 0
 
 
@@ -633,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a .py file or module that registers learners when imported (repeatable)")
     be.add_argument("--sft", type=_policy_folder,
                     help="start RL from this saved policy folder instead of training SFT")
+    be.add_argument("--subset", type=_existing_file,
+                    help="a `recgym select` file: agents named LEARNER-subset (e.g. riser-subset) train "
+                         "on its requests, with the same budget")
     be.add_argument("--env", help="a registered RecGen env id (default: the preset's)")
     be.add_argument("--dataset", help="override the env's dataset (a name or a folder)")
     be.add_argument("--representation", choices=["title", "sid"])

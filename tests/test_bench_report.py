@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.bench_report import METRICS, results_table, summarize, write_report
+from agents.bench_report import METRICS, merge_results, results_table, summarize, write_report
 
 
 def _run(agent_metrics, wall=1.0, rollouts=0):
@@ -36,8 +36,9 @@ def test_write_report_rereads_a_results_file(tmp_path):
     run_dir = tmp_path / "runs" / "grpo-seed0"
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"step": 0, "rollouts": 0, "valid/HR@10": 0.1}, {"step": 1, "rollouts": 64, "hit_rate": 0.2,
-                                                          "entropy": 1.1}]))
+        {"step": 0, "rollouts": 0, "valid/HR@10": 0.1},
+        {"step": 1, "rollouts": 64, "hit_rate": 0.2, "group_hit": 0.25, "entropy": 1.1},
+        {"step": 2, "rollouts": 128, "hit_rate": 0.1, "group_hit": 0.5, "entropy": 1.0}]))
     metrics = {m: 0.1 for m in METRICS}
     results = {"env": "RecGen-Synthetic-v0", "representation": "sid", "preset": {"name": "ci"}, "seeds": [0],
                "budget": {"rl_steps": 1, "requests_per_step": 8, "rollouts_per_request": 8, "rollouts": 64},
@@ -47,6 +48,9 @@ def test_write_report_rereads_a_results_file(tmp_path):
     table = write_report(json.loads(json.dumps(results)), tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert table in md and "| grpo | 0.1000 ± 0.0000" in table and "64 rollouts" in md
+    header, rows = table.splitlines()[0].split(" | "), [line.split(" | ") for line in table.splitlines()[2:]]
+    column = header.index("group hit")  # the mean over the run's steps: (0.25 + 0.5) / 2
+    assert [row[column] for row in rows] == ["0.375", "-"]
     assert all((tmp_path / png).stat().st_size > 5000 for png in ("metrics.png", "curves.png"))
     del results["agents"]["grpo"]
     (tmp_path / "curves.png").unlink()
@@ -149,3 +153,20 @@ def test_write_report_puts_the_differences_in_results_and_results_md(tmp_path):
     assert "paired bootstrap 95% confidence interval (2000 resamples" in md
     stored = json.loads(json.dumps(results))["paired_differences"]  # results.json carries them
     assert stored["grpo"]["HR@20"]["difference"] == 0.0 and stored["grpo"]["NDCG@10"]["requests"] == 4
+
+
+def test_merge_results_gathers_seeds_and_refuses_other_presets():
+    base = {"env": "RecGen-Games-v0", "preset": {"name": "cpu"}, "test_protocol": {"beam": 50}}
+    metrics = {m: 0.1 for m in METRICS}
+    parts = [{**base, "seeds": [seed], "agents": {
+        "sft": {"runs": {str(seed): {**_run(metrics), "shared_across_seeds": True, "seed": seed}}},
+        "grpo": {"runs": {str(seed): {**_run({**metrics, "HR@10": 0.1 * (seed + 1)}), "seed": seed}}}}}
+        for seed in (0, 1, 2)]
+    merged = merge_results(parts)
+    assert merged["seeds"] == [0, 1, 2]
+    assert [r["metrics"]["HR@10"] for r in merged["agents"]["grpo"]["runs"].values()] == \
+        pytest.approx([0.1, 0.2, 0.3])
+    assert {r["seed"] for r in merged["agents"]["sft"]["runs"].values()} == {0}  # one shared run
+    assert summarize(merged)["grpo"]["HR@10"][0] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="another preset"):
+        merge_results([parts[0], {**parts[1], "preset": {"name": "ci"}}])
