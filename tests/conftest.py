@@ -69,3 +69,30 @@ def smollm2_converted(tmp_path_factory):
         folder = Path(pretrained.resolve_model("smollm2-135m", cache_dir=data / "models", progress=False))
     assert len(loaded) == 1
     return data, folder, *loaded[0]
+
+
+def _full_vocab_logprobs_by_hand(policy, batch):
+    """log pi(y_t | x, y_<t) of the batch's responses from the model's own logits: one plain forward of
+    [prompt; response] per row (right-padded: a causal model's earlier positions ignore what follows),
+    log_softmax over the whole vocabulary. (B, T), zeros on padding; gradients flow into the model."""
+    import torch
+
+    seqs = []
+    for row in range(len(batch.responses)):
+        g = int(batch.group_index[row])
+        prompt = batch.prompt_ids[g][batch.prompt_mask[g].bool()].tolist()
+        seqs.append((prompt, batch.responses[row][batch.mask[row]].tolist()))
+    width = max(len(p) + len(y) for p, y in seqs)
+    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
+    logits = policy.model(ids).logits
+    out = torch.zeros(batch.responses.shape, dtype=logits.dtype)
+    for row, (prompt, y) in enumerate(seqs):
+        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(y))  # position t-1 predicts t
+        out[row, : len(y)] = torch.log_softmax(logits[row, positions], dim=-1)[torch.arange(len(y)), y]
+    return out
+
+
+@pytest.fixture(scope="session")
+def full_vocab_logprobs_by_hand():
+    """The hand computation of a batch's full-vocabulary token log-probs (tests of learners' updates)."""
+    return _full_vocab_logprobs_by_hand

@@ -56,26 +56,7 @@ def test_grpo_learner_defaults():
     assert learner.describe()["name"] == "grpo" and learner.describe()["beta"] == 0.1
 
 
-def _full_vocab_logprobs_by_hand(policy, batch):
-    """log pi(y_t | x, y_<t) of the batch's responses from the model's own logits: one plain forward of
-    [prompt; response] per row (right-padded: a causal model's earlier positions ignore what follows),
-    log_softmax over the whole vocabulary. (B, T), zeros on padding; gradients flow into the model."""
-    seqs = []
-    for row in range(len(batch.responses)):
-        g = int(batch.group_index[row])
-        prompt = batch.prompt_ids[g][batch.prompt_mask[g].bool()].tolist()
-        seqs.append((prompt, batch.responses[row][batch.mask[row]].tolist()))
-    width = max(len(p) + len(y) for p, y in seqs)
-    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
-    logits = policy.model(ids).logits
-    out = torch.zeros(batch.responses.shape, dtype=logits.dtype)
-    for row, (prompt, y) in enumerate(seqs):
-        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(y))  # position t-1 predicts t
-        out[row, : len(y)] = torch.log_softmax(logits[row, positions], dim=-1)[torch.arange(len(y)), y]
-    return out
-
-
-def test_grpo_update_uses_the_full_vocabulary_by_default(tiny_sid):
+def test_grpo_update_uses_the_full_vocabulary_by_default(tiny_sid, full_vocab_logprobs_by_hand):
     """GRPOConfig() trains the policy's objective, the whole vocabulary's softmax by default: its log-probs
     and its loss and gradient equal a hand computation from the model's logits (not renormalised)."""
     task, policy = tiny_sid
@@ -88,7 +69,7 @@ def test_grpo_update_uses_the_full_vocabulary_by_default(tiny_sid):
     batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * 4)
     mask = batch.mask
     policy.model.zero_grad()
-    logp = _full_vocab_logprobs_by_hand(policy, batch)
+    logp = full_vocab_logprobs_by_hand(policy, batch)
     with torch.no_grad():
         learner_logp = learner.logprobs(policy, batch)[0]
     # Forced tokens (one allowed child) have pi < 1 under the full vocabulary; renormalised they'd be 0.

@@ -48,14 +48,7 @@ def test_bench_rows_of_a_recipe_keep_the_presets_budget():
     assert _rl_config(PRESETS["cpu"], 0, False).lr == PRESETS["cpu"].rl_lr
 
 
-def _hand_logprobs(model, prompt, response):
-    """log pi(y_t | x, y_<t) over the whole vocabulary, from one plain forward of prompt + response."""
-    ids = torch.as_tensor(np.concatenate([prompt, response]))[None]
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(1, torch.as_tensor(response)[:, None])[:, 0]
-
-
-def test_one_rere_step_equals_a_hand_computation(tiny_sid):
+def test_one_rere_step_equals_a_hand_computation(tiny_sid, full_vocab_logprobs_by_hand):
     task, start = tiny_sid
     policy, reference = copy.deepcopy(start), copy.deepcopy(start)
     recipe = get_recipe("rere")
@@ -77,17 +70,14 @@ def test_one_rere_step_equals_a_hand_computation(tiny_sid):
     # l_i = mean_t [-exp(log pi - log pi.detach()) * A_i + beta * k3_t]; loss = mean_i l_i.
     r = batch.rewards.reshape(2, 4).double()
     advantages = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).reshape(-1)
-    prompts, lens = task.prompt_tokens(rows)
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    terms = []
-    for i in range(8):
-        response = batch.responses[i][batch.mask[i]].numpy()
-        lp = _hand_logprobs(policy.model, prompts[i // 4, :lens[i // 4]], response)
-        with torch.no_grad():
-            ref = _hand_logprobs(reference.model, prompts[i // 4, :lens[i // 4]], response)
-        q = ref - lp
-        k3 = torch.exp(q) - q - 1
-        terms.append((-torch.exp(lp - lp.detach()) * float(advantages[i]) + 1e-3 * k3).mean())
+    lp = full_vocab_logprobs_by_hand(policy, batch)  # (B, T) log pi from plain forwards of the model
+    with torch.no_grad():
+        ref = full_vocab_logprobs_by_hand(reference, batch)
+    q = ref - lp
+    k3 = torch.exp(q) - q - 1
+    token_terms = -torch.exp(lp - lp.detach()) * advantages.float()[:, None] + 1e-3 * k3
+    terms = [token_terms[i][batch.mask[i]].mean() for i in range(8)]
     hand_loss = torch.stack(terms).mean()
     grads = torch.autograd.grad(hand_loss, params)
     norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))

@@ -257,26 +257,7 @@ def test_default_riser_weighs_forced_tokens_d_times_grpo(tiny_sid):
     torch.testing.assert_close(grads["riser"][branching], grads["grpo"][branching])
 
 
-def _full_vocab_logprobs_by_hand(policy, batch):
-    """log pi(y_t | x, y_<t) of the batch's responses from the model's own logits: one plain forward of
-    [prompt; response] per row (right-padded: a causal model's earlier positions ignore what follows),
-    log_softmax over the whole vocabulary. (B, T), zeros on padding; gradients flow into the model."""
-    seqs = []
-    for row in range(len(batch.responses)):
-        g = int(batch.group_index[row])
-        prompt = batch.prompt_ids[g][batch.prompt_mask[g].bool()].tolist()
-        seqs.append((prompt, batch.responses[row][batch.mask[row]].tolist()))
-    width = max(len(p) + len(y) for p, y in seqs)
-    ids = torch.tensor([p + y + [0] * (width - len(p) - len(y)) for p, y in seqs])
-    logits = policy.model(ids).logits
-    out = torch.zeros(batch.responses.shape, dtype=logits.dtype)
-    for row, (prompt, y) in enumerate(seqs):
-        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(y))  # position t-1 predicts t
-        out[row, : len(y)] = torch.log_softmax(logits[row, positions], dim=-1)[torch.arange(len(y)), y]
-    return out
-
-
-def test_forced_tokens_carry_gradient_through_the_model_scaled_by_d(tiny_sid):
+def test_forced_tokens_carry_gradient_through_the_model_scaled_by_d(tiny_sid, full_vocab_logprobs_by_hand):
     """Through the real model (not a leaf of log-probs): under the default full-vocabulary objective a
     forced token (one allowed child) has log pi < 0 and a gradient, and d scales exactly that part.
 
@@ -296,7 +277,7 @@ def test_forced_tokens_carry_gradient_through_the_model_scaled_by_d(tiny_sid):
     forced = torch.as_tensor(~task.tree.branching(batch.states.clamp(min=0).numpy())) & batch.mask
     assert policy.objective == "full" and forced.any()
     policy.model.zero_grad()
-    logp = _full_vocab_logprobs_by_hand(policy, batch)
+    logp = full_vocab_logprobs_by_hand(policy, batch)
     lengths = batch.mask.sum(dim=1)
     forced_part = -(batch.advantages / lengths * (logp * forced).sum(dim=1)).mean()
     forced_part.backward()
