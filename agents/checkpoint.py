@@ -187,15 +187,22 @@ def restore_training(
 def load_weights(policy: Any, folder: str | os.PathLike[str]) -> None:
     """Copy the weights saved in ``folder`` (``save_pretrained``) into ``policy.model`` in place.
 
-    A missing or damaged weights file is a :class:`~agents.runs.CheckpointError` naming it.
+    A missing, damaged or changed file (``config.json``, the weights: :mod:`agents.saved`) is a
+    :class:`~agents.runs.CheckpointError` naming it, raised before any model is built.
     """
+    from agents.saved import check_config_fits_model, check_files, weights_files
+
     folder = Path(folder)
     try:
         if hasattr(policy, "load_weights"):  # an LLMPolicy: its adapters (LoRA, new token rows) too
-            policy.load_weights(folder)
+            policy.load_weights(folder, remedy=RESTART_HINT)
         else:
+            check_files(folder, ["config.json", *weights_files(folder)], None, RESTART_HINT)
+            check_config_fits_model(folder, policy.model, RESTART_HINT)
             fresh = type(policy.model).from_pretrained(folder)
             policy.model.load_state_dict(fresh.state_dict())
+    except CheckpointError:
+        raise  # names the file already
     except Exception as err:  # safetensors, OSError, size mismatches: all mean "not these weights"
         raise CheckpointError(f"{weights_file(folder)}: the weights cannot be read ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); {RESTART_HINT}") from err

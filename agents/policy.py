@@ -235,16 +235,20 @@ class LLMPolicy(nn.Module):
         from agents.checkpoint import weights_file
         from agents.pretrained import resolve_model
         from agents.runs import CheckpointError
+        from agents.saved import check_saved_folder
 
         path = resolve_model(os.fspath(path))  # a named offline model -> its converted folder
         path_ = Path(path)
         recorded = cls._read_policy_config(path_)
+        if items is None and recorded is None:
+            raise ValueError(
+                f"{path}: no {POLICY_CONFIG}, so not a policy saved by recgym (a run's best/, sft/final/ "
+                f"or checkpoint/); to start from a plain causal LM use --model {path} (in Python: "
+                "LLMPolicy.from_pretrained(path, items=task.items))")
+        if path_.is_dir():  # every file read below: there, whole, unchanged, weights fitting the config
+            check_saved_folder(path_, recorded, items=items is None,
+                               adapter=bool(recorded and recorded.get("adapter")))
         if items is None:
-            if recorded is None:
-                raise ValueError(
-                    f"{path}: no {POLICY_CONFIG}, so not a policy saved by recgym (a run's best/, sft/final/ "
-                    f"or checkpoint/); to start from a plain causal LM use --model {path} (in Python: "
-                    "LLMPolicy.from_pretrained(path, items=task.items))")
             catalogue = Dataset.load(path_ / "catalogue.npz").catalogue
             items = ItemTokenizer.load(path_, catalogue)
             cls._check_policy_catalogue(path_, recorded, items, own=True)
@@ -275,8 +279,9 @@ class LLMPolicy(nn.Module):
     ) -> Path:
         """Save model (safetensors), tokenizer, item config and catalogue; the last file marks completion.
 
-        ``recgym_policy.json`` records the representation, the objective and the catalogue's
-        fingerprint (:func:`agents.runs.catalogue_fingerprint`), checked when the policy is loaded.
+        ``recgym_policy.json`` records the representation, the objective, the catalogue's
+        fingerprint (:func:`agents.runs.catalogue_fingerprint`) and a SHA-256 of every other file
+        written (:func:`agents.saved.saved_hashes`), checked when the policy is loaded.
         ``state_dict``: the weights to write instead of the model's own (a sharded model's full
         weights, gathered by :func:`agents.fsdp.full_state_dict`; not with adapters).
 
@@ -284,6 +289,7 @@ class LLMPolicy(nn.Module):
             >>> # policy.save_pretrained("runs/x/best")
         """
         from agents.runs import catalogue_fingerprint
+        from agents.saved import saved_hashes
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -295,7 +301,8 @@ class LLMPolicy(nn.Module):
         tmp.write_text(json.dumps({
             "format": 1, "representation": self.items.representation, "objective": self.objective,
             "catalogue": catalogue_fingerprint(self.items.catalogue, self.items.representation),
-            "base_vocab_size": self.base_vocab_size, "adapter": self.adapter}))
+            "base_vocab_size": self.base_vocab_size, "adapter": self.adapter,
+            "sha256": saved_hashes(path, [ADAPTER_FILE] if self.adapter is not None else [])}))
         os.replace(tmp, path / POLICY_CONFIG)
         return path
 
@@ -460,15 +467,20 @@ class LLMPolicy(nn.Module):
         self.adapter = None
         return self
 
-    def load_weights(self, folder: str | os.PathLike[str]) -> None:
+    def load_weights(self, folder: str | os.PathLike[str], *, remedy: str | None = None) -> None:
         """Copy the weights :meth:`save_pretrained` wrote in ``folder`` into this policy, adapters included.
 
-        The folder's adapters must be this policy's (same LoRA layers, same new-token rows).
+        The folder's adapters must be this policy's (same LoRA layers, same new-token rows). Its
+        config and weights files are checked first (:mod:`agents.saved`): a missing, damaged or
+        changed file, or a config of another model, is a :class:`~agents.runs.CheckpointError`
+        naming the file, with ``remedy`` as the way out.
 
         Example:
             >>> # policy.load_weights("runs/x/checkpoint")  # exact resume
         """
         from safetensors.torch import load_file
+
+        from agents.saved import SAVE_AGAIN, check_config_fits_model, check_saved_folder
 
         folder = Path(folder)
         recorded = self._read_policy_config(folder) or {}
@@ -479,6 +491,9 @@ class LLMPolicy(nn.Module):
                                                  != {k: mine.get(k) for k in shape}):
             raise ValueError(f"{folder}: saved with adapters {saved}, but this policy has {mine}: load it "
                              "with LLMPolicy.from_pretrained, or give the policy the same adapters first")
+        check_saved_folder(folder, recorded or None, items=False, adapter=mine is not None,
+                           remedy=remedy or SAVE_AGAIN)
+        check_config_fits_model(folder, self.model, remedy or SAVE_AGAIN)
         fresh = type(self.model).from_pretrained(folder)
         if mine is None:
             self.model.load_state_dict(fresh.state_dict())

@@ -1,4 +1,4 @@
-"""The reliability suite: runs that never lie (issue 15), one test per case.
+"""The reliability suite: runs that never lie (issues 15 and 26), one test per case.
 
 Each case gives the right result, or a clear error that names the file or argument and the remedy,
 and loses nothing. Every run here is tiny (a 200-item synthetic catalogue, a few steps).
@@ -324,3 +324,93 @@ def test_the_command_line_prints_what_people_read(tmp_path, capfd):
     code, err = cli(["sft", "--dataset", "games-lcrec", "--out", x], capfd)
     assert code == 2 and "--dataset path/to/games-lcrec" in err and "load()" not in err
     assert "recgym data download" not in err  # a prepared folder cannot be downloaded
+
+
+# Issue 26: saved files, caches, folders and plug-ins ------------------------------------------------
+
+
+def _saved_policy(tmp_path: Path, name: str = "policy") -> Path:
+    """A tiny policy over SMALL's catalogue, saved by recgym."""
+    task = make_task("RecGen-Synthetic-v0", "train", {"representation": "sid",
+                                                      "dataset_kwargs": {"num_items": 200, "num_users": 150}})
+    return LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu").save_pretrained(tmp_path / name)
+
+
+EVAL = ["eval", "--representation", "sid", *SMALL, "--max-requests", "4"]
+
+
+def test_a_missing_file_in_a_saved_folder_is_named_before_any_model_is_built(tmp_path, capsys, monkeypatch):
+    from transformers import Qwen2ForCausalLM
+
+    real = Qwen2ForCausalLM.__init__
+
+    def small_only(self, config, *args, **kwargs):  # a folder without config.json built a 7.7B default
+        assert config.hidden_size <= 1024, f"a {config.hidden_size}-wide model was built"
+        real(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "__init__", small_only)
+    run = tmp_path / "sft"
+    args = [*SFT, "--out", str(run)]
+    assert cli(args, capsys)[0] == 0
+    # A checkpoint (resumed from) and a saved policy (--policy): each file it reads.
+    for path in (run / "checkpoint" / "config.json", run / "checkpoint" / "model.safetensors"):
+        saved = path.read_bytes()
+        path.unlink()
+        code, err = cli(args, capsys)
+        assert code == 2 and f"{path} is missing" in err and "--restart" in err, err
+        path.write_bytes(saved)
+    best = run / "best"
+    for name in ("config.json", "model.safetensors", "recgym_items.json", "tokenizer.json", "catalogue.npz"):
+        path = best / name
+        saved = path.read_bytes()
+        path.unlink()
+        code, err = cli([*EVAL, "--policy", str(best)], capsys)
+        assert code == 2 and f"{path} is missing" in err and "save the policy again" in err, (name, err)
+        path.write_bytes(saved)
+    assert cli([*EVAL, "--policy", str(best)], capsys)[0] == 0  # whole again
+
+
+def test_a_policy_file_changed_after_saving_is_refused(tmp_path, capsys):
+    import hashlib
+
+    folder = _saved_policy(tmp_path)
+    recorded = json.loads((folder / "recgym_policy.json").read_text())
+    config = folder / "config.json"
+    assert recorded["sha256"]["config.json"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    assert "model.safetensors" in recorded["sha256"]
+    assert cli([*EVAL, "--policy", str(folder)], capsys)[0] == 0
+    weights = folder / "model.safetensors"
+    original = {config: config.read_bytes(), weights: weights.read_bytes()}
+    tampered = json.loads(original[config])
+    tampered["hidden_act"] = "gelu"
+    flipped = bytearray(original[weights])
+    flipped[-5] ^= 0xFF  # one weight's bytes, same size
+    for path, changed in ((config, json.dumps(tampered).encode()), (weights, bytes(flipped))):
+        path.write_bytes(changed)
+        code, err = cli([*EVAL, "--policy", str(folder)], capsys)
+        assert code == 2 and f"{path} was changed after the policy was saved" in err, err
+        with pytest.raises(RuntimeError, match="changed after the policy was saved"):
+            LLMPolicy.from_pretrained(folder)
+        path.write_bytes(original[path])
+    # A folder saved before the fingerprint existed (no hashes recorded) still loads.
+    del recorded["sha256"]
+    (folder / "recgym_policy.json").write_text(json.dumps(recorded))
+    assert cli([*EVAL, "--policy", str(folder)], capsys)[0] == 0
+
+
+def test_a_damaged_policy_config_is_named(tmp_path, capsys):
+    folder = _saved_policy(tmp_path)
+    config = folder / "config.json"
+    original = config.read_text()
+    recorded = json.loads((folder / "recgym_policy.json").read_text())
+    recorded.pop("sha256", None)  # as saved before fingerprints: the checks below do not rest on them
+    (folder / "recgym_policy.json").write_text(json.dumps(recorded))
+    config.write_text(original[: len(original) // 2])
+    code, err = cli([*EVAL, "--policy", str(folder)], capsys)
+    assert code == 2 and f"{config} is damaged" in err and "save the policy again" in err, err
+    for more in ({"num_hidden_layers": 3}, {"num_hidden_layers": 3, "layer_types": ["full_attention"] * 3},
+                 {"intermediate_size": 100}):
+        config.write_text(json.dumps({**json.loads(original), **more}))
+        code, err = cli([*EVAL, "--policy", str(folder)], capsys)
+        assert code == 2 and str(config) in err and "save the policy again" in err, (more, err)
+        assert "model.safetensors" in err or "not a valid" in err, err
