@@ -30,13 +30,14 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recgym.data.dataset import Catalogue, Dataset
+from recgym.data.dataset import Catalogue, Dataset, DataWarning
 from recgym.sids import COLLISIONS, build_sid_index, sid_report_path
 
 if TYPE_CHECKING:
@@ -466,9 +467,15 @@ def _embed(
 ) -> tuple[np.ndarray, Path, bool]:
     path = _cache_file(texts, encoder, cache_dir)
     if path.is_file() and not refresh:
-        cached = np.load(path, allow_pickle=False)
-        if cached.ndim == 2 and len(cached) == len(texts):
+        try:
+            cached = np.load(path, allow_pickle=False)
+            problem = None if cached.ndim == 2 and len(cached) == len(texts) else f"shape {cached.shape}"
+        except (OSError, ValueError, EOFError) as err:  # empty, truncated, not a .npy
+            problem = f"{type(err).__name__}: {err}"
+        if problem is None:
             return cached, path, True
+        warnings.warn(f"rebuilding a damaged embedding cache: {path} ({problem}; {len(texts)} texts "
+                      "expected)", DataWarning, stacklevel=3)
     emb = np.ascontiguousarray(encoder.encode(texts, batch_size=batch_size, progress=progress),
                                dtype=np.float32)
     if emb.ndim != 2 or len(emb) != len(texts):

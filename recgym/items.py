@@ -282,13 +282,32 @@ class ItemTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], catalogue: Catalogue) -> ItemTokenizer:
-        """Rebuild from :meth:`save`'s folder and the catalogue."""
+        """Rebuild from :meth:`save`'s folder and the catalogue.
+
+        A missing or damaged ``recgym_items.json`` or ``tokenizer.json`` is a
+        :class:`~recgym.data.DataFormatError` naming the file.
+        """
         from transformers import AutoTokenizer
 
+        from recgym.data.dataset import DataFormatError
+
         path = Path(path)
-        config: dict[str, Any] = json.loads((path / "recgym_items.json").read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(tokenizer, catalogue, config["representation"], PromptTemplate(**config["template"]))
+        file = path / "recgym_items.json"
+        try:
+            config: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+            template = PromptTemplate(**config["template"])
+            representation = config["representation"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise DataFormatError(file, f"damaged or missing ({type(err).__name__}: {err})") from err
+        file = path / "tokenizer.json"
+        try:
+            if file.exists():
+                json.loads(file.read_text(encoding="utf-8"))  # the tokenizers library's message names no file
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as err:  # json, tokenizers and transformers each raise their own types
+            raise DataFormatError(file, f"damaged, the tokenizer cannot be read ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        return cls(tokenizer, catalogue, representation, template)
 
 
 def _check_template(template: Any) -> None:

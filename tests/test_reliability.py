@@ -414,3 +414,47 @@ def test_a_damaged_policy_config_is_named(tmp_path, capsys):
         code, err = cli([*EVAL, "--policy", str(folder)], capsys)
         assert code == 2 and str(config) in err and "save the policy again" in err, (more, err)
         assert "model.safetensors" in err or "not a valid" in err, err
+
+
+def test_damaged_caches_are_rebuilt_with_a_warning_and_damaged_policy_files_are_named(tmp_path, capsys):
+    from agents.encoders import TextEncoder, embed_texts
+    from recgym.data import DataWarning
+
+    options = {"representation": "sid", "dataset_kwargs": {"num_items": 200, "num_users": 150}}
+    task = make_task("RecGen-Synthetic-v0", "train", options)
+    [cached] = (tmp_path / "cache" / "tokenizers").iterdir()
+    tokenizer = (cached / "tokenizer.json").read_bytes()
+    for name, damaged in (("tokenizer.json", tokenizer[: len(tokenizer) // 2]), ("tokenizer.json", b""),
+                          ("recgym_items.json", b"")):
+        (cached / name).write_bytes(damaged)
+        with pytest.warns(DataWarning, match=re.escape(str(cached / name))):
+            again = make_task("RecGen-Synthetic-v0", "train", options)
+        assert all(np.array_equal(a, b) for a, b in zip(again.items.sequences, task.items.sequences))
+        json.loads((cached / name).read_text())  # rebuilt whole
+    assert make_task("RecGen-Synthetic-v0", "train", options).items.vocab_size == task.items.vocab_size
+
+    class Lengths(TextEncoder):
+        name = "lengths"
+
+        def fingerprint(self):
+            return "lengths-v1"
+
+        def encode(self, texts, *, batch_size=64, progress=True):
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    texts = [f"item {i}" * (i + 1) for i in range(50)]
+    embeddings = embed_texts(texts, Lengths(), cache_dir=tmp_path / "emb")
+    [npy] = (tmp_path / "emb").glob("*.npy")
+    npy.write_bytes(npy.read_bytes()[:200])  # truncated
+    with pytest.warns(DataWarning, match=re.escape(str(npy))):
+        assert np.array_equal(embed_texts(texts, Lengths(), cache_dir=tmp_path / "emb"), embeddings)
+    assert np.array_equal(np.load(npy), embeddings)
+    # A policy folder is the user's: its files cannot be rebuilt, so they are named.
+    folder = _saved_policy(tmp_path)
+    for name in ("tokenizer.json", "recgym_items.json"):
+        path = folder / name
+        saved = path.read_bytes()
+        path.write_bytes(saved[: len(saved) // 3])
+        code, err = cli([*EVAL, "--policy", str(folder)], capsys)
+        assert code == 2 and f"{path} is damaged" in err and "save the policy again" in err, (name, err)
+        path.write_bytes(saved)

@@ -10,6 +10,8 @@ import copy
 import hashlib
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -446,8 +448,9 @@ def _check_same_catalogue(tokenized: Any, catalogue: Any) -> None:
 def _default_item_tokenizer(
     dataset: Dataset, representation: str, template: PromptTemplate | None, vocab_size: int
 ) -> ItemTokenizer:
-    """Train the offline tokenizer once per catalogue and cache it (synthetic data: in memory only)."""
-    from recgym.data import data_dir
+    """Train the offline tokenizer once per catalogue and cache it (synthetic data: in memory only);
+    a damaged cache is trained again, with a :class:`~recgym.data.DataWarning` naming the file."""
+    from recgym.data import DataFormatError, DataWarning, data_dir
     from recgym.items import ItemTokenizer
 
     cat = dataset.catalogue
@@ -456,8 +459,12 @@ def _default_item_tokenizer(
         return ItemTokenizer.train(dataset, representation, template=template, vocab_size=vocab_size)
     digest = hashlib.sha256("\n".join(texts).encode() + repr(template).encode()).hexdigest()[:12]
     folder = data_dir() / "tokenizers" / f"{dataset.name}-{representation}-{vocab_size}-{digest}"
-    if (folder / "recgym_items.json").exists():
-        return ItemTokenizer.load(folder, cat)
+    if (folder / "recgym_items.json").exists():  # written last: the cache is complete
+        try:
+            return ItemTokenizer.load(folder, cat)
+        except DataFormatError as err:  # a damaged cache is rebuilt (the same training, the same tokenizer)
+            warnings.warn(f"rebuilding a damaged tokenizer cache: {err}", DataWarning, stacklevel=3)
+            shutil.rmtree(folder, ignore_errors=True)
     items = ItemTokenizer.train(dataset, representation, template=template, vocab_size=vocab_size)
     items.save(folder)
     return items
