@@ -756,7 +756,7 @@ def _subset_sampler(subset: str | None, tasks: SimpleNamespace, preset: BenchPre
     from agents.build import subset_sampler
 
     return None if subset is None else subset_sampler(subset, tasks.train.num_requests,
-                                                      preset.requests_per_step, seed)[0]
+                                                      preset.requests_per_step, seed, task=tasks.train)[0]
 
 
 def _run_rl(

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,13 @@ def adapter_record(adapters: AdapterConfig | None) -> dict[str, Any] | None:
     return dataclasses.asdict(adapters)
 
 
-def load_subset(path: str, num_requests: int) -> tuple[np.ndarray, bool]:
+def load_subset(path: str, num_requests: int, *, task: Any = None) -> tuple[np.ndarray, bool]:
     """``(rows in training order, curriculum?)`` from a ``recgym select`` file, checked against the split.
+
+    With ``task`` (the training task), a file selected on another catalogue (``recgym select``
+    records its dataset and :func:`~agents.runs.catalogue_fingerprint`) is a ValueError naming
+    ``--subset``: its rows would be other requests. A file without that record (an older
+    ``recgym select``) loads with a warning.
 
     Example:
         >>> load_subset("missing.json", 10)  # doctest: +ELLIPSIS
@@ -191,27 +197,48 @@ def load_subset(path: str, num_requests: int) -> tuple[np.ndarray, bool]:
         order = np.asarray(selection["order"], dtype=np.int64)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"--subset {path}: not a selection written by `recgym select` ({err})") from err
+    if task is not None:
+        _check_subset_catalogue(path, selection, task)
     if len(order) == 0 or order.min() < 0 or order.max() >= num_requests:
         raise ValueError(f"--subset {path}: rows must be in 0..{num_requests - 1} of the training split")
     return order, bool(selection.get("curriculum", False))
 
 
+def _check_subset_catalogue(path: str, selection: dict[str, Any], task: Any) -> None:
+    """A selection's recorded catalogue against the training task's (see :func:`load_subset`)."""
+    recorded = selection.get("catalogue")
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        warnings.warn(f"--subset {path} does not record the catalogue it was selected on (an older "
+                      "`recgym select`), so its rows cannot be checked against this dataset: run `recgym "
+                      "select` again to have them checked", stacklevel=3)
+        return
+    mine = catalogue_fingerprint(task.dataset.catalogue, task.representation)
+    if (recorded.get("items"), recorded["sha256"]) != (mine["items"], mine["sha256"]):
+        raise ValueError(
+            f"--subset {path} was selected on another catalogue (dataset {selection.get('dataset', '?')}, "
+            f"{recorded.get('items')} items, sha256 {str(recorded['sha256'])[:12]}...) than the one trained "
+            f"on (dataset {task.dataset.name}, {mine['items']} items, sha256 {mine['sha256'][:12]}...): its "
+            "rows would be other requests. Run `recgym select` on this dataset (the same --env, --dataset "
+            "and --dataset-set) and pass its --out")
+
+
 def subset_sampler(
-    path: str, num_requests: int, requests_per_step: int, seed: int
+    path: str, num_requests: int, requests_per_step: int, seed: int, *, task: Any = None
 ) -> tuple[Any, dict[str, Any]]:
     """The RL request sampler over a ``recgym select`` file's rows, and what to record about it.
 
     A curriculum selection (MiniRec's easy-to-hard order) is followed in order
     (:class:`~agents.minirec.CurriculumSampler`); any other is shuffled per epoch
-    (:class:`~agents.rl.EpochSampler`).
+    (:class:`~agents.rl.EpochSampler`). ``task``: the training task, whose catalogue the file's
+    must be (:func:`load_subset`).
 
     Example:
-        >>> # sampler, info = subset_sampler("runs/minirec.json", train.num_requests, 16, seed=0)
+        >>> # sampler, info = subset_sampler("runs/minirec.json", train.num_requests, 16, seed=0, task=train)
     """
     from agents.minirec import CurriculumSampler
     from agents.rl import EpochSampler
 
-    order, ordered = load_subset(path, num_requests)
+    order, ordered = load_subset(path, num_requests, task=task)
     sampler = (CurriculumSampler(order, requests_per_step) if ordered
                else EpochSampler(order, requests_per_step, seed=seed))
     return sampler, {"file": str(path), "requests": len(order), "curriculum": ordered}

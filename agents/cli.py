@@ -219,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sampler = None
         if args.subset:
             sampler, results["subset"] = subset_sampler(args.subset, train.num_requests,
-                                                        args.requests_per_step, args.seed)
+                                                        args.requests_per_step, args.seed, task=train)
         rl_info = {"env": args.env, "task": overrides, "adapters": adapter_record(adapters)}
         # The RL folder's settings, checked before SFT runs (its start is known only after it).
         check_run_folder(out / "rl", run_fingerprint("rl", rl_config, train, valid_or_none, learner=learner,

@@ -743,13 +743,17 @@ def run_selection(
     even a policy; K-center the embeddings, learnability the proxy rollouts, MiniRec all three
     and R), and each part is timed. ``use_curriculum`` (default: on for MiniRec) orders the
     picks by :func:`curriculum` (folds of ``group``, shuffled with ``curriculum_seed``). Returns
-    a JSON-ready dict whose ``order`` (task rows, training order) :class:`CurriculumSampler` walks.
+    a JSON-ready dict whose ``order`` (task rows, training order) :class:`CurriculumSampler` walks;
+    its ``dataset`` and ``catalogue`` (:func:`~agents.runs.catalogue_fingerprint`) say what the
+    rows index, so that training on another catalogue refuses it (:func:`agents.build.load_subset`).
 
     Example:
         >>> # sel = run_selection(sft_policy, train_task, np.arange(2560), "minirec", 0.1)
         >>> # sampler = CurriculumSampler(np.array(sel["order"]), batch_size=16)
     """
     import time
+
+    from agents.runs import catalogue_fingerprint
 
     pool = np.asarray(pool, dtype=np.int64)
     seconds: dict[str, float] = {}
@@ -794,6 +798,9 @@ def run_selection(
         order = pool[picks]
     seconds["total"] = round(sum(seconds.values()), 2)
     return {"method": method, "size": size, "pool": len(pool), "selected": len(picks),
+            # what the rows index: agents.build.load_subset refuses the file on another catalogue
+            "dataset": task.dataset.name,
+            "catalogue": catalogue_fingerprint(task.dataset.catalogue, task.representation),
             "curriculum": bool(ordered), "order": order.tolist(),
             "stats": describe_subset(picks, r_bar, learn), "seconds": seconds,
             "config": {"rollouts": rollouts, "variant": variant, "alpha": alpha, "mu": mu, "sigma": sigma,

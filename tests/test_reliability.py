@@ -458,3 +458,28 @@ def test_damaged_caches_are_rebuilt_with_a_warning_and_damaged_policy_files_are_
         code, err = cli([*EVAL, "--policy", str(folder)], capsys)
         assert code == 2 and f"{path} is damaged" in err and "save the policy again" in err, (name, err)
         path.write_bytes(saved)
+
+
+def test_a_subset_selected_on_another_dataset_is_refused(tmp_path, capsys):
+    from agents.build import subset_sampler
+
+    selection = tmp_path / "random.json"
+    assert cli(["select", "--representation", "sid", *SMALL, "--method", "random", "--size", "7",
+                "--pool", "40", "--out", str(selection)], capsys)[0] == 0
+    recorded = json.loads(selection.read_text())
+    assert recorded["dataset"] == "synthetic" and recorded["catalogue"]["items"] == 200
+    out = tmp_path / "train"
+    other = ["--dataset-set", "seed=1"]
+    code, err = cli([*TRAIN, *other, "--subset", str(selection), "--out", str(out)], capsys)
+    assert code == 2, err
+    assert f"--subset {selection} was selected on another catalogue (dataset synthetic, 200 items" in err
+    assert "recgym select" in err
+    assert not (out / "sft").exists()  # refused before any training
+    task = make_task("RecGen-Synthetic-v0", "train", {"representation": "sid",
+                                                      "dataset_kwargs": {"num_items": 200, "num_users": 150}})
+    sampler, info = subset_sampler(str(selection), task.num_requests, 3, 0, task=task)  # its own dataset
+    assert info["requests"] == 7
+    legacy = tmp_path / "legacy.json"  # written before selections recorded their catalogue
+    legacy.write_text(json.dumps({k: v for k, v in recorded.items() if k not in ("dataset", "catalogue")}))
+    with pytest.warns(UserWarning, match=re.escape(f"--subset {legacy} does not record")):
+        subset_sampler(str(legacy), task.num_requests, 3, 0, task=task)
