@@ -6,6 +6,7 @@ to ``trainer_state.pt``, read back with ``torch.load(weights_only=True)`` (no ar
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.runs import RESTART_HINT, CheckpointError
+from agents.runs import RESTART_HINT, CheckpointError, DiskFullError
 
 STATE_FILE = "trainer_state.pt"
+FULL_DISK_BYTES = 64 << 20  # free space below which a failed write is taken for a full disk
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,6 +46,9 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     """Let ``write`` fill ``<path>.tmp``, then swap it in for ``path`` (the old one kept as ``.old``
     until the swap is done), so an interruption never leaves a half-written ``path``.
 
+    A full disk while writing removes ``<path>.tmp`` and raises :class:`~agents.runs.DiskFullError`
+    ("no space left on FOLDER"), ``path`` as it was.
+
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as d:
@@ -55,8 +60,18 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except Exception as err:
+        if not _disk_full(err, path.parent):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # the space it took; the previous ``path`` is untouched
+        kept = f"the previous {path.name} is kept" if path.exists() else f"nothing was written to {path}"
+        raise DiskFullError(
+            f"no space left on {path.parent} while writing {path.name} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}): {kept}. Free some space (or choose an --out "
+            "on a disk with room) and rerun the same command: it resumes from the last checkpoint") from err
     old = path.with_name(path.name + ".old")
     if old.exists() and not path.exists():  # an earlier swap was interrupted: ``old`` is the complete one
         old.rename(path)
@@ -68,6 +83,25 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk space (or quota).
+
+    OSError says so by its errno, safetensors and others by the OS's message; torch's zip writer
+    says only "unexpected pos" or "file write failed", so then the free space decides.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    if "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text:
+        return True
+    if "unexpected pos" in text or "file write failed" in text:
+        try:
+            return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def save_checkpoint(

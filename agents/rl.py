@@ -48,6 +48,7 @@ from agents.learners.base import Learner, RLBatch
 from agents.policy import LLMPolicy, make_rollout_env
 from agents.runs import (
     DivergedError,
+    LearnerError,
     check_finite,
     check_finite_weights,
     check_policy_task,
@@ -303,7 +304,7 @@ def update(
     for _ in range(cfg.mu):
         for minibatch in minibatches:
             with dist.loss_sync():
-                loss, stats = learner.loss(policy, minibatch)
+                loss, stats = checked_loss(learner, learner.loss(policy, minibatch))
             loss_value = dist.all_sum(float(loss.detach()))  # the same number on every rank
             check_finite(loss_value, "loss", step + 1, cfg.lr, saved)
             optimizer.zero_grad(set_to_none=True)
@@ -315,6 +316,39 @@ def update(
             for key, value in {"loss": loss_value, "grad_norm": float(grad_norm), **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value
     return sums
+
+
+def checked_loss(learner: Learner, out: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """``learner.loss``'s ``out`` if it is ``(scalar tensor with a gradient, dict)``, else a
+    :class:`~agents.runs.LearnerError` (a TypeError) naming the learner and what it must return.
+
+    Example:
+        >>> from agents.learners.grpo import GRPO
+        >>> checked_loss(GRPO(), (0.5, {}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        agents.runs.LearnerError: learner 'grpo' (agents.learners.grpo.GRPO): loss() must return (a scalar ...
+    """
+    if isinstance(out, tuple):
+        got = "(" + ", ".join(type(x).__name__ for x in out) + ")"
+    else:
+        got = type(out).__name__
+    problem = None
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)
+            and isinstance(out[1], dict)):
+        problem = f"got {got}"
+    elif out[0].numel() != 1:
+        problem = f"got a tensor of shape {tuple(out[0].shape)}"
+    elif not out[0].requires_grad:
+        problem = "got a tensor without a gradient (detached, or computed under torch.no_grad())"
+    if problem is not None:
+        kind = type(learner)
+        name = getattr(learner, "name", kind.__name__)
+        raise LearnerError(
+            f"learner {name!r} ({kind.__module__}.{kind.__qualname__}): loss() must return (a scalar "
+            f"torch.Tensor that carries the gradient, a dict of numbers to log), {problem}: fix the "
+            "learner's loss (a plug-in's: its file)")
+    return out
 
 
 def _reference(policy: LLMPolicy, run: Path | None) -> LLMPolicy:
@@ -335,4 +369,4 @@ def _reference(policy: LLMPolicy, run: Path | None) -> LLMPolicy:
     return reference
 
 
-__all__ = ["EpochSampler", "RLConfig", "RequestSampler", "train_rl"]
+__all__ = ["EpochSampler", "RLConfig", "RequestSampler", "checked_loss", "train_rl"]

@@ -86,6 +86,19 @@ class CheckpointError(RunError):
     """A checkpoint is damaged or incomplete (the message names the file and the remedy)."""
 
 
+class DiskFullError(RunError):
+    """The disk filled up while a checkpoint or saved folder was written; the previous one is kept."""
+
+
+class RunFolderError(RunError):
+    """A run folder (``--out``) cannot be created or written (a file in its path, no permission)."""
+
+
+class LearnerError(RunError, TypeError):
+    """A learner (a plug-in's, say) returned something the training loop cannot use; the message names
+    the learner and what it must return. A TypeError too, and a :class:`RunError` for the CLI."""
+
+
 class DivergedError(RunError):
     """Training produced a non-finite loss, gradient norm or weights; nothing non-finite was saved.
 
@@ -519,9 +532,13 @@ class RunLock:
         return str(self.path.resolve())
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`RunLockedError` naming the folder and the holder's pid."""
+        """Take the lock or raise :class:`RunLockedError` naming the folder and the holder's pid
+        (:class:`RunFolderError` when the folder cannot be created or written)."""
         self._created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the path (NotADirectoryError, FileExistsError), no permission, ...
+            raise self._unwritable(err) from err
         key = self._key
         if key in RunLock._held:
             RunLock._held[key] += 1
@@ -568,9 +585,22 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as err:  # a read-only folder or file system, a full disk
+            raise self._unwritable(err) from err
         with os.fdopen(fd, "w") as fh:
             fh.write(info)
         return True
+
+    def _unwritable(self, err: OSError) -> RunFolderError:
+        """Why the folder cannot hold a run, and what to do (raised before any work)."""
+        path = (self.folder, *self.folder.parents)
+        blocker = next((p for p in path if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            reason = f"{blocker} is a file, not a folder"
+        else:
+            reason = f"{err.strerror or type(err).__name__}: {err.filename or self.folder}"
+        return RunFolderError(f"--out {self.folder}: the run folder cannot be created or written ({reason}); "
+                              "pass an --out (run_dir) in a writable folder")
 
     def _owner(self, path: Path | None = None) -> dict[str, Any] | None:
         try:
@@ -722,10 +752,10 @@ def catalogue_message(source: str, policy: Mapping[str, Any], env: Mapping[str, 
 
 
 __all__ = [
-    "CatalogueMismatchError", "CheckpointError", "DivergedError", "FINGERPRINT_FILE", "LOCK_FILE",
-    "RUN_OUTPUTS", "RunError", "RunLock", "RunLockedError", "RunMismatchError", "catalogue_fingerprint",
-    "check_finite", "check_finite_weights", "check_policy_task", "check_run_folder", "clear_run",
-    "config_fingerprint", "differences", "flatten", "items_fingerprint", "lock_on_main", "open_run",
-    "open_run_on_main", "read_fingerprint", "run_fingerprint", "sampler_fingerprint", "saved_note",
-    "task_fingerprint", "weights_fingerprint",
+    "CatalogueMismatchError", "CheckpointError", "DiskFullError", "DivergedError", "FINGERPRINT_FILE",
+    "LOCK_FILE", "LearnerError", "RUN_OUTPUTS", "RunError", "RunFolderError", "RunLock", "RunLockedError",
+    "RunMismatchError", "catalogue_fingerprint", "check_finite", "check_finite_weights",
+    "check_policy_task", "check_run_folder", "clear_run", "config_fingerprint", "differences", "flatten",
+    "items_fingerprint", "lock_on_main", "open_run", "open_run_on_main", "read_fingerprint",
+    "run_fingerprint", "sampler_fingerprint", "saved_note", "task_fingerprint", "weights_fingerprint",
 ]

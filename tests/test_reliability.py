@@ -483,3 +483,84 @@ def test_a_subset_selected_on_another_dataset_is_refused(tmp_path, capsys):
     legacy.write_text(json.dumps({k: v for k, v in recorded.items() if k not in ("dataset", "catalogue")}))
     with pytest.warns(UserWarning, match=re.escape(f"--subset {legacy} does not record")):
         subset_sampler(str(legacy), task.num_requests, 3, 0, task=task)
+
+
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                       monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    import agents.checkpoint
+    from agents.checkpoint import load_trainer_state
+
+    run = tmp_path / "sft"
+    args = [*SFT, "--out", str(run)]
+    real = torch.save
+    for failure in (OSError(errno.ENOSPC, "No space left on device"),
+                    RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4352 vs 4242")):
+        def full(obj, f, *a, failure=failure, calls=[0], **k):  # noqa: B006 (one counter per failure)
+            if Path(f).parent.name == "checkpoint.tmp":
+                calls[0] += 1
+                if calls[0] == 2:  # the second checkpoint (step 4) finds the disk full
+                    Path(f).write_bytes(b"PK\x03\x04")
+                    raise failure
+            return real(obj, f, *a, **k)
+
+        with monkeypatch.context() as m:
+            m.setattr(agents.checkpoint.torch, "save", full)
+            m.setattr(agents.checkpoint.shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, free=0))
+            code, err = cli([*args, "--restart"], capsys)
+        assert code == 2, err
+        assert f"no space left on {run}" in err and "Traceback" not in err, err
+        assert load_trainer_state(run / "checkpoint")["state"]["step"] == 2  # the previous one, intact
+        assert not (run / "checkpoint.tmp").exists()
+    assert cli(args, capsys)[0] == 0  # space again: resumes from step 2
+    assert json.loads((run / "results.json").read_text())["sft"]["steps"] == 4
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    import agents.build
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before --out was checked")
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):  # a read-only folder (root may write anywhere, so it is simulated)
+        if str(path).startswith(str(readonly)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(agents.build, "make_task", no_data)
+    monkeypatch.setattr(os, "open", denied)
+    for out in (afile / "sub", afile, readonly):
+        for command in (SFT, TRAIN):
+            code, err = cli([*command, "--out", str(out)], capsys)
+            assert code == 2 and f"--out {out}" in err and "Traceback" not in err, (out, err)
+            assert "writable" in err, err
+
+
+def test_a_plugin_loss_of_the_wrong_type_names_the_plugin(tmp_path, capsys):
+    plugin = tmp_path / "float_loss.py"
+    plugin.write_text(
+        "from agents.learners import learner_names, register_learner\n"
+        "from agents.learners.grpo import GRPO\n\n\n"
+        "class FloatLoss(GRPO):\n"
+        "    name = 'floatloss'\n\n"
+        "    def loss(self, policy, batch):\n"
+        "        loss, stats = super().loss(policy, batch)\n"
+        "        return float(loss), stats\n\n\n"
+        "if 'floatloss' not in learner_names():\n"
+        "    register_learner('floatloss', FloatLoss.from_settings)\n")
+    code, err = cli([*TRAIN, "--plugin", str(plugin), "--agent", "floatloss", "--out", str(tmp_path / "rl")],
+                    capsys)
+    assert code == 2, err
+    assert "learner 'floatloss'" in err and "loss() must return (a scalar torch.Tensor" in err
+    assert "got (float, dict)" in err, err
