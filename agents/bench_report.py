@@ -244,11 +244,12 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     (e.g. one process per seed on a machine with several cores).
 
     Runs of every agent are gathered by seed; agents shared across seeds (popularity, the SFT start)
-    keep the first part's run under every seed. Parts whose env, preset or test protocol differ
-    are refused.
+    keep the first part's run under every seed. Parts whose env, preset name, RL budget or test
+    protocol differ are refused; other preset fields may differ (e.g. a baseline's settings in a
+    part that ran only that baseline), and every part's preset is kept in ``parts``.
 
     Example:
-        >>> base = {"env": "e", "preset": {"name": "cpu"}, "test_protocol": {"beam": 50}}
+        >>> base = {"env": "e", "preset": {"name": "cpu"}, "budget": {}, "test_protocol": {"beam": 50}}
         >>> run = lambda seed, shared: {"seed": seed, "metrics": {}, "shared_across_seeds": shared}
         >>> a = {**base, "seeds": [0], "agents": {"sft": {"runs": {"0": run(0, True)}},
         ...                                       "grpo": {"runs": {"0": run(0, False)}}}}
@@ -262,12 +263,16 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("merge_results: no results to merge")
     first = parts[0]
     for i, part in enumerate(parts[1:], 1):
-        for key in ("env", "preset", "test_protocol"):
+        for key in ("env", "budget", "test_protocol"):
             if part.get(key) != first.get(key):
                 raise ValueError(f"merge_results: part {i} has another {key} than part 0; only benches of "
                                  "one preset, env and test protocol merge")
+        if part["preset"]["name"] != first["preset"]["name"]:
+            names = (part["preset"]["name"], first["preset"]["name"])
+            raise ValueError(f"merge_results: part {i} has another preset than part 0 {names}")
     seeds = sorted({int(s) for part in parts for s in part["seeds"]})
-    merged = {**first, "seeds": seeds, "agents": {}}
+    kept = [{"seeds": p["seeds"], "agents": list(p["agents"]), "preset": p["preset"]} for p in parts]
+    merged = {**first, "seeds": seeds, "agents": {}, "parts": kept}
     for part in parts:
         for name, agent in part["agents"].items():
             into = merged["agents"].setdefault(name, {**agent, "runs": {}})

@@ -44,35 +44,10 @@ from bench_classic_games import evaluate
 
 from agents.baselines.sasrec import LOSSES, SASRecConfig, SASRecRecommender, right_aligned
 from recgym.data import Examples, load
+from recgym.data.sequences import window_rows
 from recgym.metrics import KS, format_table
 
 REPORT_KS = (5, 10, 20, 50)
-
-
-def window_rows(examples: Examples, max_len: int) -> np.ndarray:
-    """Row indices whose sequences hold every row's target once: per known user, counting back from
-    its latest row (longest history, then latest), every ``max_len``-th row; every row of an
-    unknown user (-1).
-
-    On a prefix split (LC-Rec, D3: each row's history is the previous row's plus its target) a row
-    with h <= max_len history items is a sequence of h targets, the targets of that row and of the
-    h - 1 rows before it, so these rows cover each target exactly once, each seen after the same
-    history as its own row, cut to at most ``max_len`` items (fewer for the first of a window).
-
-    Example:
-        >>> ex = Examples.from_lists([[5], [5, 6], [5, 6, 7], [9]], [6, 7, 8, 4], max_history=3,
-        ...                          users=[0, 0, 0, 1])
-        >>> window_rows(ex, 3).tolist(), window_rows(ex, 2).tolist()
-        ([2, 3], [0, 2, 3])
-    """
-    index = np.arange(len(examples))
-    order = np.lexsort((-index, -examples.timestamp, -examples.history_len, examples.user))
-    user = examples.user[order]
-    first = np.r_[True, user[1:] != user[:-1]]  # each user's latest row starts its group
-    group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-    back = np.arange(len(order)) - group_start  # 0 for the latest row, 1 for the one before, ...
-    keep = (back % max_len == 0) | (user < 0)
-    return np.sort(order[keep])
 
 
 def training_targets(examples: Examples, max_len: int) -> int:
@@ -117,6 +92,7 @@ def main() -> None:
     start = time.perf_counter()
     ds = load(args.dataset, max_history=args.max_len)
     n = ds.catalogue.num_items
+    # the rows SASRec trains on (it picks the windows itself: SASRecConfig.train_rows), for the counts
     train = ds.train if args.train_rows == "all" else ds.train.subset(window_rows(ds.train, args.max_len))
     valid = ds.valid
     if 0 < args.valid_requests < len(valid):
@@ -144,11 +120,11 @@ def main() -> None:
             hidden=args.hidden, blocks=args.blocks, heads=args.heads, dropout=args.dropout, loss=loss,
             max_len=args.max_len, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
             patience=args.patience, seed=args.seed, device=args.device, num_threads=args.num_threads,
-            progress=True,  # tqdm on stderr: each epoch's loss and valid metrics
+            train_rows=args.train_rows, progress=True,  # tqdm on stderr: each epoch's loss and valid metrics
         )
         model = SASRecRecommender(config)  # exclude_history=True: valid is scored without history
         fit_start = time.perf_counter()
-        model.fit(train, n, valid=valid)
+        model.fit(ds.train, n, valid=valid)
         fit_seconds = time.perf_counter() - fit_start
         train_seconds = sum(e["seconds"] for e in model.log_)
         # evaluate() ranks without exclusion and applies it itself, the same way as classic-games.

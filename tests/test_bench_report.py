@@ -156,7 +156,8 @@ def test_write_report_puts_the_differences_in_results_and_results_md(tmp_path):
 
 
 def test_merge_results_gathers_seeds_and_refuses_other_presets():
-    base = {"env": "RecGen-Games-v0", "preset": {"name": "cpu"}, "test_protocol": {"beam": 50}}
+    base = {"env": "RecGen-Games-v0", "preset": {"name": "cpu"}, "budget": {"rollouts": 64},
+            "test_protocol": {"beam": 50}}
     metrics = {m: 0.1 for m in METRICS}
     parts = [{**base, "seeds": [seed], "agents": {
         "sft": {"runs": {str(seed): {**_run(metrics), "shared_across_seeds": True, "seed": seed}}},
@@ -170,3 +171,5 @@ def test_merge_results_gathers_seeds_and_refuses_other_presets():
     assert summarize(merged)["grpo"]["HR@10"][0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="another preset"):
         merge_results([parts[0], {**parts[1], "preset": {"name": "ci"}}])
+    with pytest.raises(ValueError, match="another test_protocol"):
+        merge_results([parts[0], {**parts[1], "test_protocol": {"beam": 20}}])

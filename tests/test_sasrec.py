@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,25 @@ def test_bad_input_raises_clear_errors(tiny):
         next_item_loss(model.model_, ones, ones, "mse")
     with pytest.raises(ValueError, match="exceeds max_len"):
         model.model_(torch.ones(1, model.max_len_ + 1, dtype=torch.long))
+
+
+def test_train_rows_windows_trains_one_sequence_per_window(monkeypatch):
+    import agents.baselines.sasrec as sasrec
+    from recgym.data.sequences import window_rows
+
+    ds = make_synthetic(num_items=200, num_users=300, seed=1)
+    seen = []
+    real = sasrec.right_aligned
+
+    def spy(history, lengths, *args, **kwargs):
+        seen.append(len(history))
+        return real(history, lengths, *args, **kwargs)
+
+    monkeypatch.setattr(sasrec, "right_aligned", spy)
+    for rows in ("all", "windows"):
+        SASRecRecommender(replace(FAST, epochs=1, train_rows=rows)).fit(ds.train, ds.catalogue.num_items)
+    windows = window_rows(ds.train, ds.train.max_history)
+    assert seen == [int((ds.train.history_len > 0).sum()), int((ds.train.history_len[windows] > 0).sum())]
+    assert seen[1] < seen[0] / 3
+    with pytest.raises(ValueError, match="train_rows"):
+        SASRecConfig(train_rows="some")

@@ -88,3 +88,16 @@ def test_no_valid_or_test_item_enters_the_training_sequences(tmp_path):
     # the check itself is live: sequences built from train + valid hold the valid targets
     leaky = UserSequences.from_examples(Examples.concat([ds.train, ds.valid]))
     assert set(leaky.items.tolist()) & held_out
+
+
+def test_window_rows_cover_every_target_once_after_its_own_history():
+    from recgym.data.sequences import window_rows
+
+    # user 0: rows with histories of 1..5 items (a prefix split); user 1: two rows; -1: unknown users
+    hist = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5], [8], [8, 9], [3], [4]]
+    targets = [2, 3, 4, 5, 6, 9, 10, 7, 7]
+    ex = Examples.from_lists(hist, targets, max_history=5, users=[0, 0, 0, 0, 0, 1, 1, -1, -1])
+    # by hand, windows of 2 counted back from each user's latest row: user 0 keeps rows 4 and 2 and
+    # 0, user 1 row 6; unknown users keep every row
+    assert window_rows(ex, 2).tolist() == [0, 2, 4, 6, 7, 8]
+    assert window_rows(ex, 5).tolist() == [4, 6, 7, 8]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recgym.data import Examples
+from recgym.data.sequences import window_rows
 from recgym.metrics import hits_from_ranked, ranking_metrics
 
 LOSSES = ("ce", "bce")  # SASRecConfig.loss: full-softmax cross-entropy, or the paper's BCE
@@ -59,6 +60,11 @@ class SASRecConfig:
         activation: ``"relu"`` (the paper) or ``"gelu"`` in the point-wise feed-forward network.
         loss: ``"ce"`` (cross-entropy over all items, the default) or ``"bce"`` (the paper's binary
             cross-entropy against one uniform negative per position); see the module docstring.
+        train_rows: ``"all"`` (the default): every train row is a sequence, which on a prefix split
+            (LC-Rec, D3) teaches each target up to ``max_len`` times an epoch; ``"windows"``: one
+            sequence per window of a user's rows (:func:`recgym.data.sequences.window_rows`), each
+            target once an epoch after its own history, as the paper trains one sequence per user:
+            ``max_len`` times fewer sequences an epoch (on Games 53,426 instead of 301,351).
         lr: Adam learning rate (betas 0.9, 0.98 as in the paper).
         batch_size: training sequences per step.
         epochs: maximum passes over the training rows.
@@ -89,6 +95,7 @@ class SASRecConfig:
     max_len: int | None = None
     activation: str = "relu"
     loss: str = "ce"
+    train_rows: str = "all"
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 50
@@ -108,6 +115,8 @@ class SASRecConfig:
             raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.train_rows not in ("windows", "all"):
+            raise ValueError(f"train_rows must be 'windows' or 'all', got {self.train_rows!r}")
         if self.max_len is not None and self.max_len < 1:
             raise ValueError(f"max_len must be positive, got {self.max_len}")
         for name in ("blocks", "batch_size", "epochs", "patience", "eval_batch_size"):
@@ -331,6 +340,8 @@ class SASRecRecommender:
         self.num_items_ = num_items
         self.max_len_ = cfg.max_len or train.max_history
         self._check(train, "train")
+        if cfg.train_rows == "windows":  # each target once an epoch, after its own history
+            train = train.subset(window_rows(train, self.max_len_))
         if valid is not None:
             self._check(valid, "valid")
         device = torch.device(cfg.device)

@@ -171,4 +171,30 @@ class UserSequences:
         return SequenceWindows(start.astype(np.int64), length.astype(np.int64), first_target.astype(np.int64))
 
 
-__all__ = ["SequenceWindows", "UserSequences"]
+def window_rows(examples: Examples, max_len: int) -> np.ndarray:
+    """Row indices whose sequences hold every row's target once: per known user, counting back from
+    its latest row (longest history, then latest), every ``max_len``-th row; every row of an
+    unknown user (-1).
+
+    On a prefix split (LC-Rec, D3: each row's history is the previous row's plus its target) a row
+    with h <= max_len history items is a sequence of h targets, the targets of that row and of the
+    h - 1 rows before it, so these rows cover each target exactly once, each seen after the same
+    history as its own row, cut to at most ``max_len`` items (fewer for the first of a window).
+
+    Example:
+        >>> ex = Examples.from_lists([[5], [5, 6], [5, 6, 7], [9]], [6, 7, 8, 4], max_history=3,
+        ...                          users=[0, 0, 0, 1])
+        >>> window_rows(ex, 3).tolist(), window_rows(ex, 2).tolist()
+        ([2, 3], [0, 2, 3])
+    """
+    index = np.arange(len(examples))
+    order = np.lexsort((-index, -examples.timestamp, -examples.history_len, examples.user))
+    user = examples.user[order]
+    first = np.r_[True, user[1:] != user[:-1]]  # each user's latest row starts its group
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    back = np.arange(len(order)) - group_start  # 0 for the latest row, 1 for the one before, ...
+    keep = (back % max_len == 0) | (user < 0)
+    return np.sort(order[keep])
+
+
+__all__ = ["SequenceWindows", "UserSequences", "window_rows"]
