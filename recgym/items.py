@@ -190,10 +190,17 @@ class ItemTokenizer:
         return out
 
     def build_tree(self) -> PrefixTree:
-        """The prefix tree over every item's token sequence (numpy; see :mod:`recgym.tree`)."""
+        """The prefix tree over every item's token sequence (numpy; see :mod:`recgym.tree`).
+
+        Items whose titles (or SIDs) are the same share one token sequence, so generating it is a
+        hit for each of them: a :class:`~recgym.data.dataset.DataWarning` says how many, once per
+        catalogue and representation.
+        """
         from recgym.tree import PrefixTree
 
-        return PrefixTree(self.sequences, vocab_size=self.vocab_size)
+        tree = PrefixTree(self.sequences, vocab_size=self.vocab_size)
+        warn_shared_sequences(tree, self.representation)
+        return tree
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -308,6 +315,49 @@ class ItemTokenizer:
             raise DataFormatError(file, f"damaged, the tokenizer cannot be read ({type(err).__name__}: "
                                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
         return cls(tokenizer, catalogue, representation, template)
+
+
+_WARNED_SHARED: set[tuple[str, int, bytes]] = set()  # (representation, items, digest): said once
+
+
+def warn_shared_sequences(tree: PrefixTree, representation: str) -> int:
+    """Warn (once per catalogue) when several items share a token sequence; returns how many items do.
+
+    A generated title (or SID) denotes every item that has it, and the env and the metrics count it
+    as a hit when the target is one of them: on a catalogue where items share titles HR/NDCG credit
+    a title, not the item.
+
+    Example:
+        >>> from recgym.tree import PrefixTree
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_shared_sequences(PrefixTree([[1, 9], [1, 9], [2, 9]], vocab_size=10), "title")
+        2
+        >>> str(caught[0].message)[:66]
+        '2 of 3 items share their title with another item (1 title names 2 '
+    """
+    import hashlib
+    import warnings
+
+    from recgym.data.dataset import DataWarning
+
+    counts = np.diff(tree.item_offsets)
+    shared = counts[counts > 1]
+    if not len(shared):
+        return 0
+    items, groups = int(shared.sum()), len(shared)
+    key = (representation, tree.num_items, hashlib.sha1(tree.item_nodes.tobytes()).digest())
+    if key not in _WARNED_SHARED:
+        _WARNED_SHARED.add(key)
+        what = "title" if representation == "title" else "semantic ID"
+        names = f"{groups} {what}s name" if groups > 1 else f"1 {what} names"
+        warnings.warn(
+            f"{items} of {tree.num_items} items share their {what} with another item ({names} {items} "
+            f"items, up to {int(shared.max())} each): generating a shared {what} is a hit for every item "
+            f"that has it, so HR/NDCG count the {what}, not the item, for these targets", DataWarning,
+            stacklevel=3)
+    return items
 
 
 def _check_template(template: Any) -> None:
