@@ -80,6 +80,10 @@ def apply_adapters(policy: Any, config: AdapterConfig) -> Any:
                          "first (policy.merge_adapters()) or leave the adapter options out")
     kind, k = parse_freeze(config.freeze) if config.freeze else (None, None)
     if config.lora_r:
+        hidden = getattr(getattr(policy.model, "config", None), "hidden_size", None)
+        if isinstance(hidden, int) and config.lora_r > hidden:  # before peft allocates r x hidden matrices
+            raise ConfigError("lora_r", config.lora_r, f"more than the model's hidden size {hidden} (a LoRA "
+                              f"update B A has rank at most min(in, out) features): use lora_r <= {hidden}")
         policy.add_lora(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets,
                         embeddings=config.train_embeddings, top=k)
     else:

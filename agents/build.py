@@ -100,8 +100,9 @@ def _load(name: Any, max_history: int, dataset_kwargs: dict[str, Any]) -> Datase
         raise dataset_not_found(name, err) from err
 
 
-def dataset_not_found(name: Any, err: FileNotFoundError) -> FileNotFoundError:
-    """A missing dataset, said for the command line: what to run or where to put it.
+def dataset_not_found(name: Any, err: FileNotFoundError, flag: str = "--dataset") -> FileNotFoundError:
+    """A missing dataset, said for the command line: what to run or where to put it (``flag``: the
+    option that named it; empty for a positional name, as in ``recgym data download NAME``).
 
     Example:
         >>> print(dataset_not_found("games", FileNotFoundError("/c/x.gz does not exist; pass ...")))
@@ -117,13 +118,15 @@ def dataset_not_found(name: Any, err: FileNotFoundError) -> FileNotFoundError:
                                  f"{key}`")
     if key in PREPARED_FOLDERS:
         roots = ", ".join(str(p) for p in search_path())
+        give = f"{flag} " if flag else "its path, "
         return FileNotFoundError(f"dataset {key!r} not found: put the folder {PREPARED_FOLDERS[key][0]!r} in "
                                  f"one of [{roots}] (RECGYM_DATA_DIR, or set RECGYM_DATA_PATH to the folder "
-                                 f"that holds it), or pass --dataset path/to/{PREPARED_FOLDERS[key][0]}")
+                                 f"that holds it), or pass {give}path/to/{PREPARED_FOLDERS[key][0]}")
+    said = f"{flag} {key}" if flag else f"dataset {key!r}"
     if not Path(key).exists():
-        return FileNotFoundError(f"--dataset {key}: no such folder, and not a dataset name (one of "
+        return FileNotFoundError(f"{said}: no such folder, and not a dataset name (one of "
                                  f"{', '.join(available())}; `recgym data list` describes them)")
-    return FileNotFoundError(f"--dataset {key}: {first}")
+    return FileNotFoundError(f"{said}: {first}")
 
 
 def dataset_name(env_id: str, overrides: dict[str, Any] | None = None) -> str:

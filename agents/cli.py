@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -55,8 +56,20 @@ def _cmd_data_sids(args: argparse.Namespace) -> int:
     """``recgym data sids NAME --out FILE``: semantic IDs from item text (agents.encoders)."""
     from agents.encoders import build_sids_for_dataset
     from recgym.data import registry
+    from recgym.sids import MAX_SID_LEVELS
 
+    # The RQ settings are checked before the dataset is encoded (a minute or more for real catalogues).
+    top = MAX_SID_LEVELS - (args.collisions == "extra_level")
+    if args.levels > top:
+        extra = " with --collisions extra_level, which adds one" if args.collisions == "extra_level" else ""
+        raise ValueError(f"--levels {args.levels}: at most {top} levels{extra} (SID tokens name their level "
+                         "by a letter, a..z)")
+    _check_output_file(args.out)
     dataset = registry.load(args.name, max_history=args.max_history, **parse_key_values(args.set))
+    items = dataset.catalogue.num_items
+    if args.codes > items:
+        raise ValueError(f"--codes {args.codes}: more codes per level than the {items} items of {args.name}; "
+                         f"use --codes {items} or fewer")
     report = build_sids_for_dataset(dataset, args.out, args.encoder, args.levels, args.codes, args.balanced,
                                     args.collisions, args.seed, args.cache_dir, item_json=args.item_json)
     keys = ("items", "sid_levels", "collision_rate_before", "collision_rate_after", "time_encode_s", "time_s",
@@ -100,7 +113,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         dataset = registry.load(args.name, format=args.format, max_history=args.max_history,
                                 download=download, **kwargs)
     except FileNotFoundError as err:
-        raise dataset_not_found(args.name, err) from err
+        raise dataset_not_found(args.name, err, flag="") from err
     summary = dataset.describe()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -140,18 +153,20 @@ def cmd_sft(args: argparse.Namespace) -> int:
     overrides = _task_overrides(args, from_scratch=not args.model)
     with _locked_out(args, ("results.json",)):
         train = make_task(args.env, args.train_split, overrides, tokenizer=args.model)
-        valid = make_task(args.env, "valid", overrides, tokenizer=train.items)
+        valid = _validation_task(args, overrides, train)
         test = make_task(args.env, "test", overrides, tokenizer=train.items)
-        policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                              device=args.device, adapters=adapters)
+        _check_sft_memory(config.batch_size, train, args.device, "--batch-size")
+        with _config_flags():
+            policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                                  device=args.device, adapters=adapters)
         info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
                 "train_split": args.train_split, "adapters": adapter_record(adapters)}
-        summary = train_sft(policy, train, valid if valid.num_requests else None, config, run_dir=args.out,
-                            restart=args.restart, run_info=info)
+        summary = train_sft(policy, train, valid, config, run_dir=args.out, restart=args.restart,
+                            run_info=info)
         metrics = evaluate(policy, test, beam=args.test_beam, max_requests=args.test_requests, seed=args.seed)
         results = {"env": args.env, "task": overrides, "representation": train.representation,
-                   "model": args.model or args.preset, "adapters": adapter_record(adapters), "sft": summary,
-                   "test": metrics}
+                   "model": args.model or args.preset, "adapters": adapter_record(adapters),
+                   "validation": _validation_record(args, valid), "sft": summary, "test": metrics}
         if _is_main():
             print(format_table({f"sft ({args.model or args.preset})": metrics}))
             write_json(f"{args.out}/results.json", results)
@@ -187,11 +202,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.agent = recipe.learner
         learner_settings = recipe.learner_settings(**learner_settings)
     label = recipe.name if recipe is not None else args.agent
-    learner = make_learner(args.agent, **learner_settings)
+    try:
+        learner = make_learner(args.agent, **learner_settings)
+    except ValueError as err:  # a learner names its settings; the ones with options are said as options
+        message = str(err)
+        for key in ("group_size", "oversample", "rollout"):
+            if getattr(args, key) is not None:
+                message = re.sub(rf"\b{key}=", f"--{key.replace('_', '-')} ", message)
+        raise ValueError(f"--agent {args.agent}: {message}") from err
     rl_config = build_config(RLConfig, args, exclude=RL_EXCLUDE, seed=args.seed, env_id=args.env)
     if recipe is not None:
         explicit = tuple(f.name for f in fields(RLConfig) if "--" + f.name.replace("_", "-") in given)
         rl_config = recipe.rl_config(rl_config, keep=explicit)
+    if args.sft_max_steps is not None and args.sft_max_steps < 0:
+        raise ValueError(f"--sft-steps {args.sft_max_steps}: must be an int >= 1, or 0 (0: every epoch)")
     sft_steps = {"max_steps": None} if args.sft_max_steps == 0 else {}  # --sft-steps 0: every epoch
     sft_config = build_config(SFTConfig, args, prefix="sft", exclude=SFT_SHARED, renames=TRAIN_SFT_RENAMES,
                               seed=args.seed, eval_requests=args.eval_requests, beam=args.beam,
@@ -206,15 +230,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         # A saved SFT policy brings its own item tokenization (representation, tokenizer, catalogue).
         policy = LLMPolicy.from_pretrained(args.sft, device=args.device) if args.sft else None
         if policy is not None:  # a policy saved with the same adapters keeps them; other ones are an error
-            apply_adapters(policy, adapters)
+            with _config_flags():
+                apply_adapters(policy, adapters)
         source = f"--sft {args.sft}" if args.sft else "the train split's item tokenizer"
         train = make_task(args.env, args.train_split, overrides,
                           tokenizer=policy.items if policy is not None else args.model, source=source)
-        valid = make_task(args.env, "valid", overrides, tokenizer=train.items, source=source)
+        valid_or_none = _validation_task(args, overrides, train, source)
         test = make_task(args.env, "test", overrides, tokenizer=train.items, source=source)
-        valid_or_none = valid if valid.num_requests else None
+        # Sizes against memory, before anything trains (an absurd one would end in a MemoryError).
+        _check_rl_memory(rl_config.requests_per_step, learner.rollouts_per_request, train, args.device,
+                         "--requests-per-step", "--oversample" if args.oversample else "--group-size")
+        if args.sft is None:
+            _check_sft_memory(sft_config.batch_size, train, args.device, "--sft-batch-size")
         results: dict[str, Any] = {"env": args.env, "task": overrides, "representation": train.representation,
                                    "agent": learner.describe(), "recipe": args.recipe,
+                                   "validation": _validation_record(args, valid_or_none),
                                    "rl_config": asdict(rl_config)}
         sampler = None
         if args.subset:
@@ -228,8 +258,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if policy is not None:
             results["sft"] = {"loaded": args.sft}
         else:
-            policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
-                                  device=args.device, adapters=adapters)
+            with _config_flags():
+                policy = build_policy(train.items, model=args.model, preset=args.preset, seed=args.seed,
+                                      device=args.device, adapters=adapters)
             info = {"env": args.env, "task": overrides, "model": args.model or args.preset,
                     "train_split": args.train_split, "adapters": adapter_record(adapters)}
             try:
@@ -261,18 +292,32 @@ def cmd_select(args: argparse.Namespace) -> int:
     from agents.minirec import run_selection
     from agents.policy import LLMPolicy
 
+    # Every setting (argparse checked each one's range) and the output file, before anything loads.
+    _check_output_file(args.out)
     torch = _torch_on(args.device)
     torch.manual_seed(args.seed)
-    size = float(args.size) if "." in args.size else int(args.size)
-    if size <= 0:
-        raise ValueError(f"--size must be a count or a fraction in (0, 1), got {args.size!r}")
-    policy = LLMPolicy.from_pretrained(args.policy, device=args.device) if args.policy else None
-    if policy is None and args.method != "random":
+    size = args.size
+    if args.policy is None and args.method != "random":
         raise ValueError(f"--method {args.method} needs a proxy policy: pass --policy DIR "
                          "(e.g. an SFT run's best/)")
+    policy = LLMPolicy.from_pretrained(args.policy, device=args.device) if args.policy else None
     task = make_task(args.env, args.train_split, _task_overrides(args),
                      tokenizer=policy.items if policy is not None else None, source=f"--policy {args.policy}")
     pool = select_rows(task.num_requests, args.pool, seed=args.seed)
+    # What needs the split: the size against the pool, mu against the rewards, the rollouts' memory.
+    if isinstance(size, int) and size > len(pool):
+        raise ValueError(f"--size {size}: more requests than the pool's {len(pool)} (the {args.train_split} "
+                         "split, or --pool); pass a count up to it or a fraction in (0, 1)")
+    low, high = sorted((task.miss_reward, task.hit_reward))
+    if not low <= args.mu <= high:
+        raise ValueError(f"--mu {args.mu:g}: outside the rewards' range [{low:g}, {high:g}] (r_bar is a mean "
+                         "reward); the default 0.5 favours requests solved half the time")
+    if args.method in ("minirec", "learnability"):
+        batch = min(64, len(pool))  # minirec.proxy_rollouts: 64 requests x N rollouts per batch
+        need = len(pool) * args.rollouts * (4 * task.max_response_len + 8) \
+            + batch * args.rollouts * 4 * (task.vocab_size + task.max_prompt_len)
+        _check_fits(need, f"--rollouts {args.rollouts}", f"{args.rollouts} proxy rollouts of each of the "
+                    f"{len(pool)} requests", "lower --rollouts (or --pool)", args.device)
     selection = run_selection(policy, task, pool, args.method, size, rollouts=args.rollouts,
                               variant=args.variant, alpha=args.alpha, mu=args.mu, sigma=args.sigma,
                               group=args.group, use_curriculum=args.curriculum, seed=args.seed,
@@ -292,6 +337,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from agents.build import dataset_name, dataset_not_found, make_task, write_json
     from recgym.metrics import format_table
 
+    _check_output_file(args.out)  # before the evaluation, not after it
     overrides = _task_overrides(args)
     if args.policy:
         _torch_on(args.device)
@@ -329,18 +375,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agents.cli_options import config_values
 
     knobs = config_values(bench.BenchPreset, args, only=BENCH_KNOBS, skip_none=True)
+    for name, value in knobs.items():  # the flags' own ranges, named as flags
+        least = BENCH_KNOB_MINIMUM.get(name)
+        if least is not None and value < least:
+            why = " (a group compares two rollouts at least)" if name == "rollouts_per_request" else ""
+            raise ValueError(f"{_bench_flag(name)} {value}: must be an int >= {least}{why}")
     overrides = {**parse_key_values(args.preset_set), **knobs}
     if args.env:
         overrides["env"] = args.env
-    preset = bench.get_preset(args.preset, **overrides)
+    base = bench.get_preset(args.preset)
+    if args.dataset and "dataset_kwargs" in base.task and "task" not in overrides \
+            and args.dataset != base.task.get("dataset"):
+        # --dataset replaces the preset's dataset: its loader options (e.g. ci's synthetic sizes) stay behind.
+        overrides["task"] = {k: v for k, v in base.task.items() if k != "dataset_kwargs"}
+        print(f"recgym: --dataset {args.dataset} replaces the {base.name} preset's dataset: its "
+              f"dataset_kwargs {base.task['dataset_kwargs']} are dropped (--dataset-set gives the new one's)",
+              file=sys.stderr)
     learner_settings: dict[str, dict[str, Any]] = {}
     for key, value in parse_key_values(args.learner_set).items():
         agent, dot, setting = key.rpartition(".")
         if not dot or not agent:
             raise SystemExit(f"recgym: --learner-set expects AGENT.KEY=VALUE, got {key!r}")
         learner_settings.setdefault(agent, {})[setting] = value
+    preset = _bench_preset(bench, args, overrides)
     agents = bench.parse_agents(args.agents, preset, learner_settings)
     seeds = bench.parse_seeds(args.seeds)
+    vocab = preset.task.get("vocab_size", MIN_VOCAB_SIZE) if isinstance(preset.task, dict) else MIN_VOCAB_SIZE
+    requests, rollouts = preset.requests_per_step, preset.rollouts_per_request
+    _check_fits(requests * rollouts * 4 * vocab, f"--requests-per-step {requests} x --rollouts {rollouts}",
+                f"the {requests * rollouts} rollouts of an RL step (one decoding step's logits over the "
+                "vocabulary)", "lower them", args.device)
     _torch_on(args.device)
     bench.run_bench(preset, agents, seeds, args.out, task_overrides=_task_overrides(args), sft=args.sft,
                     subset=args.subset, device=args.device, progress=not args.quiet, restart=args.restart)
@@ -424,6 +488,234 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_from(minimum: int, maximum: int | None = None, note: str = "") -> Any:
+    """argparse type: an integer in ``minimum..maximum`` (``note`` says what an edge value means).
+
+    Example:
+        >>> _int_from(0, note="0: the policy as is")("-1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected an integer >= 0 (0: the policy as is), got '-1'
+    """
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    said = f" ({note})" if note else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}{said}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _real(minimum: float | None = None, note: str = "") -> Any:
+    """argparse type: a finite number, at least ``minimum`` when given (NaN and inf are refused).
+
+    Example:
+        >>> _real(minimum=0)("nan")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a finite number >= 0, got 'nan'
+    """
+    bounds = f" >= {minimum:g}" if minimum is not None else ""
+    said = f" ({note})" if note else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number{bounds}{said}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _subset_size(text: str) -> int | float:
+    """argparse type of ``select --size``: a count (an integer >= 1) or a fraction in (0, 1).
+
+    Example:
+        >>> _subset_size("256"), _subset_size("0.1"), _subset_size("1e3")
+        (256, 0.1, 1000)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and 0 < value < 1:
+        return value
+    if math.isfinite(value) and value >= 1 and value == int(value):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a count (an integer >= 1, e.g. 256) or a fraction in (0, 1) "
+                                     f"(e.g. 0.1), got {text!r}")
+
+
+_seed = _int_from(0, 2**32 - 1)  # numpy's legacy seeding takes 32 bits
+
+
+def _check_output_file(path: str | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, a path through a
+    file, or a folder without write permission (its parent folders are made, as the writer would).
+
+    Example:
+        >>> _check_output_file("/proc/recgym/x.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --out /proc/recgym/x.json: cannot write in /proc/recgym (...): choose another --out
+    """
+    if not path:
+        return
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: name a file in it, e.g. {flag} "
+                         f"{target / 'results.json'}")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ValueError(f"{flag} {path}: {ancestor} is a file, not a folder: choose another {flag}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".recgym-probe-", dir=target.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write in {target.parent} ({err.strerror or err}): choose "
+                         f"another {flag}") from err
+
+
+def _device_memory(device: str | None) -> int | None:
+    """Free bytes of the CUDA device a command runs on (None on the CPU: host memory is checked)."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.mem_get_info(dev)[0])
+
+
+def _check_fits(needed: float, setting: str, what: str, remedy: str, device: str | None) -> None:
+    """A ValueError naming ``setting`` when ``what`` needs more memory than the device (or this machine)
+    has free; ``needed`` is a lower bound in bytes."""
+    from recgym._checks import check_memory
+
+    check_memory(needed, setting, what, remedy, available=_device_memory(device))
+
+
+def _check_rl_memory(requests: int, per_request: int, task: Any, device: str | None, requests_flag: str,
+                     per_request_flag: str) -> None:
+    """An RL step's rollouts (a lower bound: one decoding step's float32 logits and their prompts)."""
+    rows = requests * per_request
+    _check_fits(rows * 4 * (task.vocab_size + 2 * task.max_prompt_len),
+                f"{requests_flag} {requests} x {per_request_flag} {per_request}",
+                f"the {rows} rollouts of an RL step ({per_request} per request; one decoding step's logits "
+                f"over the {task.vocab_size}-token vocabulary)", "lower them", device)
+
+
+def _check_sft_memory(batch: int, task: Any, device: str | None, flag: str) -> None:
+    """An SFT step (a lower bound: the float32 logits of the batch's target tokens); a batch larger
+    than the split is the whole split."""
+    rows = min(batch, task.num_requests)
+    _check_fits(rows * task.max_response_len * task.vocab_size * 4, f"{flag} {batch}",
+                f"the logits of a batch of {rows} requests", f"lower {flag}", device)
+
+
+def _validation_task(
+    args: argparse.Namespace, overrides: dict[str, Any], train: Any, source: str | None = None,
+) -> Any:
+    """The valid task that picks the best weights, or None: an empty valid split, or ``--train-split valid``
+    (a model is never selected on the requests it trains on; the last weights are kept and said so)."""
+    from agents.build import make_task
+
+    if args.train_split == "valid":
+        if _is_main():
+            print("recgym: --train-split valid: the valid split trains, so nothing is validated (no early "
+                  "stopping, no best-on-valid pick): the last weights are kept and tested", file=sys.stderr)
+        return None
+    valid = make_task(args.env, "valid", overrides, tokenizer=train.items,
+                      **({"source": source} if source else {}))
+    return valid if valid.num_requests else None
+
+
+def _validation_record(args: argparse.Namespace, valid: Any) -> str:
+    """What picked the weights, for results.json."""
+    if args.train_split == "valid":
+        return "none: --train-split valid trains on the valid split; the last weights are tested"
+    if valid is None:
+        return "none: the valid split is empty; the last weights are tested"
+    return f"the valid split ({valid.num_requests} requests): the best weights are tested"
+
+
+@contextmanager
+def _config_flags() -> Iterator[None]:
+    """A :class:`~agents.configs.ConfigError` raised inside (e.g. ``lora_r`` against the model's hidden
+    size) as a ValueError naming its option."""
+    from agents.configs import ConfigError
+
+    try:
+        yield
+    except ConfigError as err:
+        raise ValueError(f"--{err.field.replace('_', '-')} {err.value}: {err.reason}") from err
+
+
+def _bench_flag(name: str) -> str:
+    """The ``bench`` option of a preset knob (``rollouts_per_request`` -> ``--rollouts``)."""
+    return "--" + BENCH_RENAMES.get(name, name).replace("_", "-")
+
+
+def _bench_preset(bench: Any, args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    """The preset with its overrides. ``riser_group`` (RISER's n, at most the rollouts per request) is
+    lowered to ``--rollouts`` when no agent of the bench uses it, and an error naming both otherwise."""
+    try:
+        return bench.get_preset(args.preset, **overrides)
+    except ValueError as err:
+        if not str(err).startswith("riser_group="):
+            raise
+        base = bench.get_preset(args.preset)
+        rollouts = overrides.get("rollouts_per_request", base.rollouts_per_request)
+        group = overrides.get("riser_group", base.riser_group)
+        flag = _bench_flag("rollouts_per_request") if "--rollouts" in getattr(args, "given_flags", ()) \
+            else "--preset-set rollouts_per_request"
+        if "riser_group" in overrides or not isinstance(rollouts, int) or rollouts < 2:
+            raise ValueError(f"--preset-set riser_group={group}: must be in 2..{rollouts} ({flag} "
+                             f"{rollouts}: RISER keeps riser_group of each request's rollouts)") from err
+        if _uses_riser_group(args.agents, rollouts):
+            raise ValueError(f"{flag} {rollouts}: fewer rollouts per request than RISER keeps (the "
+                             f"{base.name} preset's riser_group={group}): pass --preset-set riser_group=N "
+                             f"with 2 <= N <= {rollouts} too, or {flag} {group} or more") from err
+        return bench.get_preset(args.preset, **{**overrides, "riser_group": rollouts})
+
+
+def _uses_riser_group(agents_text: str, rollouts: int) -> bool:
+    """Whether an agent of ``--agents`` draws its group size from the preset's ``riser_group``."""
+    from agents.bench import BEAM_SUFFIX, SUBSET_SUFFIX
+    from agents.learners import budget_settings, learner_names
+    from agents.recipes import get_recipe, recipe_names
+
+    for name in (n.strip() for n in agents_text.split(",")):
+        if name == "ablation":
+            return True
+        for suffix in (BEAM_SUFFIX, SUBSET_SUFFIX):
+            if name.endswith(suffix) and name[:-len(suffix)] in learner_names():
+                name = name[:-len(suffix)]
+        learner = get_recipe(name).learner if name in recipe_names() else name
+        if learner in learner_names() and \
+                budget_settings(learner, rollouts, 2) != budget_settings(learner, rollouts, 3):
+            return True
+    return False
+
+
 def _existing_file(text: str) -> str:
     """argparse type: a file that exists."""
     if not Path(text).is_file():
@@ -461,7 +753,7 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-set", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
     p.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 ROLLOUT_CHOICES = ("sample", "beam")  # agents.learners.base.ROLLOUT_MODES (not imported: the CLI starts fast)
@@ -487,6 +779,10 @@ TEMPLATE_HELP = ("prompt template: compact (items back to back, no text; the def
 ADAPTER_GROUP = "adapters (agents.configs.AdapterConfig: LoRA, a frozen trunk, new-token rows)"
 BENCH_KNOBS = ("sft_steps", "rl_steps", "requests_per_step", "rollouts_per_request", "test_requests",
                "eval_requests", "sasrec_epochs", "model")
+BENCH_RENAMES = {"rollouts_per_request": "rollouts"}
+BENCH_KNOB_MINIMUM = {"sft_steps": 1, "rl_steps": 1, "requests_per_step": 1, "rollouts_per_request": 2,
+                      "test_requests": 1, "eval_requests": 1, "sasrec_epochs": 1}
+MIN_VOCAB_SIZE = 257  # recgym.items.MIN_VOCAB_SIZE (not imported: the CLI starts fast)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -507,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = data_sub.add_parser(name, help=text)
         p.add_argument("name", help="a dataset name (see `recgym data list`) or a folder path")
         p.add_argument("--format", choices=format_names(), help="folder format (default: detect)")
-        p.add_argument("--max-history", type=int, default=10)
+        p.add_argument("--max-history", type=_positive_int, default=10)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="extra loader option, e.g. --set num_items=500 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -517,15 +813,17 @@ def build_parser() -> argparse.ArgumentParser:
     sids.add_argument("--encoder", default="all-MiniLM-L6-v2",
                       help="sentence encoder: the packaged all-MiniLM-L6-v2, a local folder or a cached hub "
                            "name")
-    sids.add_argument("--levels", type=int, default=3, help="RQ levels L (MiniOneRec: 3)")
-    sids.add_argument("--codes", type=int, default=256, help="codes per level K (MiniOneRec: 256)")
+    sids.add_argument("--levels", type=_positive_int, default=3,
+                      help="RQ levels L (MiniOneRec: 3; at most 25 with --collisions extra_level, else 26)")
+    sids.add_argument("--codes", type=_positive_int, default=256,
+                      help="codes per level K (MiniOneRec: 256; at most the number of items)")
     sids.add_argument("--balanced", action="store_true", help="size-bounded k-means per level")
     sids.add_argument("--collisions", choices=["extra_level", "sinkhorn", "none"], default="extra_level",
                       help="make every SID distinct: an extra numbering level (TIGER) or Sinkhorn (LETTER)")
-    sids.add_argument("--seed", type=int, default=0)
+    sids.add_argument("--seed", type=_seed, default=0)
     sids.add_argument("--cache-dir", help="embedding cache (default: recgym's data dir/embeddings)")
     sids.add_argument("--item-json", help="LC-Rec/MiniOneRec X.item.json: its descriptions follow the titles")
-    sids.add_argument("--max-history", type=int, default=10)
+    sids.add_argument("--max-history", type=_positive_int, default=10)
     sids.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra loader option")
     data.set_defaults(func=cmd_data)
 
@@ -565,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(tr.add_argument_group(ADAPTER_GROUP), AdapterConfig)
     add_config_arguments(tr.add_argument_group("SFT stage (agents.sft.SFTConfig)"), SFTConfig, prefix="sft",
                          only=TRAIN_SFT, renames=TRAIN_SFT_RENAMES, defaults=TRAIN_SFT_DEFAULTS)
+    next(a for a in tr._actions if a.dest == "sft_max_steps").help = (
+        f"stop SFT after this many steps (0: every epoch) (default: {TRAIN_SFT_DEFAULTS['max_steps']})")
     add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
     tr.add_argument("--group-size", type=_positive_int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=_positive_int, help="RISER's m, rollouts before de-duplication")
@@ -586,17 +886,24 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--policy", type=_policy_folder,
                     help="the proxy policy folder (e.g. an SFT run's best/); random needs none")
     se.add_argument("--method", default="minirec", choices=["minirec", "learnability", "kcenter", "random"])
-    se.add_argument("--size", default="0.1", help="a count (e.g. 256) or a fraction of the pool (e.g. 0.1)")
-    se.add_argument("--pool", type=int, help="select from a seeded sample of this many requests")
+    se.add_argument("--size", type=_subset_size, default="0.1",
+                    help="a count (e.g. 256; at most the pool) or a fraction of the pool in (0, 1), e.g. 0.1")
+    se.add_argument("--pool", type=_positive_int,
+                    help="select from a seeded sample of this many requests (more than the split: all)")
     se.add_argument("--train-split", default="train", choices=["train", "valid"])
-    se.add_argument("--rollouts", type=int, default=4, help="N, proxy rollouts per request (for r_bar)")
+    se.add_argument("--rollouts", type=_positive_int, default=4,
+                    help="N, proxy rollouts per request (for r_bar)")
     se.add_argument("--variant", default="hidden", choices=["hidden", "params"],
                     help="representativeness: HVP w.r.t. the final hidden state, or projected gradients")
-    se.add_argument("--alpha", type=float, default=1.0, help="weight of learnability against R")
-    se.add_argument("--mu", type=float, default=0.5, help="the r_bar of highest learnability")
-    se.add_argument("--sigma", type=float, help="learnability width (default: std of r_bar over the pool)")
-    se.add_argument("--group", type=int, default=64, help="curriculum group size")
-    se.add_argument("--proxy-steps", type=int, default=28,
+    se.add_argument("--alpha", type=_real(minimum=0), default=1.0,
+                    help="weight of learnability against R (>= 0)")
+    se.add_argument("--mu", type=_real(), default=0.5,
+                    help="the r_bar of highest learnability (within the rewards' range, [0, 1] by default)")
+    se.add_argument("--sigma", type=_real(minimum=0, note="0: the std of r_bar over the pool"),
+                    help="learnability width (default and 0: std of r_bar over the pool)")
+    se.add_argument("--group", type=_positive_int, default=64,
+                    help="curriculum group size (more than the selection: one group)")
+    se.add_argument("--proxy-steps", type=_int_from(0, note="0: the policy as is"), default=28,
                     help="GRPO steps that turn the policy into MiniRec's proxy "
                          "(official: 28; 0: the policy as is)")
     se.add_argument("--curriculum", action=argparse.BooleanOptionalAction, default=None,
@@ -641,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dataset loader option, e.g. --dataset-set num_items=500 (repeatable)")
     be.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
     add_config_arguments(be.add_argument_group("preset fields (default: the preset's)"), BenchPreset,
-                         only=BENCH_KNOBS, renames={"rollouts_per_request": "rollouts"}, unset=True)
+                         only=BENCH_KNOBS, renames=BENCH_RENAMES, unset=True)
     be.add_argument("--preset-set", action="append", default=[], metavar="KEY=VALUE",
                     help="any preset field, e.g. --preset-set rl_lr=5e-4 (repeatable)")
     be.add_argument("--learner-set", action="append", default=[], metavar="AGENT.KEY=VALUE",

@@ -94,6 +94,7 @@ Differs, and why:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -727,6 +728,53 @@ def train_proxy(
     return proxy
 
 
+def check_selection_settings(
+    task: RecGenTask, pool: int, size: int | float, *, rollouts: int = 4, alpha: float = 1.0,
+    mu: float | None = 0.5, sigma: float | None = None, group: int = 64, proxy_steps: int = PROXY_STEPS,
+) -> None:
+    """Refuse, before any work, a setting of :func:`run_selection` that would give an arbitrary selection
+    or fail late: NaN / inf knobs (a NaN ``mu`` or ``alpha`` makes every score NaN, and the picks
+    the first of the pool), negative weights and widths, ``mu`` outside the rewards' range, counts
+    below 1, a negative ``proxy_steps``, a size the pool cannot give. Errors name the argument.
+
+    Example:
+        >>> check_selection_settings(None, 10, 3, mu=float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: mu=nan: must be a finite number (None: the pool's mean r_bar)
+    """
+    def real(name: str, value: Any, minimum: float | None, note: str = "") -> None:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+            and math.isfinite(value) and (minimum is None or value >= minimum)
+        if not ok:
+            bound = f" >= {minimum:g}" if minimum is not None else ""
+            raise ValueError(f"{name}={value!r}: must be a finite number{bound}{note}")
+
+    def count(name: str, value: Any, minimum: int, note: str = "") -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{name}={value!r}: must be an int >= {minimum}{note}")
+
+    real("alpha", alpha, 0.0)
+    if mu is not None:
+        real("mu", mu, None, " (None: the pool's mean r_bar)")
+        if task is not None:
+            low, high = sorted((float(task.miss_reward), float(task.hit_reward)))
+            if not low <= mu <= high:
+                raise ValueError(f"mu={mu!r}: outside the rewards' range [{low:g}, {high:g}] (r_bar is a "
+                                 "mean reward)")
+    if sigma is not None:
+        real("sigma", sigma, 0.0, " (None or 0: the std of r_bar over the pool)")
+    count("rollouts", rollouts, 1)
+    count("group", group, 1)
+    count("proxy_steps", proxy_steps, 0, " (0: the policy as is)")
+    number = not isinstance(size, bool) and isinstance(size, (int, float, np.integer, np.floating))
+    fraction = number and isinstance(size, (float, np.floating)) and 0 < size < 1
+    if not fraction and not (number and math.isfinite(size) and size >= 1 and size == int(size)):
+        raise ValueError(f"size={size!r}: must be a count >= 1 or a fraction in (0, 1)")
+    if not fraction and size > pool:
+        raise ValueError(f"size={size!r}: more requests than the pool's {pool}")
+
+
 def run_selection(
     policy: LLMPolicy | None, task: RecGenTask, pool: np.ndarray, method: str, size: int | float, *,
     rollouts: int = 4, variant: str = "hidden", alpha: float = 1.0, mu: float | None = 0.5,
@@ -756,6 +804,8 @@ def run_selection(
     from agents.runs import catalogue_fingerprint
 
     pool = np.asarray(pool, dtype=np.int64)
+    check_selection_settings(task, len(pool), size, rollouts=rollouts, alpha=alpha, mu=mu, sigma=sigma,
+                             group=group, proxy_steps=proxy_steps)
     seconds: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

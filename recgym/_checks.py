@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_options", "check_real", "int_array"]
+__all__ = ["available_memory", "check_bool", "check_choice", "check_int", "check_memory", "check_options",
+           "check_real", "format_bytes", "int_array"]
 
 
 def _describe(value: Any) -> str:
@@ -205,3 +206,60 @@ def check_options(
         warnings.warn(message, UserWarning, stacklevel=4)  # check_options < request_from_options < reset
         return {k: v for k, v in options.items() if k in known}
     return dict(options)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get now: Linux's ``MemAvailable``, else psutil's, else None.
+
+    Example:
+        >>> available_memory() is None or available_memory() > 0
+        True
+    """
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes for people: ``'1.5 GiB'``.
+
+    Example:
+        >>> format_bytes(1536 * 2**20), format_bytes(12)
+        ('1.5 GiB', '12 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(count) < 1024 or unit == "PiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(needed: float, setting: str, what: str, remedy: str = "", *,
+                 available: int | None = None) -> None:
+    """A ValueError naming ``setting`` when ``what`` needs more than the memory available, before it is
+    allocated (an absurd size otherwise ends in a MemoryError, sometimes after minutes of work).
+
+    ``needed`` is a lower bound in bytes; ``available`` defaults to :func:`available_memory` (no
+    check when it is unknown).
+
+    Example:
+        >>> check_memory(2**40, "max_history=10**9", "the windows", available=2**30)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: max_history=10**9: the windows need at least 1.0 TiB, more than the 1.0 GiB of memory ...
+    """
+    available = available_memory() if available is None else available
+    if available is None or needed <= available:
+        return
+    tail = f"; {remedy}" if remedy else ""
+    raise ValueError(f"{setting}: {what} need at least {format_bytes(needed)}, more than the "
+                     f"{format_bytes(available)} of memory available here{tail}")

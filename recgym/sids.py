@@ -45,13 +45,14 @@ from tqdm.auto import tqdm
 from recgym.data.dataset import Catalogue, DataFormatError, Dataset, parse_sid
 
 __all__ = [
-    "COLLISIONS", "KMeansResult", "RQResult", "SIDIndex",
+    "COLLISIONS", "MAX_SID_LEVELS", "KMeansResult", "RQResult", "SIDIndex",
     "build_sid_index", "capacitated_assignment", "extra_level", "kmeans", "kmeans_plus_plus",
     "random_sids", "read_sid_index", "residual_kmeans", "sid_report_path", "sid_stats",
     "sinkhorn_decollide", "titles_fingerprint", "with_sid_index", "write_sid_index",
 ]
 
 COLLISIONS = ("extra_level", "sinkhorn", "none")
+MAX_SID_LEVELS = 26  # SID tokens name their level by a letter: <a_..> .. <z_..>
 _CHUNK_ROWS = 32768  # rows of a distance matrix computed at once (bounds memory for big catalogues)
 _SINKHORN_CELLS = 1 << 22  # (groups x movers x codes) cells per batched Sinkhorn call
 PathLike = str | os.PathLike[str]
@@ -657,6 +658,10 @@ def build_sid_index(
     """
     if collisions not in COLLISIONS:
         raise ValueError(f"collisions must be one of {COLLISIONS}, got {collisions!r}")
+    top = MAX_SID_LEVELS - (collisions == "extra_level")
+    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool) and levels > top:
+        raise ValueError(f"levels={levels}: at most {top} (SID tokens name levels a..z"
+                         f"{'; extra_level adds one' if collisions == 'extra_level' else ''})")
     x = np.asarray(embeddings, dtype=np.float32)
     if titles is not None and len(titles) != len(x):
         raise ValueError(f"{len(titles)} titles for {len(x)} embeddings")
@@ -748,8 +753,8 @@ def write_sid_index(path: PathLike, codes: np.ndarray, *, report: dict[str, Any]
     if codes.ndim != 2 or not len(codes) or not np.issubdtype(codes.dtype, np.integer) or (codes < 0).any():
         raise ValueError(f"codes must be a non-empty (items, levels) array of non-negative ints, got "
                          f"shape {codes.shape} dtype {codes.dtype}")
-    if codes.shape[1] > 26:
-        raise ValueError(f"{codes.shape[1]} levels: SID tokens name levels a..z, so at most 26")
+    if codes.shape[1] > MAX_SID_LEVELS:
+        raise ValueError(f"{codes.shape[1]} levels: SID tokens name levels a..z, so at most {MAX_SID_LEVELS}")
     letters = [chr(ord("a") + lvl) for lvl in range(codes.shape[1])]
     index = {str(i): [f"<{letters[lvl]}_{c}>" for lvl, c in enumerate(row)]
              for i, row in enumerate(codes.tolist())}

@@ -223,6 +223,7 @@ class Examples:
         """Build from Python lists; histories longer than ``max_history`` keep their newest items."""
         n = len(targets)
         lens = np.fromiter((min(len(h), max_history) for h in histories), np.int32, count=n)
+        check_window_memory(n, max_history, int(lens.max()) if n else 0)
         flat = np.fromiter(
             (x for h in histories for x in h[len(h) - min(len(h), max_history):]),
             np.int32, count=int(lens.sum()),
@@ -246,6 +247,23 @@ class Examples:
 _EXAMPLE_FIELDS = ("user", "history", "history_len", "target", "timestamp")
 
 
+def check_window_memory(rows: int, max_history: int, longest: int) -> None:
+    """Refuse a history window whose arrays cannot fit in memory, naming ``max_history``, before they are
+    allocated (``rows`` examples of ``max_history`` slots, about 21 bytes a slot while windows are cut;
+    ``longest``: the longest history kept, the useful window).
+
+    Example:
+        >>> check_window_memory(1000, 10, 8)  # 210 kB
+    """
+    from recgym._checks import check_memory
+
+    useful = max(longest, 1)
+    check_memory(21 * rows * max_history, f"max_history={max_history}",
+                 f"the history windows of {rows} examples",
+                 f"the longest history here has {longest} items: a longer window only adds padding (use "
+                 f"--max-history {useful} or --set max_history={useful})")
+
+
 def sequence_windows(
     items: np.ndarray, starts: np.ndarray, positions: np.ndarray, max_history: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -262,6 +280,7 @@ def sequence_windows(
     """
     positions = np.asarray(positions, dtype=np.int64)
     lens = np.minimum(positions - np.asarray(starts, dtype=np.int64), max_history)
+    check_window_memory(len(positions), max_history, int(lens.max()) if len(lens) else 0)
     offsets = np.arange(max_history)
     cols = positions[:, None] - lens[:, None] + offsets
     valid = offsets < lens[:, None]
