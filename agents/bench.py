@@ -545,9 +545,23 @@ def _run_bench(
             sft_dir = Path(sft)
     # Seed-major: a bench stopped part-way holds whole seeds (every agent), so its table compares.
     jobs = [(a, s) for s in seeds for a in agents if _per_seed(a) or s == seeds[0]]
+    finished = _finished_runs(out)  # a rerun keeps the tests its last run finished with these settings
+    digests: dict[str, str] = {}
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for spec, seed in bar:
         bar.set_description(f"bench {spec.name} seed {seed}")
+        fingerprint = _job_fingerprint(spec, seed, results, sft_dir, subset, digests)
+        record = finished.get((spec.name, str(seed)))
+        if record is not None and record.get("fingerprint") == fingerprint:
+            if main:
+                _say_reused(spec, seed, out)
+            record = {k: v for k, v in record.items() if k not in ("seed", "shared_across_seeds")}
+            runs = results["agents"].setdefault(spec.name, {"kind": spec.kind, "runs": {}})["runs"]
+            for s in (seeds if not _per_seed(spec) else [seed]):
+                runs[str(s)] = {"seed": s, **record, "shared_across_seeds": not _per_seed(spec)}
+            if main:
+                write_atomically(out / "results.json", json_text(results))
+            continue
         torch.manual_seed(seed)
         tick = time.time()
         run_dir = out / "runs" / f"{_slug(spec.name)}-seed{seed}"
@@ -572,6 +586,7 @@ def _run_bench(
         if spec.kind in ("rl", "maskable_ppo"):  # its metrics.jsonl: the curves
             record["run_dir"] = str(run_dir)
         record["wall_seconds"] = round(time.time() - tick, 3)
+        record["fingerprint"] = fingerprint
         runs = results["agents"].setdefault(spec.name, {"kind": spec.kind, "runs": {}})["runs"]
         for s in (seeds if not _per_seed(spec) else [seed]):
             runs[str(s)] = {"seed": s, **record, "shared_across_seeds": not _per_seed(spec)}
@@ -583,6 +598,65 @@ def _run_bench(
         print(write_report(results, out))
         write_json(out / "results.json", results)
     return results
+
+
+def _finished_runs(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The runs a previous bench in ``out`` finished, by (agent, seed), from its ``results.json`` (none
+    when it is missing or unreadable: then every job runs)."""
+    import json
+
+    try:
+        previous = json.loads((out / "results.json").read_text())
+        return {(name, seed): run for name, agent in previous["agents"].items()
+                for seed, run in agent["runs"].items() if isinstance(run, dict)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _say_reused(spec: AgentSpec, seed: int, out: Path) -> None:
+    import sys
+
+    tqdm.write(f"bench: {spec.name} seed {seed}: reusing its finished test in {out / 'results.json'} (the "
+               "same settings; --restart runs it again)", file=sys.stderr)
+
+
+def _job_fingerprint(
+    spec: AgentSpec, seed: int, results: dict[str, Any], sft_dir: Path | None, subset: str | None,
+    digests: dict[str, str],
+) -> str:
+    """SHA-256 of everything that decides a job's record: the agent and its settings, the seed, the env,
+    task, representation, preset and test protocol, the SFT start (its settings and steps, and the
+    weights of the policy folder the LLM agents start from) and the ``--subset`` file's bytes. ``digests``
+    caches the files' hashes within one bench."""
+    import hashlib
+    import json
+
+    def digest(path: Path) -> str:
+        key = str(path)
+        if key not in digests:
+            sha = hashlib.sha256()
+            weights = (".safetensors", ".bin", ".pt")  # a policy folder: its weights (its tokenizer files
+            # record where they were loaded from; the catalogue and tokenization are in the task's record)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in weights) \
+                if path.is_dir() else [path]
+            for file in files:
+                sha.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+                with open(file, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        sha.update(block)
+            digests[key] = sha.hexdigest()
+        return digests[key]
+
+    job: dict[str, Any] = {"agent": asdict(spec), "seed": seed}
+    for key in ("env", "task", "representation", "preset", "test_protocol"):
+        job[key] = results.get(key)
+    if spec.kind in ("sft", "rl") and sft_dir is not None:
+        sft = results.get("sft", {})
+        job["sft"] = {k: sft.get(k) for k in ("config", "loaded", "steps", "best_step", "best_valid")}
+        job["start"] = digest(Path(sft_dir))
+    if spec.subset and subset is not None:
+        job["subset"] = digest(Path(subset))
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _per_seed(spec: AgentSpec) -> bool:

@@ -293,3 +293,31 @@ def test_absurd_sizes_are_refused_before_any_work_naming_the_flag(tmp_path, caps
         code, err = cli(argv, capsys)
         assert refused(code, err, flag, big), (argv, err)
         assert time.time() - tick < 20, argv
+
+
+# 13 ------------------------------------------------------------------------------------------------
+
+
+def test_a_bench_rerun_reuses_the_finished_tests_of_the_same_settings(tmp_path, monkeypatch):
+    import agents.bench
+
+    out = tmp_path / "bench"
+    small = ["bench", "--preset", "ci", "--agents", "popularity,sft,grpo", "--seeds", "0", "--sft-steps", "2",
+             "--rl-steps", "1", "--requests-per-step", "2", "--rollouts", "2", "--test-requests", "6",
+             "--eval-requests", "6", "--quiet", "--out", str(out)]
+    assert main(small) == 0
+    first = json.loads((out / "results.json").read_text())
+    with monkeypatch.context() as m:  # the rerun tests nothing again: every record is reused
+        no_work(m, (agents.bench, "_test"), (agents.bench, "_run_classic"), (agents.bench, "_run_rl"))
+        assert main(small) == 0
+        again = json.loads((out / "results.json").read_text())
+        for name in ("popularity", "sft", "grpo"):
+            assert again["agents"][name]["runs"]["0"] == first["agents"][name]["runs"]["0"], name
+        # Other settings of a row's test: that row (and only what changed) runs again.
+        with pytest.raises(WorkStarted):
+            main([*small, "--test-requests", "5"])
+    # A rerun with --restart starts over and tests again.
+    with monkeypatch.context() as m:
+        no_work(m, (agents.bench, "_run_classic"))
+        with pytest.raises(WorkStarted):
+            main([*small, "--restart"])
