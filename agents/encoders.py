@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recgym.data.dataset import Catalogue, Dataset, DataWarning
-from recgym.sids import COLLISIONS, build_sid_index, sid_report_path
+from recgym.sids import COLLISIONS, MAX_SID_LEVELS, build_sid_index, sid_report_path
 
 if TYPE_CHECKING:
     import torch
@@ -570,6 +570,15 @@ def build_sids_for_dataset(
     """
     if collisions not in COLLISIONS:
         raise ValueError(f"collisions must be one of {COLLISIONS}, got {collisions!r}")
+    # The RQ settings are checked before the items are encoded (a minute or more for a real catalogue).
+    top = MAX_SID_LEVELS - (collisions == "extra_level")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 1 <= levels <= top:
+        raise ValueError(f"levels={levels!r}: must be an int in 1..{top} (SID tokens name levels a..z"
+                         f"{'; extra_level adds one' if collisions == 'extra_level' else ''})")
+    sizes = [codes] * int(levels) if isinstance(codes, (int, np.integer)) else list(codes)
+    if len(sizes) != levels or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
+                                   for c in sizes):
+        raise ValueError(f"codes={codes!r}: must be a positive int or {levels} of them (one per level)")
     if isinstance(dataset_or_name, Dataset):
         dataset = dataset_or_name
     else:
@@ -586,6 +595,9 @@ def build_sids_for_dataset(
         extra = item_texts_from_json(item_json) if item_json is not None else None
         item_text = item_texts(dataset, extra)
         text_source = "title" + (f" + {Path(item_json).name} description" if item_json is not None else "")
+    if max(sizes) > n:
+        raise ValueError(f"codes={max(sizes)} per level but {dataset.name!r} has {n} items: pass codes <= "
+                         f"{n}")
     enc = load_encoder(encoder, device=device, max_length=max_length)
     t0 = time.perf_counter()
     emb, cache_file, cached = _embed(item_text, enc, cache_dir, batch_size, progress, refresh=False)

@@ -191,6 +191,11 @@ def test_settings_and_output_paths_are_checked_before_any_work(tmp_path, capsys,
         assert refused(code, err, flag, value), (flag, value, err)
     with pytest.raises(WorkStarted):  # sound settings reach the encoder
         main([*sids, "--levels", "2", "--codes", "200"])
+    small = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3)
+    for settings, words in (({"levels": 0}, "levels=0"), ({"levels": 26}, "levels=26"),
+                            ({"codes": 0}, "codes=0"), ({"codes": 61}, "codes=61")):
+        with pytest.raises(ValueError, match=words):  # the library too, before encoding
+            agents.encoders.build_sids_for_dataset(small, tmp_path / "i.json", **settings)
     select = ["select", *SMALL, "--policy", str(policy_dir), "--method", "minirec"]
     for flag, value in (("--sigma", "-1"), ("--group", "0"), ("--rollouts", "0"), ("--size", "1000000")):
         code, err = cli([*select, f"{flag}={value}", "--out", str(tmp_path / "s.json")], capsys)
