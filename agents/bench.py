@@ -104,8 +104,8 @@ class BenchPreset:
             width (50, the reference protocol; HR/NDCG@K for every K <= beam, so at least 10);
             ``valid_beam``: validation's
             (model selection by NDCG@10).
-        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads, sasrec_dropout: SASRec's
-            size and regularisation (early
+        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads, sasrec_dropout,
+            sasrec_train_rows: SASRec's size, regularisation, training rows (early
             stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
             a ranker's preset fields are ``<name>_<setting>``.
         ppo_envs, ppo_episodes_per_update, ppo_epochs, ppo_hidden, ppo_item_tokens, ppo_item_ids:
@@ -151,6 +151,7 @@ class BenchPreset:
     sasrec_batch_size: int = 128
     sasrec_num_threads: int | None = 1
     sasrec_dropout: float = 0.2
+    sasrec_train_rows: str = "all"
     ppo_envs: int = 8
     ppo_episodes_per_update: int = 64
     ppo_epochs: int = 4
@@ -231,7 +232,8 @@ PRESETS: dict[str, BenchPreset] = {
     # users' windows an epoch), dropout 0.2, up to 10 epochs with early stopping on valid NDCG@10
     # over 2,000 requests; SASRec with cross-entropy over all items, the same history and dropout 0.2
     # (benchmarks/results/sasrec-games*.json: test NDCG@10 .0603 after 12 epochs at dropout 0.2,
-    # .0527 after 30 at 0.5), 12 epochs (70 s each here). The RL budget is unchanged (100 x 16 x 16).
+    # .0527 after 30 at 0.5), 12 epochs of one sequence per window of a user's rows (70 s each here;
+    # every prefix row would cost 6x that an epoch). The RL budget is unchanged (100 x 16 x 16).
     # Test: 5,000 requests at beam 50, so that the paired bootstrap intervals resolve differences of
     # about .005 in NDCG@10.
     "cpu": BenchPreset(
@@ -239,7 +241,8 @@ PRESETS: dict[str, BenchPreset] = {
         model_preset="mini", sft_epochs=10, sft_patience=2, sft_batch_size=128, sft_lr=2e-3, sft_dropout=0.2,
         sft_warmup_steps=100, sft_eval_every=0, rl_steps=100, requests_per_step=16,
         rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
-        test_requests=5000, sasrec_epochs=12, sasrec_hidden=64, sasrec_batch_size=64, sasrec_dropout=0.2,
+        test_requests=5000, sasrec_epochs=12, sasrec_train_rows="windows", sasrec_hidden=64,
+        sasrec_batch_size=64, sasrec_dropout=0.2,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
     # A real pretrained LM on this 2-core machine: SmolLM2-135M-Instruct with LoRA r = 8 on
     # office-d3 titles (D3 publishes valid and test only: valid trains, nothing is left to select
@@ -819,7 +822,7 @@ def ranker_settings(name: str, preset: BenchPreset) -> dict[str, Any]:
 
     Example:
         >>> ranker_settings("sasrec", PRESETS["ci"])
-        {'epochs': 20, 'hidden': 32, 'batch_size': 128, 'num_threads': 1, 'dropout': 0.2}
+        {'epochs': 20, 'hidden': 32, 'batch_size': 128, 'num_threads': 1, 'dropout': 0.2, 'train_rows': 'all'}
     """
     head = f"{name}_"
     return {f.name[len(head):]: getattr(preset, f.name) for f in fields(preset) if f.name.startswith(head)}
