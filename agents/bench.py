@@ -81,37 +81,56 @@ class BenchPreset:
 
     Args:
         name: the preset's name (``ci``, ``cpu``, ``paper``).
-        env: a registered RecGen env id; ``task``: RecGenTask overrides (``representation``,
-            ``vocab_size``, ``dataset_kwargs``, ...).
-        model_preset: offline model size (``tiny``, ``small``) unless ``model`` (a local folder,
-            a hub name of a causal LM, or a named offline model such as ``smollm2-135m``) is given.
+        env: a registered RecGen env id.
+        task: RecGenTask overrides (``representation``, ``vocab_size``, ``dataset_kwargs``, ...).
+        model_preset: offline model size (``tiny``, ``small``) unless ``model`` is given.
+        model: a causal LM instead of ``model_preset``: a local folder, a hub name, or a named
+            offline model such as ``smollm2-135m``.
         adapters: :class:`~agents.configs.AdapterConfig` settings for the LLM policy (e.g.
             ``{"lora_r": 8}``: LoRA; empty: every weight trains).
         train_split: the split SFT and RL train on: ``train``, or ``valid`` for D3 folders that
             publish only valid and test; then no split is left to select on, so nothing is
             validated and every agent is tested with its last weights.
-        sft_steps, sft_batch_size, sft_lr, sft_eval_every: SFT optimizer steps, batch (requests, or
-            sequence windows under the compact template), learning rate and steps between
-            validations (0: once an epoch).
-        sft_epochs, sft_patience: when ``sft_epochs`` is set, SFT runs up to that many epochs and
-            stops after ``sft_patience`` validations without a better NDCG@10 (``sft_steps`` is
-            then unused); sft_dropout, sft_warmup_steps: :class:`~agents.configs.SFTConfig`'s.
-        rl_steps, requests_per_step, rollouts_per_request: the RL rollout budget (their product).
+        sft_steps: SFT optimizer steps (unused when ``sft_epochs`` is set).
+        sft_batch_size: SFT batch: requests, or sequence windows under the compact template.
+        sft_lr: SFT's AdamW learning rate.
+        sft_eval_every: SFT steps between validations (0: once an epoch).
+        sft_epochs: when set, SFT runs up to that many epochs (``sft_steps`` is then unused) and
+            stops early by ``sft_patience``.
+        sft_patience: SFT validations without a better NDCG@10 before stopping (with
+            ``sft_epochs``; 0: never stop early).
+        sft_dropout: :class:`~agents.configs.SFTConfig`'s dropout during SFT (0: none).
+        sft_warmup_steps: :class:`~agents.configs.SFTConfig`'s warm-up steps.
+        rl_steps: RL steps; the RL rollout budget is rl_steps x requests_per_step x
+            rollouts_per_request.
+        requests_per_step: distinct requests of each RL step.
+        rollouts_per_request: rollouts drawn per request in an RL step (RISER de-duplicates them).
         riser_group: RISER's n (groups kept after de-duplicating ``rollouts_per_request``).
-        rl_lr, mu, minibatches, rl_eval_every: :class:`~agents.rl.RLConfig` settings.
-        eval_requests: validation sample size (None: the whole valid split); ``test_requests`` /
-            ``test_seed``: the test sample (None: every test request); ``beam``: the test's beam
-            width (50, the reference protocol; HR/NDCG@K for every K <= beam, so at least 10);
-            ``valid_beam``: validation's
-            (model selection by NDCG@10).
-        sasrec_epochs, sasrec_hidden, sasrec_batch_size, sasrec_num_threads, sasrec_dropout,
-            sasrec_train_rows: SASRec's size, regularisation, training rows (early
-            stopping on valid) and CPU threads (1 is fastest for this small model on a busy CPU);
-            a ranker's preset fields are ``<name>_<setting>``.
-        ppo_envs, ppo_episodes_per_update, ppo_epochs, ppo_hidden, ppo_item_tokens, ppo_item_ids:
-            MaskablePPO's settings (see :class:`~agents.baselines.maskable_ppo.MaskablePPOConfig`;
-            on titles the one-hot prefix grows with item length x token count, so MaskablePPO is
-            practical on SID catalogues).
+        rl_lr: :class:`~agents.rl.RLConfig`'s learning rate.
+        mu: :class:`~agents.rl.RLConfig`'s optimizer passes over each batch of rollouts.
+        minibatches: :class:`~agents.rl.RLConfig`'s optimizer steps per pass.
+        rl_eval_every: RL steps between validations.
+        eval_requests: validation sample size (None: the whole valid split).
+        test_requests: the test sample size (None: every test request).
+        test_seed: the seed of the test sample.
+        beam: the test's beam width (50, the reference protocol; HR/NDCG@K for every K <= beam, so
+            at least 10).
+        valid_beam: validation's beam width (model selection by NDCG@10).
+        sasrec_epochs: SASRec's training epochs (early stopping on valid).
+        sasrec_hidden: SASRec's hidden size.
+        sasrec_batch_size: SASRec's batch size.
+        sasrec_num_threads: SASRec's CPU threads (1 is fastest for this small model on a busy CPU).
+        sasrec_dropout: SASRec's dropout.
+        sasrec_train_rows: SASRec's training rows (``all``: every train row, ``windows``: one
+            sequence per window of a user's rows); a ranker's preset fields are ``<name>_<setting>``.
+        ppo_envs: MaskablePPO's parallel envs (see
+            :class:`~agents.baselines.maskable_ppo.MaskablePPOConfig`; on titles the one-hot prefix
+            grows with item length x token count, so MaskablePPO is practical on SID catalogues).
+        ppo_episodes_per_update: MaskablePPO's episodes per update.
+        ppo_epochs: MaskablePPO's passes over each update's episodes.
+        ppo_hidden: MaskablePPO's hidden size.
+        ppo_item_tokens: whether MaskablePPO's observation holds the history's item tokens.
+        ppo_item_ids: whether MaskablePPO's observation holds the history's item ids.
 
     Example:
         >>> PRESETS["ci"].rollout_budget

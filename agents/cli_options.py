@@ -2,7 +2,8 @@
 
 A dataclass's fields become ``--flag`` options (``max_steps`` -> ``--max-steps``, with an optional
 prefix and renames), typed from its annotations, with the help text taken from the ``Args:``
-section of its docstring and the default from the field itself. :func:`config_from_args` reads
+section of its docstring (one line per field, so no two flags share a help sentence) and the
+default from the field itself. :func:`config_from_args` reads
 them back into an instance.
 
 Example:
@@ -12,7 +13,8 @@ Example:
     ... class Cfg:
     ...     '''Args:
     ...         steps: optimizer steps.
-    ...         lr, decay: learning rate and its decay.
+    ...         lr: learning rate.
+    ...         decay: its decay per step (None: constant).
     ...     '''
     ...     steps: int = 10
     ...     lr: float = 1e-3
@@ -36,7 +38,10 @@ from typing import Any
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Help text per field from the ``Args:`` section of ``cls``'s docstring (``a, b: text`` shares it).
+    """Help text per field from the ``Args:`` section of ``cls``'s docstring.
+
+    Each field has its own ``name: text`` line (the flags' help; a test holds every command to
+    distinct help texts); a legacy ``a, b: text`` line still gives the text to each name.
 
     Example:
         >>> from agents.rl import RLConfig

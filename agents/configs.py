@@ -96,7 +96,8 @@ class SFTConfig:
     Args:
         epochs: passes over the train split.
         batch_size: requests per optimizer step.
-        lr, weight_decay: AdamW settings; the schedule is linear warm-up then cosine decay.
+        lr: SFT's AdamW peak learning rate; the schedule is linear warm-up then cosine decay.
+        weight_decay: SFT's AdamW decoupled weight decay (0: none).
         warmup_steps: warm-up length.
         grad_clip: max gradient norm.
         eval_every: steps between validations (0: once per epoch).
@@ -157,16 +158,22 @@ class RLConfig:
     Args:
         steps: batches of rollouts (one per step).
         requests_per_step: distinct requests per batch (each gets the learner's group of rollouts).
-        lr, weight_decay: AdamW; linear warm-up over ``warmup_steps``, then cosine decay to 0.1 x.
+        lr: RL's AdamW peak learning rate; linear warm-up over ``warmup_steps``, then cosine decay to
+            0.1 x.
+        weight_decay: RL's AdamW decoupled weight decay (0: none).
+        warmup_steps: steps of the linear warm-up of the learning rate.
         grad_clip: max gradient norm.
         mu: optimizer passes over each batch of rollouts.
         minibatches: optimizer steps per pass (the batch's groups split evenly); with mu * minibatches
             > 1 the behaviour policy's log-probs are stored, pi moves away from pi_old within the
             batch, and the clip and KL-Cov act (4 by default, so that they do).
         eval_every: steps between validations (0: only at the start and the end).
-        eval_requests, beam, metric, patience: validation sample (None: the whole valid split),
-            beam width, the metric that picks the best weights (NDCG@10; ties go to the later),
-            evaluations without improvement before stopping (0: never).
+        eval_requests: validation requests per evaluation (None: the whole valid split; a seeded
+            sample when set).
+        beam: beam width of RL's validation (>= 10 for NDCG@10; the test protocol uses 50).
+        metric: the validation metric that picks the best RL weights (NDCG@10; ties go to the
+            later).
+        patience: RL evaluations without improvement before stopping (0: never stop early).
         seed: request order, rollouts and initialisation.
         progress: progress bars.
         env_id: the registered env whose ``vector_entry_point`` builds the rollout envs.

@@ -250,3 +250,62 @@ def test_template_flag_chooses_the_prompt_and_a_rerun_with_another_is_refused(tm
     assert "template" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--template", "chat"])
+
+
+def _subcommands(parser, path=()):
+    """(command path, parser) of every command and subcommand of ``parser``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_flag_of_a_command_has_its_own_help():
+    """No two flags of one command share a help sentence (issue 27): each config field documents itself.
+
+    The generated ``(default: ...)`` tail is left out of the comparison, so two fields that share one
+    docstring line still count as sharing it.
+    """
+    import re
+
+    from agents.cli import build_parser
+
+    shared = []
+    for path, parser in _subcommands(build_parser()):
+        seen: dict[str, str] = {}
+        for action in parser._actions:
+            if not action.option_strings or "--help" in action.option_strings:
+                continue
+            text = re.sub(r"\s*\(default: [^()]*(\([^()]*\)[^()]*)*\)$", "", action.help or "").strip()
+            if not text:
+                continue
+            flag = action.option_strings[-1]
+            if text in seen:
+                shared.append(f"recgym {' '.join(path)}: {seen[text]} and {flag} share {text!r}")
+            seen.setdefault(text, flag)
+    assert not shared, "\n".join(shared)
+
+
+def test_every_config_field_has_its_own_doc_line():
+    """The dataclasses behind the flags document each field on its own line, in their own words."""
+    import dataclasses
+
+    from agents.baselines.maskable_ppo import MaskablePPOConfig
+    from agents.bench import BenchPreset
+    from agents.cli_options import field_docs
+    from agents.configs import AdapterConfig, RLConfig, SFTConfig
+    from agents.learners.grpo import GRPOConfig
+    from agents.learners.riser import RISERConfig
+    from agents.learners.simpo import SimPOConfig
+
+    for cls in (SFTConfig, RLConfig, AdapterConfig, BenchPreset, MaskablePPOConfig, GRPOConfig, RISERConfig,
+                SimPOConfig):
+        docs = field_docs(cls)
+        own = {f.name for f in dataclasses.fields(cls)} if cls in (SFTConfig, RLConfig, AdapterConfig,
+                                                                   BenchPreset) else set(docs)
+        assert not own - set(docs), f"{cls.__name__}: undocumented fields {sorted(own - set(docs))}"
+        texts = [docs[name] for name in own]
+        assert len(set(texts)) == len(texts), f"{cls.__name__}: fields share a doc line"

@@ -41,12 +41,16 @@ class MaskablePPOConfig:
         num_envs: parallel envs (``DummyVecEnv``).
         episodes_per_update: episodes each env plays per PPO update (``n_steps`` = this x the
             longest item's token count).
-        batch_size, epochs, lr, ent_coef: PPO's minibatch size, passes per update, Adam learning
-            rate and entropy bonus.
+        batch_size: PPO's minibatch size.
+        epochs: PPO's passes over each update's rollouts.
+        lr: PPO's Adam learning rate.
+        ent_coef: PPO's entropy bonus.
         hidden: width of the one hidden layer of the policy and value MLPs.
-        history_items, item_tokens, item_ids: what the compact observation holds (see
-            :class:`~recgym.envs.sb3.CompactObservation`: ``item_tokens`` off for titles,
-            ``item_ids`` off for large SID catalogues).
+        history_items: history items the compact observation holds (see
+            :class:`~recgym.envs.sb3.CompactObservation`).
+        item_tokens: whether the observation holds the history's item tokens (off for titles).
+        item_ids: whether the observation holds the history's item ids (off for large SID
+            catalogues).
         seed: environments, initialisation and sampling.
         device: torch device of the policy.
         progress: a progress bar over episodes.

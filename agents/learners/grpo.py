@@ -52,7 +52,8 @@ class GRPOConfig:
         top_k: sample among the k most likely allowed tokens (None: all; sampled rollouts only).
         reward: the env reward to train on (``hit``, ``ranking``: ReRe's, ``rank_discounted``;
             :mod:`recgym.rewards`); None: the env's own.
-        clip_low, clip_high: eps_low / eps_high of the ratio clip (DAPO's clip-higher: 0.2 / 0.28).
+        clip_low: eps_low, the ratio clip below 1 (0.2).
+        clip_high: eps_high, the ratio clip above 1 (DAPO's clip-higher: 0.28).
         beta: weight of the k3 KL to the frozen reference policy (1e-3 as ReRe; 0: no reference
             model is kept).
         loss_type: ``grpo`` (default), ``dapo`` or ``dr_grpo`` (module docstring).

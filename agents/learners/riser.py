@@ -56,7 +56,8 @@ class RISERConfig(GRPOConfig):
     Args:
         oversample: m rollouts per request before de-duplication (None or ``group_size``: off).
         simpo_weight: w of the SimPO loss on failed groups (0: off).
-        simpo_beta, simpo_gamma: SimPO's beta and gamma.
+        simpo_beta: SimPO's beta, the scale of the length-normalised log-probability reward.
+        simpo_gamma: SimPO's gamma, the target margin between chosen and rejected.
         certainty_d: d, the weight of forced tokens (1: mask off).
         kl_cov_k: k, the fraction of tokens KL-Cov penalises (0: off).
         kl_cov_coef: coef of |log pi - log pi_old| on those tokens.

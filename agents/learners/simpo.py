@@ -38,7 +38,8 @@ class SimPOConfig:
         group_size: items drawn per request to find rejected ones.
         rollout: ``sample`` (constrained sampling through the env) or ``beam`` (top items of a
             constrained beam search of width ``group_size``).
-        beta, gamma: SimPO's reward scale and target margin.
+        beta: SimPO's reward scale.
+        gamma: SimPO's target margin between chosen and rejected.
         temperature: sampling temperature (the update uses the same one).
         top_k: sample among the k most likely allowed tokens (None: all; sampled rollouts only).
         reward: the env reward (None: the env's); SimPO reads only the hits.
