@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("agents: policy and evaluation", ("agents.policy", "agents.evaluate", "agents.training",
                                        "agents.encoders")),
     ("agents: learners, baselines, training loops", ("agents.learners", "agents.baselines", "agents.sft",
-                                                      "agents.rl", "agents.minirec")),
+                                                      "agents.rl", "agents.minirec", "agents.integrations")),
     ("agents: construction and benchmark", ("agents.build", "agents.bench", "agents.bench_report",
                                             "agents.plugins")),
     ("agents: command line", ("agents.cli",)),

@@ -1,0 +1,1 @@
+"""recgym inside other training libraries: :mod:`agents.integrations.trl` (TRL's ``GRPOTrainer``)."""
