@@ -119,9 +119,11 @@ def dataset_not_found(name: Any, err: FileNotFoundError, flag: str = "--dataset"
     if key in PREPARED_FOLDERS:
         roots = ", ".join(str(p) for p in search_path())
         give = f"{flag} " if flag else "its path, "
-        return FileNotFoundError(f"dataset {key!r} not found: put the folder {PREPARED_FOLDERS[key][0]!r} in "
-                                 f"one of [{roots}] (RECGYM_DATA_DIR, or set RECGYM_DATA_PATH to the folder "
-                                 f"that holds it), or pass {give}path/to/{PREPARED_FOLDERS[key][0]}")
+        folder = PREPARED_FOLDERS[key][0]
+        return FileNotFoundError(f"dataset {key!r} not found: run `recgym data download {key}`, put the "
+                                 f"folder {folder!r} in one of [{roots}] (RECGYM_DATA_DIR, or set "
+                                 f"RECGYM_DATA_PATH to the folder that holds it), or pass {give}"
+                                 f"path/to/{folder}")
     said = f"{flag} {key}" if flag else f"dataset {key!r}"
     if not Path(key).exists():
         return FileNotFoundError(f"{said}: no such folder, and not a dataset name (one of "

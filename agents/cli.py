@@ -105,6 +105,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "sids":
         return _cmd_data_sids(args)
+    if args.data_command == "download" and args.name not in registry.PREPARED_FOLDERS:
+        from recgym.data.prepared import PREPARED_PINS, download_prepared
+
+        if args.name in PREPARED_PINS:  # files only (SID indexes, title catalogues): nothing to summarise
+            print(f"{args.name}: every file verified, in {download_prepared(args.name)}")
+            return 0
     from agents.build import dataset_not_found
 
     kwargs = parse_key_values(args.set)
@@ -799,7 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("list", help="dataset names and where they come from")
     for name, text in (("describe", "load a dataset (from cache when present) and summarise it"),
-                       ("download", "download raw files if needed, prepare, cache and summarise")):
+                       ("download", "download raw files or a prepared folder (pinned, verified) if needed, "
+                                    "prepare, cache and summarise")):
         p = data_sub.add_parser(name, help=text)
         p.add_argument("name", help="a dataset name (see `recgym data list`) or a folder path")
         p.add_argument("--format", choices=format_names(), help="folder format (default: detect)")

@@ -9,7 +9,9 @@ Names resolve in this order:
   :func:`data_dir`. Downloading happens only with ``download=True`` (or ``recgym data download NAME``).
 * prepared folders (``games-lcrec``, ``office-d3``, ``industrial-d3``, ``goodreads-sprec``):
   a folder of that name under :func:`data_dir` or under any folder in ``$RECGYM_DATA_PATH``
-  (``os.pathsep``-separated; e.g. the project's ``shared/data``).
+  (``os.pathsep``-separated; e.g. the project's ``shared/data``). ``recgym data download NAME``
+  (or ``download=True``) fetches it into :func:`data_dir` from its public repository at a pinned
+  commit, verified by size and SHA-256 (:mod:`recgym.data.prepared`).
 * anything else is taken as a path to a folder in a supported format (detected or named, through
   the :data:`~recgym.data.formats.FORMATS` table).
 
@@ -77,7 +79,8 @@ def available() -> dict[str, str]:
         out[name] = (f"{source} raw pipeline ({category}), D3 protocol; "
                      f"download with `recgym data download {name}`")
     for name, (_, _, text) in PREPARED_FOLDERS.items():
-        out[name] = f"{text}; a folder named {name!r} in RECGYM_DATA_DIR or RECGYM_DATA_PATH"
+        out[name] = (f"{text}; download with `recgym data download {name}` (pinned public files), "
+                     f"or a folder named {name!r} in RECGYM_DATA_DIR or RECGYM_DATA_PATH")
     return out
 
 
@@ -107,7 +110,8 @@ def load(
         format: for folders, a name of :data:`recgym.data.formats.FORMATS` (``"d3"``, ``"lcrec"``,
             ``"sprec"``); detected when None.
         max_history: history window of each example.
-        download: allow raw pipelines to download missing raw files.
+        download: allow raw pipelines to download missing raw files, and fetch a missing prepared
+            folder (:func:`recgym.data.prepared.download_prepared`, verified against its pins).
         cache: read / write the processed ``.npz`` cache.
         progress: show progress bars.
         **kwargs: passed to the generator, pipeline or reader (e.g. ``seed``, ``num_items``);
@@ -137,11 +141,17 @@ def load(
     if key in PREPARED_FOLDERS:
         folder_name, fmt, _ = PREPARED_FOLDERS[key]
         folder = find_folder(folder_name)
+        if folder is None and download:
+            from recgym.data.prepared import download_prepared
+
+            folder = download_prepared(folder_name, progress=progress)
         if folder is None:
             roots = ", ".join(str(p) for p in search_path())
             raise FileNotFoundError(
-                f"dataset {key!r} not found: put the folder {folder_name!r} in one of [{roots}] "
-                f"(set RECGYM_DATA_PATH to the folder that holds it), or pass its path to load()"
+                f"dataset {key!r} not found: run `recgym data download {key}` (or load(..., download=True)) "
+                f"to fetch it from its public repository into {data_dir()}, put the folder {folder_name!r} "
+                f"in one of [{roots}] (set RECGYM_DATA_PATH to the folder that holds it), or pass its "
+                f"path to load()"
             )
         kwargs.setdefault("name", key)
         return _load_folder(folder, format or fmt, max_history, cache, **kwargs)

@@ -407,14 +407,16 @@ def _check_item_settings(tokenizer: Any, representation: str | None, template: A
 
 def _load_dataset(name: str | os.PathLike[str], max_history: int, kwargs: dict[str, Any]) -> Dataset:
     from recgym.data import load
-    from recgym.data.registry import RAW_PIPELINES
+    from recgym.data.registry import PREPARED_FOLDERS, RAW_PIPELINES
 
     try:
         return load(name, max_history=max_history, **kwargs)
     except FileNotFoundError as err:
         key = os.fspath(name)
+        if key in PREPARED_FOLDERS and "recgym data download" in str(err):
+            raise
         hint = (f"get it with `recgym data download {key}` (or load(..., download=True))"
-                if key in RAW_PIPELINES
+                if key in RAW_PIPELINES or key in PREPARED_FOLDERS
                 else "pass dataset='path/to/folder' for a local folder in D3, LC-Rec or SPRec format")
         raise FileNotFoundError(f"{err}. {hint}") from err
 
