@@ -323,7 +323,7 @@ def test_the_command_line_prints_what_people_read(tmp_path, capfd):
         assert code == 2 and "run `recgym data download games`" in err and "download=True" not in err, err
     code, err = cli(["sft", "--dataset", "games-lcrec", "--out", x], capfd)
     assert code == 2 and "--dataset path/to/games-lcrec" in err and "load()" not in err
-    assert "recgym data download" not in err  # a prepared folder cannot be downloaded
+    assert "run `recgym data download games-lcrec`" in err  # prepared folders download from their pins
 
 
 # Issue 26: saved files, caches, folders and plug-ins ------------------------------------------------
