@@ -526,7 +526,7 @@ def test_recgym_sft_under_torchrun_resumes_after_kill_and_rank0_writes(tmp_path)
     import signal
     import time
 
-    from agents.checkpoint import load_trainer_state
+    from agents.checkpoint import find_checkpoint, load_trainer_state
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
@@ -548,7 +548,8 @@ def test_recgym_sft_under_torchrun_resumes_after_kill_and_rank0_writes(tmp_path)
         while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.time() < deadline + 10:
             time.sleep(0.05)
     assert not (run / "results.json").exists()  # killed mid-run
-    killed_at = load_trainer_state(run / "checkpoint")["state"]["step"]
+    # as resume finds it: a kill between the swap's two renames leaves the complete one as checkpoint.old
+    killed_at = load_trainer_state(find_checkpoint(run / "checkpoint"))["state"]["step"]
     assert 2 <= killed_at < 12
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]

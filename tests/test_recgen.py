@@ -149,7 +149,7 @@ def test_gym_make_by_id_and_module_prefix():
 def test_missing_dataset_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("RECGYM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("RECGYM_DATA_PATH", raising=False)
-    with pytest.raises(FileNotFoundError, match="local folder"):
+    with pytest.raises(FileNotFoundError, match="run `recgym data download goodreads-sprec`"):
         gym.make("RecGen-Goodreads-v0")
 
 
