@@ -532,13 +532,17 @@ def test_recgym_sft_under_torchrun_resumes_after_kill_and_rank0_writes(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
            "agents.cli", *CLI_SFT, "--out", str(run)]
     env = _env(RECGYM_DATA_DIR=str(tmp_path / "cache"))
-    job = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    log = tmp_path / "first-run.log"
+    with open(log, "wb") as sink:
+        job = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink,
+                               start_new_session=True)
     try:
         deadline = time.time() + 120
         while not (run / "checkpoint" / "trainer_state.pt").exists() and job.poll() is None:
             assert time.time() < deadline, "no checkpoint within 120 s"
             time.sleep(0.05)
+        ended = job.poll()
+        assert ended is None, f"the job ended on its own (exit {ended}): {log.read_text()[-3000:]}"
     finally:
         ranks = descendants(job.pid)  # torchrun's workers may sit in sessions of their own
         for pid in [job.pid, *ranks]:
