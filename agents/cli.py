@@ -777,7 +777,6 @@ def _add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_seed, default=0)
 
 
-ROLLOUT_CHOICES = ("sample", "beam")  # agents.learners.base.ROLLOUT_MODES (not imported: the CLI starts fast)
 # Commands that run data-parallel under torchrun (the others refuse several processes).
 DISTRIBUTED_COMMANDS = ("sft", "train", "eval", "bench")
 # Options shared by several commands (task, seed, beam) are not repeated per config.
@@ -811,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.bench import PRESETS, BenchPreset
     from agents.configs import MODEL_PRESETS, AdapterConfig, RLConfig, SFTConfig
     from agents.learners import learner_names
+    from agents.learners.base import ROLLOUT_MODES
     from agents.recipes import recipe_names
     from recgym.data.formats import format_names
 
@@ -890,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
     tr.add_argument("--group-size", type=_positive_int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=_positive_int, help="RISER's m, rollouts before de-duplication")
-    tr.add_argument("--rollout", choices=ROLLOUT_CHOICES,
+    tr.add_argument("--rollout", choices=ROLLOUT_MODES,
                     help="how a request's group is drawn: sample (constrained sampling through the env, the "
                          "learners' default) or beam (the top G of one constrained beam search, as ReRe)")
     tr.add_argument("--learner-set", action="append", default=[], metavar="KEY=VALUE",

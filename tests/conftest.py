@@ -96,3 +96,21 @@ def _full_vocab_logprobs_by_hand(policy, batch):
 def full_vocab_logprobs_by_hand():
     """The hand computation of a batch's full-vocabulary token log-probs (tests of learners' updates)."""
     return _full_vocab_logprobs_by_hand
+
+
+def _rows_with_and_without_a_beam_hit(task, policy, width):
+    """Two train rows whose target is among the top ``width`` beams below rank 0, then two whose isn't."""
+    import numpy as np
+
+    rows = np.arange(min(300, task.num_requests))
+    terminal, _ = policy.beam_search(*task.prompt_tokens(rows), width=width, k=width)
+    hit_rank = np.array([next((j for j, node in enumerate(t) if task.examples.target[r] in
+                               task.tree.items(node)), -1) for r, t in zip(rows, terminal)])
+    return np.concatenate([rows[hit_rank > 0][:2], rows[hit_rank < 0][:2]])
+
+
+@pytest.fixture(scope="session")
+def rows_with_and_without_a_beam_hit():
+    """``(task, policy, width) -> rows``: two requests whose beam holds the target below rank 0, then two
+    whose beam does not (so rewards that depend on ranks and on a list's hits have something to pay)."""
+    return _rows_with_and_without_a_beam_hit

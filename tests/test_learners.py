@@ -23,19 +23,11 @@ def _collect(learner, task, policy, rows=ROWS):
     return learner.collect(policy, envs, rows, generator=torch.Generator().manual_seed(0), seed=0)
 
 
-def _rows_with_and_without_a_beam_hit(task, policy, width):
-    """Two train rows whose target is among the top ``width`` beams below rank 0, then two whose isn't."""
-    rows = np.arange(min(300, task.num_requests))
-    terminal, _ = policy.beam_search(*task.prompt_tokens(rows), width=width, k=width)
-    hit_rank = np.array([next((j for j, node in enumerate(t) if task.examples.target[r] in
-                               task.tree.items(node)), -1) for r, t in zip(rows, terminal)])
-    return np.concatenate([rows[hit_rank > 0][:2], rows[hit_rank < 0][:2]])
-
-
 @pytest.mark.parametrize("name", ["grpo", "simpo", "riser"])
-def test_a_beam_group_is_the_beam_searchs_top_g_with_env_rewards(tiny_sid, name):
+def test_a_beam_group_is_the_beam_searchs_top_g_with_env_rewards(tiny_sid, name,
+                                                                 rows_with_and_without_a_beam_hit):
     task, policy = tiny_sid
-    rows = _rows_with_and_without_a_beam_hit(task, policy, 5)
+    rows = rows_with_and_without_a_beam_hit(task, policy, 5)
     assert len(rows) == 4
     settings = {"group_size": 5, "rollout": "beam", "reward": "ranking"}
     if name == "riser":

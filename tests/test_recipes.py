@@ -3,7 +3,6 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -48,18 +47,15 @@ def test_bench_rows_of_a_recipe_keep_the_presets_budget():
     assert _rl_config(PRESETS["cpu"], 0, False).lr == PRESETS["cpu"].rl_lr
 
 
-def test_one_rere_step_equals_a_hand_computation(tiny_sid, full_vocab_logprobs_by_hand):
+def test_one_rere_step_equals_a_hand_computation(tiny_sid, full_vocab_logprobs_by_hand,
+                                                 rows_with_and_without_a_beam_hit):
     task, start = tiny_sid
     policy, reference = copy.deepcopy(start), copy.deepcopy(start)
     recipe = get_recipe("rere")
     learner = make_learner("grpo", **recipe.learner_settings(group_size=4))
     config = recipe.rl_config(RLConfig(steps=10, progress=False))
     # requests whose 4 beams hold the target below rank 0, so the ranking reward has a signal
-    rows = np.arange(200)
-    terminal, _ = policy.beam_search(*task.prompt_tokens(rows), width=4, k=4)
-    hit = np.array([[task.examples.target[r] in task.tree.items(n) for n in t]
-                    for r, t in zip(rows, terminal)])
-    rows = rows[hit[:, 1:].any(axis=1)][:2]
+    rows = rows_with_and_without_a_beam_hit(task, policy, 4)[:2]
     assert len(rows) == 2
     envs = make_rollout_env(task.with_reward("ranking"), len(rows) * 4)
     batch = learner.collect(policy, envs, rows, generator=torch.Generator(), seed=0)

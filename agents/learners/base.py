@@ -185,11 +185,10 @@ def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, wid
     paths = task.tree.paths(terminal)
     envs.reset(options={"group_size": width, "rows": rows})
     rewards = np.zeros(envs.num_envs)
-    info: dict[str, Any] = {}
     for t in range(paths.shape[1]):  # one env step per token position, every slot at once
         _, reward, _, _, info = envs.step(np.maximum(paths[:, t], 0))
         rewards += reward
-    if not info["hit"].shape or (info["generated_len"] != (paths >= 0).sum(axis=1)).any():
+    if (info["generated_len"] != (paths >= 0).sum(axis=1)).any():
         raise RuntimeError("the env did not accept every beam item's tokens: the policy and the env "
                            "use different prefix trees")
     states = task.tree.path_states(paths)
