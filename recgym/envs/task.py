@@ -468,5 +468,15 @@ def _default_item_tokenizer(
             warnings.warn(f"rebuilding a damaged tokenizer cache: {err}", DataWarning, stacklevel=3)
             shutil.rmtree(folder, ignore_errors=True)
     items = ItemTokenizer.train(dataset, representation, template=template, vocab_size=vocab_size)
-    items.save(folder)
+    # Written whole under this process's own name, then renamed into place: processes that build the
+    # same cache at once (torchrun ranks) never write into one folder; the first rename wins.
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    items.save(tmp)
+    if folder.exists() and not (folder / "recgym_items.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete cache from an interrupted writer
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process put a complete cache there first: the same training, keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return items
