@@ -25,13 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.configs import MODEL_PRESETS
 from agents.policy import LLMPolicy
 from agents.sft import SFTConfig, SFTObjective, sft_objective, train_sft
 from agents.tracking import MetricLogger, write_atomically
+from recgym.data import load
 from recgym.envs import RecGenTask
+from recgym.sids import with_sid_index
 
 SIZES: dict[str, dict[str, int]] = {
     "h64": MODEL_PRESETS["tiny"],
@@ -44,7 +47,7 @@ SIZES: dict[str, dict[str, int]] = {
 
 BASE: dict[str, Any] = {"size": "h64", "template": "compact", "level": "auto", "max_history": 20,
                         "batch": 128, "lr": 3e-3, "epochs": 10, "dropout": 0.0, "weight_decay": 0.01,
-                        "warmup": 100}
+                        "warmup": 100, "ids": "sid"}
 # name -> the settings that differ from BASE
 CONFIGS: dict[str, dict[str, Any]] = {
     # batch 128 windows (~720 targets): 418 updates an epoch
@@ -64,6 +67,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "h128-b32-d0.2-h10": {"size": "h128", "batch": 32, "dropout": 0.2, "lr": 2e-3, "epochs": 20,
                           "max_history": 10},
     "h64-request": {"level": "request", "epochs": 2},
+    # one token per item instead of LC-Rec's 4 SID codes: the same decoder and recipe without composing
+    # an item from codes (what SASRec scores), to measure how much of the gap to SASRec the codes are
+    "h128-atomic-d0.2": {"size": "h128", "dropout": 0.2, "lr": 2e-3, "ids": "atomic"},
 }
 
 
@@ -74,7 +80,11 @@ def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int
     the one place a recipe becomes a run, so ``bench_sft_games.py`` resumes or reuses a sweep's run
     folder."""
     cfg = {**BASE, **CONFIGS[name]}
-    train = RecGenTask("games-lcrec", split="train", representation="sid", template=cfg["template"],
+    data: Any = "games-lcrec"
+    if cfg["ids"] == "atomic":  # item i is the single code <a_i>
+        data = load("games-lcrec", max_history=cfg["max_history"])
+        data = with_sid_index(data, np.arange(data.catalogue.num_items)[:, None])
+    train = RecGenTask(data, split="train", representation="sid", template=cfg["template"],
                        max_history=cfg["max_history"], vocab_size=257)
     valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
     policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=seed)
