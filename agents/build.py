@@ -1,7 +1,7 @@
 """Building what commands run on: tasks from env ids, policies, selections (used by the CLI and bench).
 
 The library side of the command line: :mod:`agents.cli` parses arguments and calls these;
-:mod:`agents.bench` calls them too. Nothing here imports the CLI.
+:mod:`agents.bench.runner` calls them too. Nothing here imports the CLI.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agents.configs import AdapterConfig
-from agents.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
+from agents.training.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
 from recgym.data import Dataset
 
 
@@ -30,7 +30,7 @@ def make_task(
     With an :class:`~recgym.items.ItemTokenizer` (a saved policy's ``items``), the env's dataset is
     loaded first and its catalogue compared with the policy's: another catalogue (item ids would
     mean other items) or another ``representation`` is a
-    :class:`~agents.runs.CatalogueMismatchError` naming ``source`` (e.g. ``"--sft runs/x/best"``).
+    :class:`~agents.training.runs.CatalogueMismatchError` naming ``source`` (e.g. ``"--sft runs/x/best"``).
     Unknown or ill-typed task options (``--set``) and a missing dataset are ValueErrors /
     FileNotFoundErrors that speak the command line.
 
@@ -79,7 +79,7 @@ def make_task(
             raise CatalogueMismatchError(catalogue_message(source, mine, theirs))
     if tokenizer is not None:
         if isinstance(tokenizer, (str, os.PathLike)):  # a named offline model -> its converted folder
-            from agents.pretrained import resolve_model
+            from agents.model.pretrained import resolve_model
 
             tokenizer = resolve_model(os.fspath(tokenizer))
         kwargs["tokenizer"] = tokenizer
@@ -151,21 +151,21 @@ def build_policy(
     items: Any, *, model: str | None = None, preset: str = "tiny", seed: int = 0, device: str | None = None,
     adapters: AdapterConfig | None = None,
 ) -> Any:
-    """An :class:`~agents.policy.LLMPolicy`: a pretrained causal LM (``model``) or a fresh preset.
+    """An :class:`~agents.model.policy.LLMPolicy`: a pretrained causal LM (``model``) or a fresh preset.
 
-    ``adapters`` (LoRA, a frozen trunk) are applied with :func:`agents.adapters.apply_adapters`.
+    ``adapters`` (LoRA, a frozen trunk) are applied with :func:`agents.model.adapters.apply_adapters`.
 
     Example:
         >>> # policy = build_policy(task.items, model="smollm2-135m", adapters=AdapterConfig(lora_r=8))
     """
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
 
     if model:
         policy = LLMPolicy.from_pretrained(model, items=items, device=device)
     else:
         policy = LLMPolicy.from_config(preset, items, seed=seed, device=device)
     if adapters is not None and adapters.enabled:
-        from agents.adapters import apply_adapters
+        from agents.model.adapters import apply_adapters
 
         apply_adapters(policy, adapters)
     return policy
@@ -187,7 +187,7 @@ def load_subset(path: str, num_requests: int, *, task: Any = None) -> tuple[np.n
     """``(rows in training order, curriculum?)`` from a ``recgym select`` file, checked against the split.
 
     With ``task`` (the training task), a file selected on another catalogue (``recgym select``
-    records its dataset and :func:`~agents.runs.catalogue_fingerprint`) is a ValueError naming
+    records its dataset and :func:`~agents.training.runs.catalogue_fingerprint`) is a ValueError naming
     ``--subset``: its rows would be other requests. A file without that record (an older
     ``recgym select``) loads with a warning.
 
@@ -234,14 +234,14 @@ def subset_sampler(
 
     A curriculum selection (MiniRec's easy-to-hard order) is followed in order
     (:class:`~agents.minirec.CurriculumSampler`); any other is shuffled per epoch
-    (:class:`~agents.rl.EpochSampler`). ``task``: the training task, whose catalogue the file's
+    (:class:`~agents.training.rl.EpochSampler`). ``task``: the training task, whose catalogue the file's
     must be (:func:`load_subset`).
 
     Example:
         >>> # sampler, info = subset_sampler("runs/minirec.json", train.num_requests, 16, seed=0, task=train)
     """
     from agents.minirec import CurriculumSampler
-    from agents.rl import EpochSampler
+    from agents.training.rl import EpochSampler
 
     order, ordered = load_subset(path, num_requests, task=task)
     sampler = (CurriculumSampler(order, requests_per_step) if ordered
@@ -273,7 +273,7 @@ def write_json(path: str | Path | None, results: dict[str, Any]) -> Path | None:
     """
     if not path:
         return None
-    from agents.tracking import write_atomically
+    from agents.training.tracking import write_atomically
 
     written = write_atomically(Path(path), json_text(results))
     print(f"wrote {written}")

@@ -11,7 +11,7 @@
   trains on it (in its curriculum order for MiniRec).
 * ``recgym bench --preset ci --agents popularity,sasrec,sft,grpo,riser,maskable_ppo --seeds 0,1 --out DIR``:
   every agent on one env from one SFT start with one rollout budget; results.json/.md, metrics.png,
-  curves.png (see :mod:`agents.bench`).
+  curves.png (see :mod:`agents.bench.runner`).
 
 Heavy imports (torch, transformers) happen inside commands.
 """
@@ -54,8 +54,8 @@ def parse_key_values(values: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_data_sids(args: argparse.Namespace) -> int:
-    """``recgym data sids NAME --out FILE``: semantic IDs from item text (agents.encoders)."""
-    from agents.encoders import build_sids_for_dataset
+    """``recgym data sids NAME --out FILE``: semantic IDs from item text (agents.model.encoders)."""
+    from agents.model.encoders import build_sids_for_dataset
     from recgym.data import registry
     from recgym.sids import MAX_SID_LEVELS
 
@@ -149,8 +149,8 @@ def _task_overrides(args: argparse.Namespace, *, from_scratch: bool = False) -> 
 def cmd_sft(args: argparse.Namespace) -> int:
     from agents.build import adapter_record, build_policy, make_task, write_json
     from agents.configs import AdapterConfig
-    from agents.evaluate import evaluate
-    from agents.sft import SFTConfig, train_sft
+    from agents.training.evaluate import evaluate
+    from agents.training.sft import SFTConfig, train_sft
     from recgym.metrics import format_table
 
     config = build_config(SFTConfig, args, exclude=SFT_SHARED, seed=args.seed)
@@ -181,18 +181,18 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.adapters import apply_adapters
+    from agents.bench.plots import plot_training_curves
     from agents.build import adapter_record, build_policy, make_task, subset_sampler, write_json
     from agents.configs import AdapterConfig
-    from agents.evaluate import evaluate
     from agents.learners import make_learner
-    from agents.plots import plot_training_curves
-    from agents.policy import LLMPolicy
+    from agents.model.adapters import apply_adapters
+    from agents.model.policy import LLMPolicy
     from agents.recipes import get_recipe
-    from agents.rl import RLConfig, train_rl
-    from agents.runs import DivergedError, check_run_folder, run_fingerprint
-    from agents.sft import SFTConfig, train_sft
-    from agents.tracking import MetricLogger
+    from agents.training.evaluate import evaluate
+    from agents.training.rl import RLConfig, train_rl
+    from agents.training.runs import DivergedError, check_run_folder, run_fingerprint
+    from agents.training.sft import SFTConfig, train_sft
+    from agents.training.tracking import MetricLogger
     from recgym.metrics import format_table
 
     # Every setting is checked before anything is loaded or trained.
@@ -295,9 +295,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from agents.build import make_task, write_json
-    from agents.evaluate import select_rows
     from agents.minirec import run_selection
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import select_rows
 
     # Every setting (argparse checked each one's range) and the output file, before anything loads.
     _check_output_file(args.out)
@@ -349,8 +349,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record: dict[str, Any] = {}  # what the --out file records besides env, split, agent and metrics
     if args.policy:
         _torch_on(args.device)
-        from agents.evaluate import evaluate
-        from agents.policy import LLMPolicy
+        from agents.model.policy import LLMPolicy
+        from agents.training.evaluate import evaluate
 
         policy = LLMPolicy.from_pretrained(args.policy, device=args.device)
         task = make_task(args.env, args.split, overrides, tokenizer=policy.items,
@@ -360,7 +360,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.model:  # zero-shot: the causal LM as it is, on the env's prompts (the bench's zero_shot row)
         _torch_on(args.device)
         from agents.build import build_policy
-        from agents.evaluate import evaluate
+        from agents.training.evaluate import evaluate
 
         task = make_task(args.env, args.split, overrides, tokenizer=args.model,
                          source=f"--model {args.model}")
@@ -371,7 +371,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
     else:
         from agents.baselines import make_ranker
-        from agents.evaluate import evaluate_ranker
+        from agents.training.evaluate import evaluate_ranker
         from recgym.data import load
 
         name = dataset_name(args.env, overrides)
@@ -392,7 +392,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agents import bench
+    from agents.bench import runner as bench
     from agents.cli_options import config_values
 
     knobs = config_values(bench.BenchPreset, args, only=BENCH_KNOBS, skip_none=True)
@@ -480,8 +480,8 @@ def _locked_out(args: argparse.Namespace, outputs: Sequence[str]) -> Iterator[No
 
     Under ``torchrun`` rank 0 alone locks and clears; a failure there stops every rank.
     """
-    from agents import distributed as dist
-    from agents.runs import lock_on_main
+    from agents.parallel import distributed as dist
+    from agents.training.runs import lock_on_main
 
     with lock_on_main(args.out) as main:
         with dist.on_main(f"clearing {args.out}"):
@@ -493,7 +493,7 @@ def _locked_out(args: argparse.Namespace, outputs: Sequence[str]) -> Iterator[No
 
 def _is_main() -> bool:
     """Whether this process prints tables and writes results (always, unless a non-zero torchrun rank)."""
-    from agents import distributed as dist
+    from agents.parallel import distributed as dist
 
     return dist.is_main()
 
@@ -720,7 +720,7 @@ def _bench_preset(bench: Any, args: argparse.Namespace, overrides: dict[str, Any
 
 def _uses_riser_group(agents_text: str, rollouts: int) -> bool:
     """Whether an agent of ``--agents`` draws its group size from the preset's ``riser_group``."""
-    from agents.bench import BEAM_SUFFIX, SUBSET_SUFFIX
+    from agents.bench.runner import BEAM_SUFFIX, SUBSET_SUFFIX
     from agents.learners import budget_settings, learner_names
     from agents.recipes import get_recipe, recipe_names
 
@@ -746,7 +746,7 @@ def _existing_file(text: str) -> str:
 
 def _policy_folder(text: str) -> str:
     """argparse type: a folder written by ``LLMPolicy.save_pretrained``."""
-    from agents.policy import POLICY_CONFIG
+    from agents.model.policy import POLICY_CONFIG
 
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {text}")
@@ -807,7 +807,7 @@ MIN_VOCAB_SIZE = 257  # recgym.items.MIN_VOCAB_SIZE (not imported: the CLI start
 
 def build_parser() -> argparse.ArgumentParser:
     from agents.baselines import ranker_names
-    from agents.bench import PRESETS, BenchPreset
+    from agents.bench.runner import PRESETS, BenchPreset
     from agents.configs import MODEL_PRESETS, AdapterConfig, RLConfig, SFTConfig
     from agents.learners import learner_names
     from agents.learners.base import ROLLOUT_MODES
@@ -860,7 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_arguments(sft)
     model_arguments(sft)
     add_config_arguments(sft.add_argument_group(ADAPTER_GROUP), AdapterConfig)
-    add_config_arguments(sft.add_argument_group("SFT (agents.sft.SFTConfig)"), SFTConfig, exclude=SFT_SHARED)
+    add_config_arguments(sft.add_argument_group("SFT (agents.training.sft.SFTConfig)"), SFTConfig,
+                         exclude=SFT_SHARED)
     sft.add_argument("--test-requests", type=_positive_int, default=None, help="test on a seeded sample")
     sft.add_argument("--test-beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     sft.add_argument("--out", default="runs/sft", help="run folder (logs, checkpoints, results.json)")
@@ -883,11 +884,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a policy folder to start RL from (skips SFT), e.g. runs/x/sft/best")
     model_arguments(tr)
     add_config_arguments(tr.add_argument_group(ADAPTER_GROUP), AdapterConfig)
-    add_config_arguments(tr.add_argument_group("SFT stage (agents.sft.SFTConfig)"), SFTConfig, prefix="sft",
+    add_config_arguments(tr.add_argument_group("SFT stage (agents.training.sft.SFTConfig)"), SFTConfig,
+                         prefix="sft",
                          only=TRAIN_SFT, renames=TRAIN_SFT_RENAMES, defaults=TRAIN_SFT_DEFAULTS)
     next(a for a in tr._actions if a.dest == "sft_max_steps").help = (
         f"stop SFT after this many steps (0: every epoch) (default: {TRAIN_SFT_DEFAULTS['max_steps']})")
-    add_config_arguments(tr.add_argument_group("RL (agents.rl.RLConfig)"), RLConfig, exclude=RL_EXCLUDE)
+    add_config_arguments(tr.add_argument_group("RL (agents.training.rl.RLConfig)"), RLConfig,
+                         exclude=RL_EXCLUDE)
     tr.add_argument("--group-size", type=_positive_int, help="n, rollouts per request in a group")
     tr.add_argument("--oversample", type=_positive_int, help="RISER's m, rollouts before de-duplication")
     tr.add_argument("--rollout", choices=ROLLOUT_MODES,
@@ -1006,7 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     and the libraries' own progress bars and deprecation notices are silenced (ours stay).
 
     Under ``torchrun --nproc-per-node N -m agents.cli sft|train|eval ...`` every process joins the
-    process group (:mod:`agents.distributed`): training and evaluation are data-parallel, rank 0
+    process group (:mod:`agents.parallel.distributed`): training and evaluation are data-parallel, rank 0
     alone prints tables and writes files, and a rank that fails stops the others; the other commands
     run in one process and refuse a launch of several.
 
@@ -1022,8 +1025,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"recgym: error: {err}", file=sys.stderr)
         return 2
-    from agents.pretrained import MissingModelPackageError
-    from agents.runs import RunError
+    from agents.model.pretrained import MissingModelPackageError
+    from agents.training.runs import RunError
     from recgym.data.download import DownloadError
 
     args = build_parser().parse_args(argv)
@@ -1035,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     distributed_errors: tuple[type[Exception], ...] = ()
     if launched:
-        from agents.distributed import DistributedError
+        from agents.parallel.distributed import DistributedError
 
         distributed_errors = (DistributedError,)
     with _quiet_libraries(args.command != "data"):
@@ -1054,7 +1057,7 @@ def _run(args: argparse.Namespace, launched: bool) -> int:
     """The command; under torchrun inside the process group, a failing rank stopping its peers."""
     if not launched:
         return args.func(args)
-    from agents import distributed as dist
+    from agents.parallel import distributed as dist
 
     dist.init()
     try:

@@ -44,7 +44,7 @@ def field_docs(cls: type) -> dict[str, str]:
     distinct help texts); a legacy ``a, b: text`` line still gives the text to each name.
 
     Example:
-        >>> from agents.rl import RLConfig
+        >>> from agents.training.rl import RLConfig
         >>> field_docs(RLConfig)["steps"]
         'batches of rollouts (one per step).'
     """

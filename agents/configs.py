@@ -111,10 +111,10 @@ class SFTConfig:
         seed: shuffling and initialisation seed.
         progress: show progress bars.
         fsdp: under torchrun, shard the decoder blocks' weights, gradients and AdamW states over the
-            processes (FSDP2, agents.fsdp; embeddings and output layer stay replicated); no effect in
+            processes (FSDP2, agents.parallel.fsdp; embeddings and output layer stay replicated); no effect in
             one process; not with adapters.
         dropout: SFT-time dropout on the embeddings and both residual branches of every decoder
-            block (agents.training.hidden_dropout; SASRec and TIGER use 0.1-0.5); 0: none. Never
+            block (agents.training.loop.hidden_dropout; SASRec and TIGER use 0.1-0.5); 0: none. Never
             applied in RL, rollouts or evaluation.
         level: what a batch holds: request (rows of the split, one prompt-plus-target forward each),
             sequence (windows of users' item sequences, one forward teaching every item in it; needs
@@ -178,7 +178,7 @@ class RLConfig:
         progress: progress bars.
         env_id: the registered env whose ``vector_entry_point`` builds the rollout envs.
         fsdp: under torchrun, shard the decoder blocks' weights, gradients and AdamW states over the
-            processes (FSDP2, agents.fsdp; embeddings and output layer stay replicated); no effect in
+            processes (FSDP2, agents.parallel.fsdp; embeddings and output layer stay replicated); no effect in
             one process; not with adapters.
     """
 
@@ -209,7 +209,7 @@ class RLConfig:
             raise ConfigError("env_id", self.env_id, "must be a registered env id")
 
 
-# -- adapters (agents.adapters applies them) ------------------------------------------------------
+# -- adapters (agents.model.adapters applies them) ------------------------------------------------------
 
 LORA_TARGETS = "all-linear"
 EMBEDDINGS = ("none", "new", "all")

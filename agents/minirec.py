@@ -105,7 +105,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from agents.learners.base import group_advantages
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.model.policy import LLMPolicy, make_rollout_env
 from recgym.envs.task import RecGenTask
 
 
@@ -632,7 +632,7 @@ def curriculum(
 
 
 class CurriculumSampler:
-    """A request sampler for :func:`agents.rl.train_rl` that walks a fixed order, batch by batch,
+    """A request sampler for :func:`agents.training.rl.train_rl` that walks a fixed order, batch by batch,
     starting over after the last request (each pass repeats the curriculum).
 
     Example:
@@ -688,7 +688,7 @@ def train_proxy(
     ``policy`` (``copy.deepcopy``: the caller's policy does not change; memory for a second model
     is needed), draws ``samples`` rows of ``pool`` (default: every request of ``task``) with
     ``numpy.random.default_rng(seed)``, and trains the copy for ``steps`` steps through
-    :func:`agents.rl.train_rl`, without validation, with ``GRPO`` at its defaults but for the clip:
+    :func:`agents.training.rl.train_rl`, without validation, with ``GRPO`` at its defaults but for the clip:
     ``group_size`` rollouts per request at temperature 1 with the env's reward, A_i = (r_i - mean r)
     / (std r + 1e-4), ratio clip 0.2 / 0.28, a k3 KL to a frozen copy of the start with beta = 1e-3
     (so a reference model is kept too), the per-sequence mean of token losses
@@ -702,7 +702,7 @@ def train_proxy(
         >>> # sel = run_selection(proxy, train_task, pool, "minirec", 1024, proxy_steps=0)
     """
     from agents.learners import make_learner
-    from agents.rl import EpochSampler, RLConfig, train_rl
+    from agents.training.rl import EpochSampler, RLConfig, train_rl
 
     if steps < 0:
         raise ValueError(f"train_proxy: steps={steps} must be >= 0 (0: no RL, the policy as is)")
@@ -792,7 +792,7 @@ def run_selection(
     and R), and each part is timed. ``use_curriculum`` (default: on for MiniRec) orders the
     picks by :func:`curriculum` (folds of ``group``, shuffled with ``curriculum_seed``). Returns
     a JSON-ready dict whose ``order`` (task rows, training order) :class:`CurriculumSampler` walks;
-    its ``dataset`` and ``catalogue`` (:func:`~agents.runs.catalogue_fingerprint`) say what the
+    its ``dataset`` and ``catalogue`` (:func:`~agents.training.runs.catalogue_fingerprint`) say what the
     rows index, so that training on another catalogue refuses it (:func:`agents.build.load_subset`).
 
     Example:
@@ -801,7 +801,7 @@ def run_selection(
     """
     import time
 
-    from agents.runs import catalogue_fingerprint
+    from agents.training.runs import catalogue_fingerprint
 
     pool = np.asarray(pool, dtype=np.int64)
     check_selection_settings(task, len(pool), size, rollouts=rollouts, alpha=alpha, mu=mu, sigma=sigma,

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import agents.policy as policy_module
+import agents.model.beam
+import agents.model.policy
+import agents.model.scoring
 from agents.build import build_policy, make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def baseline_beam_batch(rev: str) -> Any:
     """``LLMPolicy._beam_batch`` as it was at git revision ``rev`` (a function to bind as a method)."""
-    source = subprocess.run(["git", "show", f"{rev}:agents/policy.py"], cwd=ROOT, check=True,
+    source = subprocess.run(["git", "show", f"{rev}:agents/policy.py"], cwd=ROOT, check=True,  # its path then
                             capture_output=True, text=True).stdout
     start = source.index("    def _beam_batch(")
     end = source.index("    # -- teacher forcing")
-    namespace = dict(vars(policy_module))
+    namespace = {**vars(agents.model.scoring), **vars(agents.model.beam),  # the names it used, now in
+                 **vars(agents.model.policy)}                               # three modules
     exec(textwrap.dedent(source[start:end]), namespace)  # noqa: S102 - our own file at a known revision
     return namespace["_beam_batch"]
 

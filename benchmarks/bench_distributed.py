@@ -2,7 +2,7 @@
 
 Same work in both: the synthetic env, the ``tiny`` model, RISER steps on the same global batch of
 ``--requests`` requests (``--minibatches`` optimizer steps each; under torchrun each rank rolls out
-its share of every minibatch, :mod:`agents.distributed`), then an evaluation of ``--eval-requests``
+its share of every minibatch, :mod:`agents.parallel.distributed`), then an evaluation of ``--eval-requests``
 test requests by constrained beam search (sharded by whole batches). Reports seconds per RL step
 and per evaluated request, and writes ``benchmarks/results/distributed.json``.
 
@@ -47,16 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents import distributed as dist  # noqa: E402
-from agents.policy import BUCKET_PADDING, length_buckets  # noqa: E402  (the policy's default)
+from agents.model.policy import BUCKET_PADDING, length_buckets  # noqa: E402  (the policy's default)
 
 
 def worker(args: argparse.Namespace) -> None:
     """One configuration: evaluate the starting policy, then ``--steps`` RL steps after a warm-up step."""
     from agents.configs import RLConfig
-    from agents.evaluate import evaluate
     from agents.learners import make_learner
-    from agents.policy import LLMPolicy
-    from agents.rl import train_rl
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import evaluate
+    from agents.training.rl import train_rl
     from recgym.envs import RecGenTask
 
     torch.set_num_threads(args.threads)
@@ -190,7 +190,8 @@ ASSUMED: dict[str, Any] = {
     "grad_bytes_per_param": 2,
     "grad_note": "bf16 gradients (LLMPolicy runs in bf16 on CUDA); fp32 gradients double the all-reduce "
                  "(given too)",
-    "allreduce_overlap": "none: agents.distributed.sum_gradients all-reduces flat buckets after backward",
+    "allreduce_overlap": "none: agents.parallel.distributed.sum_gradients all-reduces flat buckets after "
+                         "backward",
     "optimizer_bytes_per_param": 16,
     "optimizer_note": "AdamW + clipping read and write bf16 weights, gradients and both moments "
                       "(memory-bound); every rank updates every weight (no ZeRO) unless --fsdp",
@@ -428,9 +429,9 @@ def flop_check(sizes: dict[str, int], vocab: int, *, sft_rows: int = 8, requests
 
     from agents.configs import RLConfig
     from agents.learners import make_learner
-    from agents.policy import LLMPolicy, make_rollout_env
-    from agents.rl import update
-    from agents.sft import sft_loss
+    from agents.model.policy import LLMPolicy, make_rollout_env
+    from agents.training.rl import update
+    from agents.training.sft import sft_loss
     from recgym.envs import RecGenTask
 
     task = RecGenTask("synthetic", split="train", representation="title", vocab_size=600,
@@ -552,7 +553,7 @@ def flop_check(sizes: dict[str, int], vocab: int, *, sft_rows: int = 8, requests
 
 def dispatch_seconds(items: Any, layers: int, steps: int = 20, repeats: int = 5) -> float:
     """Seconds of one decode forward (1 row, 1 token) of a d=64 Qwen2 of ``layers`` blocks: its dispatch."""
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
 
     policy = LLMPolicy.from_config({"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": layers,
                                     "num_attention_heads": 4, "num_key_value_heads": 2}, items, device="cpu")
@@ -574,10 +575,10 @@ def tiny_rl_step() -> dict[str, Any]:
     """The workload of ``distributed.json`` (tiny model, RISER 8 of 10, 16 requests, 2 minibatches; beam-20
     evaluation in batches of 16): FLOPs and forwards per step counted, and seconds timed on this thread."""
     from agents.configs import RLConfig
-    from agents.evaluate import evaluate
     from agents.learners import make_learner
-    from agents.policy import LLMPolicy
-    from agents.rl import train_rl
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import evaluate
+    from agents.training.rl import train_rl
     from recgym.envs import RecGenTask
 
     kwargs = {"num_items": 300, "num_users": 400}
@@ -887,7 +888,7 @@ def paper_estimate() -> None:
     """Count, check, measure, estimate; write the JSON and the README excerpt."""
     from transformers import Qwen2Config
 
-    from agents.bench import PRESETS
+    from agents.bench.runner import PRESETS
     from recgym.envs import RecGenTask
 
     torch.manual_seed(0)

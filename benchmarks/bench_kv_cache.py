@@ -1,4 +1,4 @@
-"""Decoding KV caches side by side, on the same policy and prompts (``agents.kvcache``).
+"""Decoding KV caches side by side, on the same policy and prompts (``agents.model.kvcache``).
 
 Three arms of ``LLMPolicy.rollout`` and ``LLMPolicy.beam_search``:
 
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from bench_policy import gemm_peak, rollout_flops, title_policy
 
-import agents.policy
-from agents.policy import make_rollout_env
+import agents.model.policy
+from agents.model.policy import make_rollout_env
 
 
 def main() -> None:
@@ -70,7 +70,8 @@ def main() -> None:
             policy.shared_prefix = shared
             if not concat:
                 return fn()
-            with mock.patch.object(agents.policy, "reserved_cache", lambda room: None):  # the model's own
+            no_room = mock.patch.object(agents.model.policy, "reserved_cache", lambda room: None)
+            with no_room:  # the model's own
                 return fn()
         return run
 

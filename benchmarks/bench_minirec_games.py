@@ -42,15 +42,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agents.bench_report import machine_info  # noqa: E402
+from agents.bench.report import machine_info  # noqa: E402
 from agents.build import make_task  # noqa: E402
 from agents.cli import parse_key_values  # noqa: E402
-from agents.evaluate import evaluate, select_rows  # noqa: E402
 from agents.learners import make_learner  # noqa: E402
 from agents.minirec import CurriculumSampler, proxy_rollouts, run_selection  # noqa: E402
-from agents.policy import LLMPolicy  # noqa: E402
-from agents.rl import EpochSampler, RLConfig, train_rl  # noqa: E402
-from agents.tracking import write_atomically  # noqa: E402
+from agents.model.policy import LLMPolicy  # noqa: E402
+from agents.training.evaluate import evaluate, select_rows  # noqa: E402
+from agents.training.rl import EpochSampler, RLConfig, train_rl  # noqa: E402
+from agents.training.tracking import write_atomically  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 
 METRICS = ("HR@10", "NDCG@10", "reward")

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.bench_report import machine_info
+from agents.bench.report import machine_info
 from agents.build import make_task, parse_key_values
-from agents.evaluate import select_rows
 from agents.minirec import GradientProjector, hidden_directions, proxy_rollouts
-from agents.policy import LLMPolicy
-from agents.tracking import write_atomically
+from agents.model.policy import LLMPolicy
+from agents.training.evaluate import select_rows
+from agents.training.tracking import write_atomically
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.model.policy import LLMPolicy, make_rollout_env
 from recgym.envs import RecGenTask
 
 QWEN2_VOCAB = 151_936

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from agents.checkpoint import load_weights
-from agents.evaluate import evaluate
+from agents.bench.plots import plot_training_curves
 from agents.learners import make_learner
-from agents.plots import plot_training_curves
-from agents.policy import LLMPolicy
-from agents.rl import RLConfig, train_rl
-from agents.tracking import MetricLogger
+from agents.model.policy import LLMPolicy
+from agents.training.checkpoint import load_weights
+from agents.training.evaluate import evaluate
+from agents.training.rl import RLConfig, train_rl
+from agents.training.tracking import MetricLogger
 from recgym.envs import RecGenTask
 from recgym.metrics import format_table
 

@@ -28,9 +28,9 @@ from bench_classic_games import evaluate as rank_and_score  # noqa: E402
 
 from agents.baselines import PopularityRecommender  # noqa: E402
 from agents.baselines.sasrec import SASRecRecommender  # noqa: E402
-from agents.evaluate import evaluate, evaluate_ranker  # noqa: E402
-from agents.policy import LLMPolicy  # noqa: E402
-from agents.sft import SFTConfig, train_sft  # noqa: E402
+from agents.model.policy import LLMPolicy  # noqa: E402
+from agents.training.evaluate import evaluate, evaluate_ranker  # noqa: E402
+from agents.training.sft import SFTConfig, train_sft  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_sft_games import CONFIGS, SIZES, build_run, curve_of  # noqa: E402
 
 from agents.baselines import PopularityRecommender  # noqa: E402
-from agents.evaluate import evaluate, evaluate_ranker  # noqa: E402
-from agents.policy import LLMPolicy, make_rollout_env  # noqa: E402
-from agents.sft import train_sft  # noqa: E402
+from agents.model.policy import LLMPolicy, make_rollout_env  # noqa: E402
+from agents.training.evaluate import evaluate, evaluate_ranker  # noqa: E402
+from agents.training.sft import train_sft  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.metrics import format_table  # noqa: E402
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.policy import LLMPolicy
-from agents.sft import SFTObjective, sft_objective
+from agents.model.policy import LLMPolicy
+from agents.training.sft import SFTObjective, sft_objective
 from recgym.envs import RecGenTask
 
 

@@ -7,7 +7,7 @@ For ``office-d3`` and ``industrial-d3`` in the shared data folder:
   (RQ on Qwen embeddings of title + description), in MiniOneRec's item-id space.
 * **random**: uniform codes, 3 levels x 256 (the shape of theirs and of our levels before
   collision handling).
-* **ours**: :func:`agents.encoders.build_sids_for_dataset`'s steps on the D3 catalogue, for
+* **ours**: :func:`agents.model.encoders.build_sids_for_dataset`'s steps on the D3 catalogue, for
   text = title, or title + MiniOneRec's description (``<Cat>.item.json``, bridged to D3 ids; texts
   cut at ``--desc-max-length`` tokens), RQ-KMeans plain or balanced, collisions by an extra level
   (TIGER) or Sinkhorn (LETTER / MiniOneRec). 3 levels x 256 codes, seed 0.
@@ -24,8 +24,8 @@ text space). MiniOneRec's ids are bridged to D3 ids by aligning the rows of the 
 every method; encoding is timed separately (and cached).
 
 **HR / NDCG** (``--train``): a tiny Qwen2-architecture policy (``LLMPolicy.from_config("tiny")``)
-fine-tuned with :func:`agents.sft.train_sft` on the valid split (the published D3 data has no
-train split) and scored with :func:`agents.evaluate.evaluate` on the test split, once per SID set
+fine-tuned with :func:`agents.training.sft.train_sft` on the valid split (the published D3 data has no
+train split) and scored with :func:`agents.training.evaluate.evaluate` on the test split, once per SID set
 (random + extra level; theirs bridged to D3 ids, plus an extra level for their few collisions;
 ours from titles, plain and balanced, Sinkhorn de-collision). Small sizes; run with OMP_NUM_THREADS=1.
 
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.encoders import embed_texts, item_texts, item_texts_from_json, load_encoder
+from agents.model.encoders import embed_texts, item_texts, item_texts_from_json, load_encoder
 from recgym.data import Catalogue, Dataset, read_d3
 from recgym.sids import build_sid_index, extra_level, random_sids, read_sid_index, sid_stats, with_sid_index
 
@@ -270,9 +270,9 @@ def run_training(ds: Dataset, sets: dict[str, np.ndarray], args: argparse.Namesp
     import torch
 
     from agents.configs import SFTConfig
-    from agents.evaluate import evaluate
-    from agents.policy import LLMPolicy
-    from agents.sft import train_sft
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import evaluate
+    from agents.training.sft import train_sft
     from recgym.envs import RecGenTask
 
     torch.manual_seed(0)

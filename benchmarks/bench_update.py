@@ -32,7 +32,7 @@ from bench_policy import title_policy  # the same policies as the rollout / beam
 
 from agents.learners.base import group_advantages
 from agents.learners.grpo import aggregate, clipped_token_loss
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.model.policy import LLMPolicy, make_rollout_env
 
 
 def grpo_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, total: int,

@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from agents.bench_report import merge_results, write_report
+from agents.bench.report import merge_results, write_report
 from agents.build import json_text
-from agents.tracking import write_atomically
+from agents.training.tracking import write_atomically
 
 
 def main() -> None:

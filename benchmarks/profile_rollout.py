@@ -25,7 +25,7 @@ import torch
 from bench_policy import gemm_peak, title_policy
 from torch.profiler import ProfilerActivity, profile
 
-from agents.policy import make_rollout_env
+from agents.model.policy import make_rollout_env
 
 # aten operators by what they do in a decoding step (self time; anything else is "other").
 CATEGORIES = {

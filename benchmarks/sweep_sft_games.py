@@ -1,7 +1,7 @@
 """Sweep of from-scratch SFT recipes on real Games (LC-Rec SIDs): quality per wall-minute on this CPU.
 
 Each configuration trains a fresh Qwen2-architecture model with the project's own SFT
-(:func:`agents.sft.train_sft`: compact prompt, sequence level unless a config says otherwise),
+(:func:`agents.training.sft.train_sft`: compact prompt, sequence level unless a config says otherwise),
 validates NDCG@10 on a seeded sample of the valid split (beam 20) every ``--evals-per-epoch``
 fraction of an epoch with early stopping, and records the curve (valid NDCG@10 against training
 seconds, validation time excluded) and the steps per second. Runs live in ``--runs/<name>`` and
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from agents.configs import MODEL_PRESETS
-from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, SFTObjective, sft_objective, train_sft
-from agents.tracking import MetricLogger, write_atomically
+from agents.model.policy import LLMPolicy
+from agents.training.sft import SFTConfig, SFTObjective, sft_objective, train_sft
+from agents.training.tracking import MetricLogger, write_atomically
 from recgym.data import load
 from recgym.envs import RecGenTask
 from recgym.sids import with_sid_index

@@ -14,7 +14,7 @@ batches' mean reward, so A_i does not depend on y_i's own reward):
     b  <- decay * b + (1 - decay) * mean_i r_i          (after each batch; b = first batch's mean)
 
 The training loop (request sampling, optimizer, validation, checkpoints, logging) is
-:func:`agents.rl.train_rl`'s; only the batch and the loss are written here. (The baseline is not
+:func:`agents.training.rl.train_rl`'s; only the batch and the loss are written here. (The baseline is not
 part of the checkpoint, so a resumed run restarts it.)
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from agents.learners import Learner, RLBatch, learner_names, masked_mean, register_learner
-from agents.policy import LLMPolicy, Rollout
+from agents.model.policy import LLMPolicy, Rollout
 
 
 @dataclass

@@ -22,7 +22,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     from trl import GRPOConfig
 
     from agents.integrations.trl import ConstrainedGRPOTrainer, RecGymReward, prompt_dataset
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
     from recgym.data import make_synthetic
     from recgym.envs import RecGenTask
 

@@ -7,7 +7,7 @@ to back, each as the exact tokens a model writes for it (ending with the end-of-
 only separator), after one end token that opens the prompt. That is the prompt for models trained
 from scratch (a fresh model gains nothing from an instruction, and every prompt token is compute),
 and the one under which a user's whole sequence is one forward that teaches every position
-(:mod:`agents.sft`'s sequence level). All are plain dataclasses: copy one with
+(:mod:`agents.training.sft`'s sequence level). All are plain dataclasses: copy one with
 :func:`dataclasses.replace` to override any part.
 """
 

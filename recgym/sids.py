@@ -3,7 +3,7 @@ LC-Rec ``index.json`` files, and applying such a file to a :class:`~recgym.data.
 
 An item's SID is a short code path ``(c_1, ..., c_L)``, written ``<a_c1><b_c2>...`` (the LC-Rec /
 MiniOneRec token format). :func:`build_sid_index` makes one from item embeddings (numpy only; the
-text encoders live in :mod:`agents.encoders`):
+text encoders live in :mod:`agents.model.encoders`):
 
 1. **RQ-KMeans** (:func:`residual_kmeans`): level 1 is k-means on the embeddings, level l on the
    residuals left by levels 1..l-1 (``r_l = r_{l-1} - C_{l-1}[c_{l-1}]``), L levels of K codes.
@@ -631,7 +631,7 @@ def build_sid_index(
     """Semantic IDs for N items from their embeddings (N, d): RQ-KMeans, then collision handling.
 
     Args:
-        embeddings: one row per item, item id = row (e.g. from :func:`agents.encoders.embed_texts`).
+        embeddings: one row per item, item id = row (e.g. from :func:`agents.model.encoders.embed_texts`).
         out: when given, the LC-Rec ``index.json`` to write (atomically), with the report beside it
             (:func:`sid_report_path`).
         levels, codes: L levels of K codes (an int, or one int per level). MiniOneRec: 3 x 256.
@@ -782,7 +782,8 @@ def read_sid_index(path: PathLike, num_items: int | None = None) -> np.ndarray:
         index = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: SID index file not found (build one with "
-                                "agents.encoders.build_sids_for_dataset or `recgym data sids`)") from None
+                                "agents.model.encoders.build_sids_for_dataset or `recgym data sids`)"
+                                ) from None
     except json.JSONDecodeError as err:
         raise DataFormatError(path, f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})",
                               line=err.lineno) from err

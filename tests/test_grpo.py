@@ -4,7 +4,7 @@ import torch
 
 from agents.learners.base import group_advantages
 from agents.learners.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, k3_kl
-from agents.policy import make_rollout_env
+from agents.model.policy import make_rollout_env
 
 
 def test_group_advantages_by_hand():

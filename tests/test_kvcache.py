@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from agents.kvcache import reserved_cache, shared_prefix_cache, supports_shared_prefix
-from agents.policy import LLMPolicy, make_rollout_env
+from agents.model.kvcache import reserved_cache, shared_prefix_cache, supports_shared_prefix
+from agents.model.policy import LLMPolicy, make_rollout_env
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 

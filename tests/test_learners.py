@@ -9,10 +9,10 @@ import torch
 from agents.configs import RLConfig
 from agents.learners import make_learner
 from agents.learners.grpo import GRPOConfig
-from agents.policy import make_rollout_env
-from agents.rl import train_rl
-from agents.runs import run_fingerprint
-from agents.tracking import MetricLogger
+from agents.model.policy import make_rollout_env
+from agents.training.rl import train_rl
+from agents.training.runs import run_fingerprint
+from agents.training.tracking import MetricLogger
 
 ROWS = np.array([0, 3, 7, 11])
 
@@ -85,7 +85,7 @@ def test_rollout_settings_are_checked_and_fingerprinted(tiny_sid):
 
 
 def test_the_loop_trains_on_the_learners_reward_and_logs_group_hit(tiny_sid, tmp_path, monkeypatch):
-    import agents.rl
+    import agents.training.rl
 
     task, policy = tiny_sid
     built = []
@@ -94,7 +94,7 @@ def test_the_loop_trains_on_the_learners_reward_and_logs_group_hit(tiny_sid, tmp
         built.append(reward_task.reward)
         return make_rollout_env(reward_task, num_envs, env_id)
 
-    monkeypatch.setattr(agents.rl, "make_rollout_env", spy)
+    monkeypatch.setattr(agents.training.rl, "make_rollout_env", spy)
     learner = make_learner("grpo", group_size=4, rollout="beam", reward="rank_discounted", beta=0.0)
     config = RLConfig(steps=2, requests_per_step=4, minibatches=1, progress=False)
     train_rl(copy.deepcopy(policy), learner, task, None, config, run_dir=tmp_path / "run")

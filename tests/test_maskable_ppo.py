@@ -5,8 +5,8 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.baselines.maskable_ppo import MaskablePPOAgent, MaskablePPOConfig, train_maskable_ppo
-from agents.evaluate import evaluate
-from agents.tracking import MetricLogger
+from agents.training.evaluate import evaluate
+from agents.training.tracking import MetricLogger
 from recgym.envs import RecGenTask
 from recgym.envs.sb3 import make_sb3_env
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy import LLMPolicy, length_buckets, make_rollout_env
+from agents.model.policy import LLMPolicy, length_buckets, make_rollout_env
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 

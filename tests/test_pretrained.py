@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents import pretrained
-from agents.pretrained import (
+from agents.model import pretrained
+from agents.model.pretrained import (
     MARKER,
     NAMED_MODELS,
     MissingModelPackageError,

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from agents.bench import PRESETS, _rl_config, parse_agents
+from agents.bench.runner import PRESETS, _rl_config, parse_agents
 from agents.configs import RLConfig
 from agents.learners import make_learner
-from agents.policy import make_rollout_env
+from agents.model.policy import make_rollout_env
 from agents.recipes import get_recipe, recipe_names
-from agents.rl import update
+from agents.training.rl import update
 
 
 def test_rere_is_rere_sh_and_minionerec_differs_only_in_batch():

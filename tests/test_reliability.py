@@ -17,10 +17,10 @@ import torch
 
 from agents.build import make_task
 from agents.cli import main
-from agents.evaluate import evaluate
-from agents.policy import LLMPolicy
-from agents.sft import SFTConfig, train_sft
-from agents.tracking import MetricLogger
+from agents.model.policy import LLMPolicy
+from agents.training.evaluate import evaluate
+from agents.training.sft import SFTConfig, train_sft
+from agents.training.tracking import MetricLogger
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 
@@ -120,7 +120,7 @@ def test_a_rerun_with_other_settings_is_refused_and_restart_starts_over(tmp_path
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "sft"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom agents.runs import RunLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom agents.training.runs import RunLock\n"
          f"RunLock({str(out)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -141,14 +141,14 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_take
 
 
 def test_resumed_steps_are_logged_once_and_a_torn_last_line_is_dropped(small, tmp_path, monkeypatch):
-    import agents.sft
+    import agents.training.sft
 
     train, valid = small
     cfg = SFTConfig(epochs=1, batch_size=16, max_steps=6, eval_every=3, eval_requests=10, beam=10, patience=0,
                     progress=False)
     run = tmp_path / "run"
     with monkeypatch.context() as m:  # killed during step 5: steps 1-4 logged, the checkpoint at 3
-        kill_after(m, agents.sft.SFTObjective, "loss", 4)
+        kill_after(m, agents.training.sft.SFTObjective, "loss", 4)
         with pytest.raises(Killed):
             policy = LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu")
             train_sft(policy, train, valid, cfg, run)
@@ -417,7 +417,7 @@ def test_a_damaged_policy_config_is_named(tmp_path, capsys):
 
 
 def test_damaged_caches_are_rebuilt_with_a_warning_and_damaged_policy_files_are_named(tmp_path, capsys):
-    from agents.encoders import TextEncoder, embed_texts
+    from agents.model.encoders import TextEncoder, embed_texts
     from recgym.data import DataWarning
 
     options = {"representation": "sid", "dataset_kwargs": {"num_items": 200, "num_users": 150}}
@@ -490,8 +490,8 @@ def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_che
     import errno
     from types import SimpleNamespace
 
-    import agents.checkpoint
-    from agents.checkpoint import load_trainer_state
+    import agents.training.checkpoint
+    from agents.training.checkpoint import load_trainer_state
 
     run = tmp_path / "sft"
     args = [*SFT, "--out", str(run)]
@@ -507,8 +507,9 @@ def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_che
             return real(obj, f, *a, **k)
 
         with monkeypatch.context() as m:
-            m.setattr(agents.checkpoint.torch, "save", full)
-            m.setattr(agents.checkpoint.shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, free=0))
+            m.setattr(agents.training.checkpoint.torch, "save", full)
+            m.setattr(agents.training.checkpoint.shutil, "disk_usage",
+                      lambda p: SimpleNamespace(total=10**9, free=0))
             code, err = cli([*args, "--restart"], capsys)
         assert code == 2, err
         assert f"no space left on {run}" in err and "Traceback" not in err, err

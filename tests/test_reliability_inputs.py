@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agents.cli import main
-from agents.policy import LLMPolicy
+from agents.model.policy import LLMPolicy
 from recgym.data import make_synthetic
 from recgym.data.dataset import Catalogue, Dataset
 from recgym.envs import RecGenTask
@@ -73,7 +73,7 @@ def policy_dir(tmp_path):
 
 
 def test_training_on_the_valid_split_validates_nothing_and_says_so(tmp_path, capsys):
-    from agents.tracking import MetricLogger
+    from agents.training.tracking import MetricLogger
 
     out = tmp_path / "sft"
     code, err = cli([*SFT, "--train-split", "valid", "--out", str(out)], capsys)
@@ -125,7 +125,7 @@ def test_a_non_finite_or_out_of_range_minirec_knob_is_refused_before_any_work(fl
 
 
 def test_items_that_share_a_title_are_warned_about_once_when_the_tree_is_built():
-    from agents.evaluate import evaluate
+    from agents.training.evaluate import evaluate
 
     base = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
     titles = list(base.catalogue.titles)
@@ -177,13 +177,13 @@ def test_sft_steps_zero_is_documented_and_negative_step_counts_are_refused(tmp_p
 
 def test_settings_and_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch, policy_dir):
     import agents.build
-    import agents.encoders
-    import agents.evaluate
     import agents.minirec
+    import agents.model.encoders
+    import agents.training.evaluate
 
-    no_work(monkeypatch, (agents.encoders, "_embed"), (agents.minirec, "train_proxy"),
-            (agents.minirec, "proxy_rollouts"), (agents.evaluate, "evaluate"),
-            (agents.evaluate, "evaluate_ranker"))
+    no_work(monkeypatch, (agents.model.encoders, "_embed"), (agents.minirec, "train_proxy"),
+            (agents.minirec, "proxy_rollouts"), (agents.training.evaluate, "evaluate"),
+            (agents.training.evaluate, "evaluate_ranker"))
     sids = ["data", "sids", "synthetic", "--set", "num_items=200", "--set", "num_users=150",
             "--out", str(tmp_path / "index.json")]
     for flag, value in (("--levels", "0"), ("--codes", "0"), ("--levels", "26"), ("--codes", "201")):
@@ -195,7 +195,7 @@ def test_settings_and_output_paths_are_checked_before_any_work(tmp_path, capsys,
     for settings, words in (({"levels": 0}, "levels=0"), ({"levels": 26}, "levels=26"),
                             ({"codes": 0}, "codes=0"), ({"codes": 61}, "codes=61")):
         with pytest.raises(ValueError, match=words):  # the library too, before encoding
-            agents.encoders.build_sids_for_dataset(small, tmp_path / "i.json", **settings)
+            agents.model.encoders.build_sids_for_dataset(small, tmp_path / "i.json", **settings)
     select = ["select", *SMALL, "--policy", str(policy_dir), "--method", "minirec"]
     for flag, value in (("--sigma", "-1"), ("--group", "0"), ("--rollouts", "0"), ("--size", "1000000")):
         code, err = cli([*select, f"{flag}={value}", "--out", str(tmp_path / "s.json")], capsys)
@@ -219,11 +219,11 @@ def test_settings_and_output_paths_are_checked_before_any_work(tmp_path, capsys,
 
 
 def test_messages_name_the_flag_not_the_python_argument(tmp_path, capsys, monkeypatch, policy_dir):
-    import agents.bench
+    import agents.bench.runner
     import agents.minirec
 
     no_work(monkeypatch, (agents.minirec, "train_proxy"), (agents.minirec, "proxy_rollouts"),
-            (agents.bench, "_run_bench"))
+            (agents.bench.runner, "_run_bench"))
     out = str(tmp_path / "s.json")
     select = ["select", *SMALL, "--policy", str(policy_dir)]
     for argv, flag, value, python in (
@@ -251,7 +251,7 @@ def test_messages_name_the_flag_not_the_python_argument(tmp_path, capsys, monkey
         seen["task"] = {**preset.task, **task_overrides}
         raise WorkStarted
 
-    monkeypatch.setattr(agents.bench, "_run_bench", capture)
+    monkeypatch.setattr(agents.bench.runner, "_run_bench", capture)
     with pytest.raises(WorkStarted):
         main(["bench", "--preset", "ci", "--dataset", "office-d3", "--agents", "popularity",
               "--out", str(tmp_path / "b")])
@@ -268,14 +268,15 @@ def test_messages_name_the_flag_not_the_python_argument(tmp_path, capsys, monkey
 def test_absurd_sizes_are_refused_before_any_work_naming_the_flag(tmp_path, capsys, monkeypatch, policy_dir):
     import time
 
-    import agents.bench
-    import agents.encoders
+    import agents.bench.runner
     import agents.minirec
-    import agents.rl
-    import agents.sft
+    import agents.model.encoders
+    import agents.training.rl
+    import agents.training.sft
 
-    no_work(monkeypatch, (agents.sft, "train_sft"), (agents.rl, "train_rl"), (agents.minirec, "train_proxy"),
-            (agents.minirec, "proxy_rollouts"), (agents.bench, "_run_bench"), (agents.encoders, "_embed"))
+    no_work(monkeypatch, (agents.training.sft, "train_sft"), (agents.training.rl, "train_rl"),
+            (agents.minirec, "train_proxy"), (agents.minirec, "proxy_rollouts"),
+            (agents.bench.runner, "_run_bench"), (agents.model.encoders, "_embed"))
     big = "1000000000"
     train = ["train", *SMALL, "--representation", "sid", "--out", str(tmp_path / "t")]
     for argv, flag in (
@@ -304,7 +305,7 @@ def test_absurd_sizes_are_refused_before_any_work_naming_the_flag(tmp_path, caps
 
 
 def test_a_bench_rerun_reuses_the_finished_tests_of_the_same_settings(tmp_path, monkeypatch):
-    import agents.bench
+    import agents.bench.runner
 
     out = tmp_path / "bench"
     small = ["bench", "--preset", "ci", "--agents", "popularity,sft,grpo", "--seeds", "0", "--sft-steps", "2",
@@ -313,7 +314,8 @@ def test_a_bench_rerun_reuses_the_finished_tests_of_the_same_settings(tmp_path, 
     assert main(small) == 0
     first = json.loads((out / "results.json").read_text())
     with monkeypatch.context() as m:  # the rerun tests nothing again: every record is reused
-        no_work(m, (agents.bench, "_test"), (agents.bench, "_run_classic"), (agents.bench, "_run_rl"))
+        runner = agents.bench.runner
+        no_work(m, (runner, "_test"), (runner, "_run_classic"), (runner, "_run_rl"))
         assert main(small) == 0
         again = json.loads((out / "results.json").read_text())
         for name in ("popularity", "sft", "grpo"):
@@ -323,6 +325,6 @@ def test_a_bench_rerun_reuses_the_finished_tests_of_the_same_settings(tmp_path, 
             main([*small, "--test-requests", "5"])
     # A rerun with --restart starts over and tests again.
     with monkeypatch.context() as m:
-        no_work(m, (agents.bench, "_run_classic"))
+        no_work(m, (agents.bench.runner, "_run_classic"))
         with pytest.raises(WorkStarted):
             main([*small, "--restart"])

@@ -10,7 +10,7 @@ from agents.learners.riser import (
     kl_cov_penalty,
     unique_group_selection,
 )
-from agents.policy import make_rollout_env
+from agents.model.policy import make_rollout_env
 from recgym.envs import RecGenTask
 from recgym.tree import PrefixTree
 

@@ -14,9 +14,9 @@ from agents.learners import (
     unregister_learner,
 )
 from agents.learners.riser import RISER, RISERConfig
-from agents.policy import LLMPolicy, make_rollout_env
-from agents.rl import EpochSampler, RLConfig, train_rl
-from agents.sft import SFTConfig, train_sft
+from agents.model.policy import LLMPolicy, make_rollout_env
+from agents.training.rl import EpochSampler, RLConfig, train_rl
+from agents.training.sft import SFTConfig, train_sft
 from recgym.data import make_synthetic
 from recgym.envs import RecGenTask
 
@@ -71,7 +71,7 @@ def _records(run):
 
 
 def test_resume_continues_exactly_and_logs_everything(data, tmp_path, monkeypatch):
-    import agents.rl
+    import agents.training.rl
 
     _, train, valid = data
     cfg = RLConfig(steps=4, requests_per_step=4, eval_every=2, eval_requests=20, beam=10, minibatches=2,
@@ -82,7 +82,7 @@ def test_resume_continues_exactly_and_logs_everything(data, tmp_path, monkeypatc
     # The same run, killed during step 4 (its checkpoint is at step 2, step 3 is logged), then rerun.
     with monkeypatch.context() as m:
         interrupted = [0]
-        real = agents.rl._train_step
+        real = agents.training.rl._train_step
 
         def killed_at_step_4(*args, **kwargs):
             interrupted[0] += 1
@@ -90,7 +90,7 @@ def test_resume_continues_exactly_and_logs_everything(data, tmp_path, monkeypatc
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        m.setattr(agents.rl, "_train_step", killed_at_step_4)
+        m.setattr(agents.training.rl, "_train_step", killed_at_step_4)
         with pytest.raises(KeyboardInterrupt):
             train_rl(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), learner, train, valid,
                      cfg, run_dir=tmp_path / "b")

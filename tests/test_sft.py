@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from agents.baselines import PopularityRecommender
-from agents.evaluate import evaluate, evaluate_ranker
-from agents.policy import LLMPolicy
-from agents.sft import SequenceObjective, SFTConfig, SFTObjective, sft_objective, train_sft
-from agents.training import hidden_dropout, warmup_cosine
+from agents.model.policy import LLMPolicy
+from agents.training.evaluate import evaluate, evaluate_ranker
+from agents.training.loop import hidden_dropout, warmup_cosine
+from agents.training.sft import SequenceObjective, SFTConfig, SFTObjective, sft_objective, train_sft
 from recgym.data import Examples, make_synthetic
 from recgym.envs import RecGenTask
 
@@ -58,7 +58,7 @@ def interrupt_after(monkeypatch, module, name, calls):
 
 
 def test_resume_continues_exactly(data, tmp_path, monkeypatch):
-    import agents.sft
+    import agents.training.sft
 
     ds, train, valid, _ = data
     cfg = SFTConfig(epochs=1, batch_size=64, max_steps=6, eval_every=3, eval_requests=20, beam=10,
@@ -67,7 +67,7 @@ def test_resume_continues_exactly(data, tmp_path, monkeypatch):
     train_sft(straight, train, valid, cfg, run_dir=tmp_path / "a")
     # The same run, killed during step 5 (its checkpoint is at step 3), then the same command again.
     with monkeypatch.context() as m:
-        interrupt_after(m, agents.sft.SFTObjective, "loss", 4)
+        interrupt_after(m, agents.training.sft.SFTObjective, "loss", 4)
         with pytest.raises(Interrupted):
             train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
                       run_dir=tmp_path / "b")
@@ -101,7 +101,7 @@ def test_sft_and_rl_optimise_the_same_full_vocabulary_objective():
     """By default SFT's loss is cross-entropy over the whole vocabulary, and RL's log-probs are the same."""
     from agents.learners import make_learner
     from agents.learners.base import RLBatch
-    from agents.sft import sft_loss
+    from agents.training.sft import sft_loss
 
     ds = make_synthetic(num_items=300, num_users=100, seed=0)
     task = RecGenTask(ds, split="train", representation="sid", vocab_size=400)
@@ -274,8 +274,8 @@ def test_hidden_dropout_acts_in_training_mode_inside_the_context_only(tiny_sid):
 
 
 def test_an_early_stopped_run_is_not_trained_further_when_rerun(data, tmp_path, monkeypatch):
-    import agents.sft
-    import agents.training
+    import agents.training.loop
+    import agents.training.sft
 
     _, train, valid, _ = data
     scores = iter([0.5, 0.4, 0.3, 0.2])  # valid NDCG@10 falls after the first validation
@@ -283,13 +283,13 @@ def test_an_early_stopped_run_is_not_trained_further_when_rerun(data, tmp_path, 
     def fake_evaluate(*args, **kwargs):
         return {"NDCG@10": next(scores), "HR@10": 0.0, "requests": 5}
 
-    monkeypatch.setattr(agents.training, "evaluate", fake_evaluate)
+    monkeypatch.setattr(agents.training.loop, "evaluate", fake_evaluate)
     cfg = SFTConfig(epochs=1, batch_size=16, max_steps=6, eval_every=1, eval_requests=5, beam=10,
                     patience=1, progress=False)
     first = train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
                       run_dir=tmp_path / "run")
     assert first["steps"] == 2 and first["best_step"] == 1  # stopped by patience, not by max_steps
-    interrupt_after(monkeypatch, agents.sft.SFTObjective, "loss", 0)  # any training step now fails
+    interrupt_after(monkeypatch, agents.training.sft.SFTObjective, "loss", 0)  # any training step now fails
     again = train_sft(LLMPolicy.from_config("tiny", train.items, seed=0, device="cpu"), train, valid, cfg,
                       run_dir=tmp_path / "run")
     assert again["steps"] == 2 and again["best_valid"] == 0.5

@@ -8,7 +8,7 @@ from agents.learners.simpo import (
     length_normalized_reward,
     simpo_loss,
 )
-from agents.policy import make_rollout_env
+from agents.model.policy import make_rollout_env
 
 
 def test_reward_and_loss_by_hand():

@@ -5,7 +5,7 @@ compact one-hot observations) over the train split's requests, for a budget of *
 episode = one sampled item = one rollout of the LLM learners), with Monte-Carlo returns
 (gamma = lambda = 1: an episode is a few tokens with one terminal reward). A callback logs, per
 PPO update, the rollout hit rate and the policy's entropy against episodes to ``metrics.jsonl``
-(the same keys as :func:`agents.rl.train_rl`), validates by beam search every
+(the same keys as :func:`agents.training.rl.train_rl`), validates by beam search every
 ``eval_every_episodes`` and keeps the best-on-valid weights.
 
 Evaluation: HR/NDCG@K need K distinct items per request, so :meth:`MaskablePPOAgent.beam_search`
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.tracking import MetricLogger
+from agents.training.tracking import MetricLogger
 from recgym.envs.sb3 import CompactObservation, make_sb3_env
 from recgym.envs.task import RecGenTask
 
@@ -188,7 +188,8 @@ class MaskablePPOAgent:
     def beam_search_rows(
         self, task: RecGenTask, rows: np.ndarray, *, width: int = 20, k: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`beam_search` for rows of ``task``'s split (what :func:`agents.evaluate.evaluate` calls)."""
+        """:meth:`beam_search` for rows of ``task``'s split (what
+        :func:`agents.training.evaluate.evaluate` calls)."""
         if task.tree.num_nodes != self.tree.num_nodes:
             raise ValueError("the task and the agent use different item tokenizations")
         ex = task.examples
@@ -220,7 +221,7 @@ def train_maskable_ppo(
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.evaluate import evaluate
+    from agents.training.evaluate import evaluate
 
     maskable_ppo = import_maskable_ppo()
     cfg = config or MaskablePPOConfig()

@@ -1,4 +1,4 @@
-"""The learner contract: what the RL loop (:func:`agents.rl.train_rl`) needs from a learner.
+"""The learner contract: what the RL loop (:func:`agents.training.rl.train_rl`) needs from a learner.
 
 A learner turns sampled rollouts into an :class:`RLBatch` (advantages, groups) and a batch into a
 scalar loss. This module imports no concrete learner; GRPO, SimPO, RISER and plug-ins subclass
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from agents.policy import LLMPolicy, Rollout
+from agents.model.policy import LLMPolicy, Rollout
 from recgym.envs.vector import RecGenVectorEnv
 
 # -- batches ----------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def beam_rollout(policy: LLMPolicy, envs: RecGenVectorEnv, rows: np.ndarray, wid
     """Groups of ``width`` from one constrained beam search per request, played through the env.
 
     The group of request ``rows[i]`` is the top ``width`` distinct items of one beam search of that
-    width under the reference scoring (:meth:`~agents.policy.LLMPolicy.beam_search`: full-vocabulary
+    width under the reference scoring (:meth:`~agents.model.policy.LLMPolicy.beam_search`: full-vocabulary
     log-softmax, disallowed tokens masked, no renormalisation), in beam order, as ReRe and
     MiniOneRec roll out. Each item's tokens are then stepped through ``envs`` (a group reset of
     ``width``, so beam j is rank j of the request's list): rewards, hits and ranks come from the env

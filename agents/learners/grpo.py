@@ -22,7 +22,7 @@ reference (beta = 1e-3, ReRe's value). Log-probs are the policy's objective (ful
 default). Asymmetric clipping (``clip_high > clip_low``) is DAPO's clip-higher. Token weights w_t
 (RISER's certainty mask) multiply l_t; the aggregation still divides by token counts.
 
-Under ``torchrun`` the counts are the global minibatch's (:func:`agents.distributed.global_sum`
+Under ``torchrun`` the counts are the global minibatch's (:func:`agents.parallel.distributed.global_sum`
 inside ``loss_sync``): each rank's loss is its share of the global loss.
 """
 
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents import distributed as dist
 from agents.learners.base import Learner, RLBatch, check_rollout_settings, group_advantages, masked_mean
-from agents.policy import LLMPolicy, Rollout
+from agents.model.policy import LLMPolicy, Rollout
+from agents.parallel import distributed as dist
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
@@ -118,7 +118,7 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_len: int) -> torch.Tensor:
     """Reduce per-token losses (B, T) over the real tokens ``mask`` as ``grpo``/``dapo``/``dr_grpo``.
 
-    Inside :func:`agents.distributed.loss_sync` the sequence and token counts are the global batch's
+    Inside :func:`agents.parallel.distributed.loss_sync` the sequence and token counts are the global batch's
     (every rank's rows), so the ranks' results sum to the global batch's loss.
 
     Example:

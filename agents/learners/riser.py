@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents import distributed as dist
 from agents.learners.base import RLBatch, first_in_group, masked_mean
 from agents.learners.grpo import GRPO, GRPOConfig
 from agents.learners.simpo import preference_loss
-from agents.policy import LLMPolicy, Rollout
+from agents.model.policy import LLMPolicy, Rollout
+from agents.parallel import distributed as dist
 from recgym.tree import TorchPrefixTree
 
 
@@ -138,8 +138,8 @@ def kl_cov_penalty(
     (verl's ``kl_cov`` count: k * N rounded down, at least one).
 
     Returns ``(penalty [B, T], selected [B, T] bool)``. Inside
-    :func:`agents.distributed.loss_sync` the means, N and the top-k run over the global batch's
-    tokens (every rank's, :func:`~agents.distributed.global_cat`); each rank keeps its own part.
+    :func:`agents.parallel.distributed.loss_sync` the means, N and the top-k run over the global batch's
+    tokens (every rank's, :func:`~agents.parallel.distributed.global_cat`); each rank keeps its own part.
 
     Example:
         >>> lp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]]); adv = torch.tensor([1.0, -1.0])

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents import distributed as dist
 from agents.learners.base import (
     Learner,
     RLBatch,
@@ -26,7 +25,8 @@ from agents.learners.base import (
     first_in_group,
     masked_mean,
 )
-from agents.policy import LLMPolicy, Rollout
+from agents.model.policy import LLMPolicy, Rollout
+from agents.parallel import distributed as dist
 
 
 @dataclass
@@ -99,7 +99,7 @@ def preference_loss(
 
     ``chosen_logp`` (C, Tc) are the chosen items of groups ``chosen_groups`` (C,); ``rejected``
     (B,) flags the batch's rejected responses (their groups must be among ``chosen_groups``).
-    Inside :func:`agents.distributed.loss_sync` the mean is over the global batch's pairs (every rank
+    Inside :func:`agents.parallel.distributed.loss_sync` the mean is over the global batch's pairs (every rank
     must call it, with or without pairs of its own).
 
     Example:

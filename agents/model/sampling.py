@@ -1,4 +1,4 @@
-"""Constrained sampling: rollouts of an :class:`~agents.policy.LLMPolicy` inside the prefix tree.
+"""Constrained sampling: rollouts of an :class:`~agents.model.policy.LLMPolicy` inside the prefix tree.
 
 :class:`ConstrainedSampling` (mixed into ``LLMPolicy``) drives a vector env built by
 :func:`make_rollout_env` and returns the episodes as a :class:`Rollout`; each token is drawn from
@@ -8,12 +8,12 @@ Sampling from the allowed set is the same draw under either objective (masking t
 renormalising give the same categorical), so rollouts use these savings everywhere:
 
 * **sparse head**: logits are computed only for the union of the allowed tokens in the batch
-  (``h @ W[U].T``, :meth:`~agents.policy.LLMPolicy.allowed_logits`), never for the whole
+  (``h @ W[U].T``, :meth:`~agents.model.policy.LLMPolicy.allowed_logits`), never for the whole
   vocabulary (151,936 rows for Qwen2);
 * **shared prompt**: a group of n rollouts of one request runs the prompt once; its KV cache is
   expanded n ways (``DynamicCache.batch_repeat_interleave``) and the first token's distribution,
   which depends on the prompt only, is computed once per group;
-* **shared-prefix KV cache** (:mod:`agents.kvcache`): decoding keeps each prompt's keys and
+* **shared-prefix KV cache** (:mod:`agents.model.kvcache`): decoding keeps each prompt's keys and
   values once and attends to them per prompt, and writes each new token into room allocated
   once instead of concatenating, i.e. copying, the cache at every step.
 """
@@ -71,15 +71,15 @@ class Rollout:
 
 
 class ConstrainedSampling:
-    """Constrained sampling, mixed into :class:`~agents.policy.LLMPolicy`: :meth:`rollout`.
+    """Constrained sampling, mixed into :class:`~agents.model.policy.LLMPolicy`: :meth:`rollout`.
 
     Needs from the class it is mixed into: ``items`` (the item tokenization), ``tree`` and
     ``tables`` (the prefix tree and its tensors), ``device``, and the methods ``left_pad``,
-    ``_forward``, ``allowed_logits``, ``_decoding_cache`` (the model's side, :mod:`agents.policy`)
-    and ``_inference_merge`` (:mod:`agents.policy_adapters`).
+    ``_forward``, ``allowed_logits``, ``_decoding_cache`` (the model's side, :mod:`agents.model.policy`)
+    and ``_inference_merge`` (:mod:`agents.model.trainable`).
 
     Example:
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> from recgym.envs import RecGenTask
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})

@@ -26,12 +26,12 @@ Two levels (``SFTConfig.level``) compute the same loss on different batches:
 * ``auto`` (the default): ``sequence`` when the template is compact and the rows are user
   sequences, else ``request``.
 
-Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) each step's batch is the global
+Under ``torchrun`` (data parallelism, :mod:`agents.parallel.distributed`) each step's batch is the global
 batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
 global token count and the ranks' gradients are summed, so N ranks take the step one process takes
 on the same batch. Rank 0 alone writes the run folder; every rank validates (a sharded collective).
 ``SFTConfig(fsdp=True)`` (``--fsdp``) also shards the decoder blocks' weights, gradients and AdamW
-states over the ranks (:mod:`agents.fsdp`); the steps, files and metrics are the same.
+states over the ranks (:mod:`agents.parallel.fsdp`); the steps, files and metrics are the same.
 """
 
 from __future__ import annotations
@@ -48,13 +48,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents import distributed as dist
-from agents import fsdp
-from agents.checkpoint import load_weights, restore_training, save_training
 from agents.configs import SFT_LEVELS as LEVELS
 from agents.configs import SFTConfig
-from agents.policy import LLMPolicy
-from agents.runs import (
+from agents.model.policy import LLMPolicy
+from agents.parallel import distributed as dist
+from agents.parallel import fsdp
+from agents.training.checkpoint import load_weights, restore_training, save_training
+from agents.training.loop import (
+    check_valid_sample,
+    hidden_dropout,
+    shard_for_training,
+    validate,
+    warmup_cosine,
+)
+from agents.training.runs import (
     check_finite,
     check_finite_weights,
     check_policy_task,
@@ -62,8 +69,7 @@ from agents.runs import (
     run_fingerprint,
     saved_note,
 )
-from agents.tracking import MetricLogger
-from agents.training import check_valid_sample, hidden_dropout, shard_for_training, validate, warmup_cosine
+from agents.training.tracking import MetricLogger
 from recgym.data import SequenceWindows, UserSequences
 from recgym.envs.task import RecGenTask
 
@@ -85,8 +91,8 @@ def train_sft(
     policy holds the best weights. ``fingerprint.json`` records what determines the result
     (config, data, starting weights, plus ``run_info`` from the caller): a folder holding a run
     with another fingerprint is refused unless ``restart``, which starts over there
-    (:mod:`agents.runs`); the folder is locked while the run uses it. A non-finite loss or
-    gradient norm stops training with a :class:`~agents.runs.DivergedError` before anything
+    (:mod:`agents.training.runs`); the folder is locked while the run uses it. A non-finite loss or
+    gradient norm stops training with a :class:`~agents.training.runs.DivergedError` before anything
     non-finite is saved.
 
     Under ``torchrun`` every rank calls it with the same arguments (module docstring): rank 0 locks
@@ -332,8 +338,8 @@ def sft_objective(policy: LLMPolicy, task: RecGenTask, level: str = "auto") -> S
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
     """Token-mean negative log-likelihood of the target items of ``rows`` under the policy's objective.
 
-    Returns ``(loss, tokens of rows)``. Inside :func:`agents.distributed.loss_sync` the mean is over the
-    global batch's tokens (every rank's ``rows``): each rank's loss is its share, and the shares sum
+    Returns ``(loss, tokens of rows)``. Inside :func:`agents.parallel.distributed.loss_sync` the mean is over
+    the global batch's tokens (every rank's ``rows``): each rank's loss is its share, and the shares sum
     to the global loss. An empty ``rows`` gives a zero loss without a graph.
 
     Example:

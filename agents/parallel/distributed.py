@@ -25,7 +25,7 @@ The rules every loop follows:
   :func:`global_sum` and :func:`global_cat` make token means, per-sequence means, SimPO's pair
   mean and KL-Cov's top-k run over the global batch; gradients are then **summed** over ranks
   (:func:`sum_gradients`), which gives exactly the gradient of the global loss, and clipped by its
-  global norm (:func:`clip_grad_norm`). With FSDP (:mod:`agents.fsdp`) the decoder blocks'
+  global norm (:func:`clip_grad_norm`). With FSDP (:mod:`agents.parallel.fsdp`) the decoder blocks'
   gradients are sharded ``DTensor`` s that FSDP itself sums over ranks; the rest stay replicated.
 * **Failure**: :func:`agree` is a sync point: if the code in it raises on any rank, every rank
   raises (the failing one its own error, the others a :class:`DistributedError` naming the rank and
@@ -532,7 +532,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     gradient of the global loss. A parameter with a gradient on some rank but not on this one
     gets zeros here first, so every rank steps the same parameters; one without a gradient
     anywhere keeps ``None`` (as in one process). Sharded parameters (``DTensor``: FSDP's decoder
-    blocks, :mod:`agents.fsdp`) are skipped: FSDP has already summed their gradients.
+    blocks, :mod:`agents.parallel.fsdp`) are skipped: FSDP has already summed their gradients.
 
     Example:
         >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 3.0)
@@ -541,7 +541,7 @@ def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """
     if not is_distributed():
         return
-    params = [p for p in params if not is_dtensor(p)]  # FSDP reduce-scatters its own (agents.fsdp)
+    params = [p for p in params if not is_dtensor(p)]  # FSDP reduce-scatters its own (agents.parallel.fsdp)
     has = all_sum([float(p.grad is not None) for p in params]) if params else np.zeros(0)
     active = [p for p, h in zip(params, has) if h > 0]
     for p in active:
@@ -579,7 +579,7 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tor
 
     Call it after :func:`sum_gradients`, on every rank. Without sharded gradients it *is*
     ``clip_grad_norm_`` (the gradients are then the same on every rank). With them (``DTensor``
-    gradients of FSDP's decoder blocks, :mod:`agents.fsdp`: each rank holds its shard of the summed
+    gradients of FSDP's decoder blocks, :mod:`agents.parallel.fsdp`: each rank holds its shard of the summed
     gradient) the norm is ``sqrt(sum over ranks of |shard|^2 + |replicated|^2)``: the shards' squares
     are summed over ranks (a collective) and the replicated gradients, the same on every rank, count
     once. Every gradient is then scaled by ``min(1, max_norm / (norm + 1e-6))`` as torch does, and

@@ -1,10 +1,10 @@
-"""Persistence of an :class:`~agents.policy.LLMPolicy`: a saved policy folder, written and read back.
+"""Persistence of an :class:`~agents.model.policy.LLMPolicy`: a saved policy folder, written and read back.
 
 :class:`PolicyPersistence` (mixed into ``LLMPolicy``) writes a folder any Hugging Face loader reads
 (the model's weights, plus ``adapter.safetensors`` with adapters), with the tokenizer, item config
 and catalogue, and :data:`POLICY_CONFIG` last: it records the representation, the objective, the
 catalogue's fingerprint, the adapters and a SHA-256 of every other file, all checked on loading
-(:mod:`agents.saved`), so a damaged folder or one of another catalogue is an error naming the file.
+(:mod:`agents.training.saved`), so a damaged folder or one of another catalogue is an error naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from agents.adapters import ADAPTER_FILE, load_state, split_state
+from agents.model.adapters import ADAPTER_FILE, load_state, split_state
 from recgym.data import Dataset, Examples
 from recgym.items import ItemTokenizer
 
@@ -26,15 +26,15 @@ _Policy = TypeVar("_Policy", bound="PolicyPersistence")
 
 
 class PolicyPersistence:
-    """Saving, loading and resuming, mixed into :class:`~agents.policy.LLMPolicy`.
+    """Saving, loading and resuming, mixed into :class:`~agents.model.policy.LLMPolicy`.
 
     Needs from the class it is mixed into: a constructor ``cls(model, items, **kwargs)``, ``model``,
     ``items``, ``objective``, ``base_vocab_size``, ``adapter`` and ``_install_adapters``
-    (:mod:`agents.policy_adapters`).
+    (:mod:`agents.model.trainable`).
 
     Example:
         >>> import tempfile
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> from recgym.envs import RecGenTask
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
@@ -54,7 +54,7 @@ class PolicyPersistence:
         A folder written by :meth:`save_pretrained` also restores the tokenizer, representation,
         template and catalogue (so the env's tree is rebuilt); for any other model pass ``items``.
         Such a folder records its catalogue's fingerprint: ``items`` over another catalogue or
-        representation is a :class:`~agents.runs.CatalogueMismatchError`, and a damaged folder an
+        representation is a :class:`~agents.training.runs.CatalogueMismatchError`, and a damaged folder an
         error naming the file.
 
         Example:
@@ -62,10 +62,10 @@ class PolicyPersistence:
         """
         from transformers import AutoModelForCausalLM
 
-        from agents.checkpoint import weights_file
-        from agents.pretrained import resolve_model
-        from agents.runs import CheckpointError
-        from agents.saved import check_saved_folder
+        from agents.model.pretrained import resolve_model
+        from agents.training.checkpoint import weights_file
+        from agents.training.runs import CheckpointError
+        from agents.training.saved import check_saved_folder
 
         path = resolve_model(os.fspath(path))  # a named offline model -> its converted folder
         path_ = Path(path)
@@ -110,16 +110,16 @@ class PolicyPersistence:
         """Save model (safetensors), tokenizer, item config and catalogue; the last file marks completion.
 
         ``recgym_policy.json`` records the representation, the objective, the catalogue's
-        fingerprint (:func:`agents.runs.catalogue_fingerprint`) and a SHA-256 of every other file
-        written (:func:`agents.saved.saved_hashes`), checked when the policy is loaded.
+        fingerprint (:func:`agents.training.runs.catalogue_fingerprint`) and a SHA-256 of every other file
+        written (:func:`agents.training.saved.saved_hashes`), checked when the policy is loaded.
         ``state_dict``: the weights to write instead of the model's own (a sharded model's full
-        weights, gathered by :func:`agents.fsdp.full_state_dict`; not with adapters).
+        weights, gathered by :func:`agents.parallel.fsdp.full_state_dict`; not with adapters).
 
         Example:
             >>> # policy.save_pretrained("runs/x/best")
         """
-        from agents.runs import catalogue_fingerprint
-        from agents.saved import saved_hashes
+        from agents.training.runs import catalogue_fingerprint
+        from agents.training.saved import saved_hashes
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ class PolicyPersistence:
         folder: Path, recorded: dict[str, Any], items: ItemTokenizer, own: bool
     ) -> None:
         """The catalogue of ``items`` against the one ``folder``'s policy was trained on."""
-        from agents.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
+        from agents.training.runs import CatalogueMismatchError, catalogue_fingerprint, catalogue_message
 
         if items.representation != recorded["representation"]:
             raise CatalogueMismatchError(
@@ -180,8 +180,8 @@ class PolicyPersistence:
         """Copy the weights :meth:`save_pretrained` wrote in ``folder`` into this policy, adapters included.
 
         The folder's adapters must be this policy's (same LoRA layers, same new-token rows). Its
-        config and weights files are checked first (:mod:`agents.saved`): a missing, damaged or
-        changed file, or a config of another model, is a :class:`~agents.runs.CheckpointError`
+        config and weights files are checked first (:mod:`agents.training.saved`): a missing, damaged or
+        changed file, or a config of another model, is a :class:`~agents.training.runs.CheckpointError`
         naming the file, with ``remedy`` as the way out.
 
         Example:
@@ -189,7 +189,7 @@ class PolicyPersistence:
         """
         from safetensors.torch import load_file
 
-        from agents.saved import SAVE_AGAIN, check_config_fits_model, check_saved_folder
+        from agents.training.saved import SAVE_AGAIN, check_config_fits_model, check_saved_folder
 
         folder = Path(folder)
         recorded = self._read_policy_config(folder) or {}
@@ -230,7 +230,7 @@ class PolicyPersistence:
             return
         from safetensors.torch import load_file
 
-        from agents.runs import CheckpointError
+        from agents.training.runs import CheckpointError
 
         self._install_adapters(recorded["adapter"])
         try:

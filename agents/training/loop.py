@@ -1,9 +1,9 @@
 """Scaffolding that SFT and RL training share: the LR schedule, the optimizer and validation.
 
-Both loops (:func:`agents.sft.train_sft`, :func:`agents.rl.train_rl`) build AdamW with a linear
-warm-up then cosine decay (:func:`make_optimizer`), validate by constrained beam search on the
+Both loops (:func:`agents.training.sft.train_sft`, :func:`agents.training.rl.train_rl`) build AdamW with a
+linear warm-up then cosine decay (:func:`make_optimizer`), validate by constrained beam search on the
 valid split and keep the best weights (:func:`validate`), and shard the policy with FSDP when asked
-(:func:`shard_for_training`, :mod:`agents.fsdp`).
+(:func:`shard_for_training`, :mod:`agents.parallel.fsdp`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from agents import distributed as dist
-from agents import fsdp
-from agents.evaluate import evaluate
+from agents.parallel import distributed as dist
+from agents.parallel import fsdp
+from agents.training.evaluate import evaluate
 from recgym.envs.task import RecGenTask
 
 
@@ -104,18 +104,19 @@ def validate(
     ``cfg`` supplies ``beam``, ``eval_requests``, ``metric``, ``patience``, ``seed`` and ``progress``;
     ``state`` holds ``step``, ``best``, ``best_step``, ``bad_evals`` and ``history`` (and, in RL,
     ``rollouts``, logged beside the metrics) and is updated.
-    Under ``torchrun`` every rank calls it (the evaluation is a collective, :mod:`agents.distributed`),
-    so every rank gets the same metrics and the same early-stop decision; rank 0 alone writes
-    ``best/`` (pass ``logger`` on rank 0 only). A policy sharded by FSDP (:mod:`agents.fsdp`) searches
-    with its blocks gathered whole and writes its full weights: the metrics and files are the same.
+    Under ``torchrun`` every rank calls it (the evaluation is a collective,
+    :mod:`agents.parallel.distributed`), so every rank gets the same metrics and the same early-stop
+    decision; rank 0 alone writes ``best/`` (pass ``logger`` on rank 0 only). A policy sharded by FSDP
+    (:mod:`agents.parallel.fsdp`) searches with its blocks gathered whole and writes its full weights:
+    the metrics and files are the same.
     The best weights go to ``<run>/best`` (atomically), never when any of them is NaN or infinite
-    (a :class:`~agents.runs.DivergedError`; ``saved`` says which checkpoint the run keeps).
+    (a :class:`~agents.training.runs.DivergedError`; ``saved`` says which checkpoint the run keeps).
 
     Example:
         >>> # stop = validate(policy, valid_task, config, state, logger, Path("runs/x"))
     """
-    from agents.checkpoint import write_folder_atomically
-    from agents.runs import check_finite_weights
+    from agents.training.checkpoint import write_folder_atomically
+    from agents.training.runs import check_finite_weights
 
     training = policy.model.training
     policy.model.eval()
@@ -156,13 +157,13 @@ def shard_for_training(policy: Any, requested: bool, checkpoint: Path | None = N
     When resuming (``checkpoint``: the run's ``checkpoint/`` folder) its weights are loaded first,
     into the whole model, and the blocks are then sharded; the loop restores the optimizer after it
     is built (``restore_training(..., weights=False)``). In one process the request only warns
-    (:func:`agents.fsdp.wanted`).
+    (:func:`agents.parallel.fsdp.wanted`).
 
     Example:
         >>> shard_for_training(None, False) is None
         True
     """
-    from agents.checkpoint import find_checkpoint, load_weights
+    from agents.training.checkpoint import find_checkpoint, load_weights
 
     if not fsdp.wanted(requested, policy):
         return None
@@ -207,3 +208,6 @@ def check_valid_sample(eval_requests: int | None, task: RecGenTask | None) -> No
                       f"use the whole split (--eval-requests none; eval_requests=None in Python) or at least "
                       f"{MIN_VALID_SAMPLE}", stacklevel=3)
 
+
+__all__ = ["MIN_VALID_SAMPLE", "check_valid_sample", "hidden_dropout", "make_optimizer", "policy_writer",
+           "shard_for_training", "validate", "warmup_cosine"]

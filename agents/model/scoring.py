@@ -1,6 +1,6 @@
 """Teacher-forced scoring: log-probs and entropies of given responses under an LLMPolicy's objective.
 
-:class:`TeacherForcedScoring` (mixed into :class:`~agents.policy.LLMPolicy`) scores token
+:class:`TeacherForcedScoring` (mixed into :class:`~agents.model.policy.LLMPolicy`) scores token
 sequences with gradients flowing, for SFT and the RL update: :meth:`~TeacherForcedScoring.sequence_logprobs`
 (one forward per row), :meth:`~TeacherForcedScoring.group_logprobs` (the same numbers, one prompt
 forward per request) and :meth:`~TeacherForcedScoring.stream_logprobs` (every item of a user's
@@ -23,23 +23,23 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agents import fsdp
-from agents.kvcache import cache_from_tensors, cache_tensors
+from agents.model.kvcache import cache_from_tensors, cache_tensors
+from agents.parallel import fsdp
 
 OBJECTIVES = ("full", "constrained")  # LLMPolicy.objective: over the whole vocabulary / the allowed tokens
 BUCKET_PADDING = 0.1  # LLMPolicy.bucket_padding's default: at most 10% of a length bucket is padding
 
 
 class TeacherForcedScoring:
-    """Teacher-forced log-probs, mixed into :class:`~agents.policy.LLMPolicy`.
+    """Teacher-forced log-probs, mixed into :class:`~agents.model.policy.LLMPolicy`.
 
     Needs from the class it is mixed into: ``model``, ``tree`` and ``tables`` (the prefix tree and
     its tensors), ``device``, ``full_vocab`` (the objective), ``bucket_padding``, and the methods
-    ``left_pad``, ``_forward``, ``allowed_logits`` and ``full_logits`` (:mod:`agents.policy`).
+    ``left_pad``, ``_forward``, ``allowed_logits`` and ``full_logits`` (:mod:`agents.model.policy`).
 
     Example:
         >>> import numpy as np
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> from recgym.envs import RecGenTask
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
@@ -96,7 +96,7 @@ class TeacherForcedScoring:
         tree state *before* each token that is scored (the state the model writes it from) and -1 at
         every token that is not (context, padding, the first token). Token t is scored from the
         hidden state at t - 1. This is how a user's whole item sequence teaches every item in one
-        forward (:mod:`agents.sft`, sequence level): items written back to back under a compact
+        forward (:mod:`agents.training.sft`, sequence level): items written back to back under a compact
         prompt, each scored as the response of the history before it. Rows run in length buckets.
 
         Returns:
@@ -129,7 +129,7 @@ class TeacherForcedScoring:
         """:meth:`sequence_logprobs` with a **shared prompt**: one prompt forward per request.
 
         ``prompt_ids``/``prompt_mask`` (R, P) are left-padded prompts (as in
-        :class:`~agents.policy_sampling.Rollout`);
+        :class:`~agents.model.sampling.Rollout`);
         response row b belongs to prompt ``prompt_index[b]``. Each prompt runs once, its KV cache
         is expanded to its responses by an index (gradients flow back through the expansion), and
         the first token's distribution, which depends on the prompt alone, is computed once per

@@ -1,7 +1,8 @@
-"""Parameter-efficient training of an :class:`~agents.policy.LLMPolicy`: LoRA, a frozen trunk, new-token rows.
+"""Parameter-efficient training of an :class:`~agents.model.policy.LLMPolicy`: LoRA, a frozen trunk,
+new-token rows.
 
-:class:`PolicyAdapters` (mixed into ``LLMPolicy``) applies :mod:`agents.adapters` to the policy's
-model and records the setting in ``adapter``, which :mod:`agents.policy_persistence` saves and
+:class:`PolicyAdapters` (mixed into ``LLMPolicy``) applies :mod:`agents.model.adapters` to the policy's
+model and records the setting in ``adapter``, which :mod:`agents.model.persistence` saves and
 restores with the policy. Rollouts and beam search fold LoRA into the weights while they run
 (``_inference_merge``).
 """
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from agents.adapters import (
+from agents.model.adapters import (
     AdapterConfig,
     add_new_rows,
     detach_trunk_input,
@@ -31,13 +32,13 @@ _Policy = TypeVar("_Policy", bound="PolicyAdapters")
 
 
 class PolicyAdapters:
-    """LoRA adapters, a frozen trunk and new-token rows, mixed into :class:`~agents.policy.LLMPolicy`.
+    """LoRA adapters, a frozen trunk and new-token rows, mixed into :class:`~agents.model.policy.LLMPolicy`.
 
     Needs from the class it is mixed into: ``model``, ``base_vocab_size``, ``adapter`` (None: every
     weight trains) and ``merge_at_inference``.
 
     Example:
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> from recgym.envs import RecGenTask
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
@@ -63,7 +64,7 @@ class PolicyAdapters:
         model's output unchanged at first.
 
         Example:
-            >>> from agents.policy import LLMPolicy
+            >>> from agents.model.policy import LLMPolicy
             >>> from recgym.envs import RecGenTask
             >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
             ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
@@ -91,7 +92,7 @@ class PolicyAdapters:
         input rows through the frozen blocks (activation gradients only).
 
         Example:
-            >>> from agents.policy import LLMPolicy
+            >>> from agents.model.policy import LLMPolicy
             >>> from recgym.envs import RecGenTask
             >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
             ...                   dataset_kwargs={"num_items": 200, "num_users": 100})

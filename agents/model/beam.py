@@ -1,10 +1,10 @@
-"""Constrained beam search of an :class:`~agents.policy.LLMPolicy`: the top-k distinct items per prompt.
+"""Constrained beam search of an :class:`~agents.model.policy.LLMPolicy`: the top-k distinct items per prompt.
 
 :class:`BeamSearch` (mixed into ``LLMPolicy``) scores beams under the policy's objective by default:
 ``"full"`` scores each token with the full-vocabulary log-softmax, disallowed tokens masked and
 nothing renormalised, no length penalty (as D3 / BIGRec / ReRe / MiniOneRec evaluate);
 ``"constrained"`` renormalises over the allowed tokens. Candidates' logits come from the sparse head
-(:meth:`~agents.policy.LLMPolicy.allowed_logits`); the full vocabulary is needed only for each beam
+(:meth:`~agents.model.policy.LLMPolicy.allowed_logits`); the full vocabulary is needed only for each beam
 step's normaliser (:meth:`BeamSearch.full_logsumexp`), a chunk of rows at a time. Only live beams
 go through the model and hold KV cache rows.
 """
@@ -16,20 +16,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.policy_scoring import OBJECTIVES
+from agents.model.scoring import OBJECTIVES
 
 
 class BeamSearch:
-    """Constrained beam search, mixed into :class:`~agents.policy.LLMPolicy`: :meth:`beam_search`.
+    """Constrained beam search, mixed into :class:`~agents.model.policy.LLMPolicy`: :meth:`beam_search`.
 
     Needs from the class it is mixed into: ``objective``, ``tree`` and ``tables`` (the prefix tree
     and its tensors), ``device``, and the methods ``left_pad``, ``_forward``, ``allowed_logits``,
-    ``full_logits``, ``_decoding_cache`` (the model's side, :mod:`agents.policy`) and
-    ``_inference_merge`` (:mod:`agents.policy_adapters`).
+    ``full_logits``, ``_decoding_cache`` (the model's side, :mod:`agents.model.policy`) and
+    ``_inference_merge`` (:mod:`agents.model.trainable`).
 
     Example:
         >>> import numpy as np
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> from recgym.envs import RecGenTask
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})

@@ -1,6 +1,6 @@
 """Tuning a pretrained LM on a CPU or a small GPU: LoRA adapters, a frozen trunk, trainable new-token rows.
 
-Three ways to train part of a causal LM, alone or together (:class:`~agents.policy.LLMPolicy`
+Three ways to train part of a causal LM, alone or together (:class:`~agents.model.policy.LLMPolicy`
 exposes them as ``add_lora``, ``freeze``, ``merged_adapters`` and ``merge_adapters``;
 :func:`apply_adapters` applies an :class:`AdapterConfig`, the settings the CLI exposes):
 
@@ -60,7 +60,7 @@ def apply_adapters(policy: Any, config: AdapterConfig) -> Any:
 
     Example:
         >>> from recgym.envs import RecGenTask
-        >>> from agents.policy import LLMPolicy
+        >>> from agents.model.policy import LLMPolicy
         >>> task = RecGenTask("synthetic", representation="sid", vocab_size=500,
         ...                   dataset_kwargs={"num_items": 200, "num_users": 100})
         >>> policy = apply_adapters(LLMPolicy.from_config("tiny", task.items, device="cpu"),

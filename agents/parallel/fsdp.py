@@ -1,9 +1,9 @@
 """Sharded weights, gradients and optimizer states (PyTorch's FSDP2) for the training loops under torchrun.
 
 ``SFTConfig(fsdp=True)`` / ``RLConfig(fsdp=True)`` (``--fsdp`` on ``recgym sft`` and ``recgym train``)
-make :func:`agents.sft.train_sft` and :func:`agents.rl.train_rl` shard the policy while they train
-(:func:`shard`); the data-parallel rules of :mod:`agents.distributed` (global batch, shards, global
-counts, summed gradients) are unchanged, so N sharded ranks still take one process's step.
+make :func:`agents.training.sft.train_sft` and :func:`agents.training.rl.train_rl` shard the policy while
+they train (:func:`shard`); the data-parallel rules of :mod:`agents.parallel.distributed` (global batch,
+shards, global counts, summed gradients) are unchanged, so N sharded ranks still take one process's step.
 
 What is sharded and what is not:
 
@@ -15,8 +15,8 @@ What is sharded and what is not:
 * The **embeddings, the final norm and the output layer** stay ordinary replicated parameters: the
   policy reads the output layer directly (sparse head, ``head_rows``, ``full_logits``), the input and
   output embeddings may be one tied matrix, and their gradients are summed by
-  :func:`agents.distributed.sum_gradients` as without FSDP (which skips the sharded ones).
-* **Gradient clipping** uses :func:`agents.distributed.clip_grad_norm`: the global norm over the
+  :func:`agents.parallel.distributed.sum_gradients` as without FSDP (which skips the sharded ones).
+* **Gradient clipping** uses :func:`agents.parallel.distributed.clip_grad_norm`: the global norm over the
   blocks' shards (summed over ranks) and the replicated gradients (counted once).
 * **Inference** (rollouts, the reference / behaviour log-probs, validation) runs inside
   :func:`gathered`: every block is all-gathered once and kept whole until the block ends, so each
@@ -61,8 +61,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents import distributed as dist
-from agents.distributed import is_dtensor  # re-exported: FSDP's sharded tensors
+from agents.parallel import distributed as dist
+from agents.parallel.distributed import is_dtensor  # re-exported: FSDP's sharded tensors
 
 FLAG = "fsdp=True (--fsdp)"
 _SHARDED: weakref.WeakKeyDictionary[nn.Module, Sharded] = weakref.WeakKeyDictionary()

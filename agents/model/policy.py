@@ -19,14 +19,14 @@ behind this class:
 * the model and its tokens (this module): construction, the decoder forward with its KV cache,
   the output layer over the whole vocabulary (:meth:`LLMPolicy.full_logits`) or the allowed tokens
   only (the sparse head, :meth:`LLMPolicy.allowed_logits`), prompt padding, item token sequences;
-* constrained sampling (:mod:`agents.policy_sampling`): :meth:`LLMPolicy.rollout`,
+* constrained sampling (:mod:`agents.model.sampling`): :meth:`LLMPolicy.rollout`,
   :class:`Rollout`, :func:`make_rollout_env`;
-* beam search (:mod:`agents.policy_beam`): :meth:`LLMPolicy.beam_search`;
-* teacher-forced scoring (:mod:`agents.policy_scoring`): :meth:`LLMPolicy.sequence_logprobs`,
+* beam search (:mod:`agents.model.beam`): :meth:`LLMPolicy.beam_search`;
+* teacher-forced scoring (:mod:`agents.model.scoring`): :meth:`LLMPolicy.sequence_logprobs`,
   :meth:`LLMPolicy.group_logprobs`, :meth:`LLMPolicy.stream_logprobs`, :func:`length_buckets`;
-* persistence (:mod:`agents.policy_persistence`): :meth:`LLMPolicy.from_pretrained`,
+* persistence (:mod:`agents.model.persistence`): :meth:`LLMPolicy.from_pretrained`,
   :meth:`LLMPolicy.save_pretrained`, :meth:`LLMPolicy.load_weights`;
-* adapters (:mod:`agents.policy_adapters`): :meth:`LLMPolicy.add_lora`, :meth:`LLMPolicy.freeze`,
+* adapters (:mod:`agents.model.trainable`): :meth:`LLMPolicy.add_lora`, :meth:`LLMPolicy.freeze`,
   :meth:`LLMPolicy.merged_adapters`, :meth:`LLMPolicy.merge_adapters`.
 """
 
@@ -41,19 +41,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.adapters import head_parts
 from agents.configs import MODEL_PRESETS
-from agents.kvcache import (
+from agents.model.adapters import head_parts
+from agents.model.beam import BeamSearch
+from agents.model.kvcache import (
     reserved_cache,
     shared_prefix,
     shared_prefix_cache,
     supports_shared_prefix,
 )
-from agents.policy_adapters import PolicyAdapters
-from agents.policy_beam import BeamSearch
-from agents.policy_persistence import POLICY_CONFIG, PolicyPersistence
-from agents.policy_sampling import ConstrainedSampling, Rollout, make_rollout_env
-from agents.policy_scoring import BUCKET_PADDING, OBJECTIVES, TeacherForcedScoring, length_buckets
+from agents.model.persistence import POLICY_CONFIG, PolicyPersistence
+from agents.model.sampling import ConstrainedSampling, Rollout, make_rollout_env
+from agents.model.scoring import BUCKET_PADDING, OBJECTIVES, TeacherForcedScoring, length_buckets
+from agents.model.trainable import PolicyAdapters
 from recgym.items import ItemTokenizer
 
 PRESETS = MODEL_PRESETS  # Qwen2-architecture sizes for offline runs (agents.configs)
@@ -76,7 +76,7 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
             embeddings); rows beyond it (e.g. SID tokens added to a pretrained tokenizer) are the
             "new" ones that :meth:`add_lora` / :meth:`freeze` can train alone.
 
-    Parameter-efficient training (:mod:`agents.adapters`): :meth:`add_lora` injects LoRA
+    Parameter-efficient training (:mod:`agents.model.adapters`): :meth:`add_lora` injects LoRA
     adapters, :meth:`freeze` trains only the top blocks or the new token rows; both save and load
     with the policy, :meth:`merged_adapters` speeds up evaluation and :meth:`merge_adapters`
     makes a plain model again. ``adapter`` records the current setting (None: all weights train).
@@ -120,7 +120,7 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
             raise ValueError("output layers with a bias are not supported by the sparse head")
         rows = model.get_input_embeddings().weight.shape[0]
         self.base_vocab_size = rows if base_vocab_size is None else min(int(base_vocab_size), rows)
-        self.adapter: dict[str, Any] | None = None  # LoRA / frozen-trunk setting (agents.adapters)
+        self.adapter: dict[str, Any] | None = None  # LoRA / frozen-trunk setting (agents.model.adapters)
         # Rollouts and beam search fold LoRA into the weights while they run (1.1-1.2x faster on CPU;
         # the merged copies of the adapted weights cost their memory meanwhile): False turns it off.
         self.merge_at_inference = True
@@ -128,7 +128,7 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
         # fraction of a bucket's tokens is padding; None pads the whole batch to its longest row.
         self.bucket_padding: float | None = BUCKET_PADDING
         # Rollouts and beam search keep each prompt's KV once and attend to it per prompt
-        # (agents.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
+        # (agents.model.kvcache) where the model allows; False decodes with a per-row copy of the prompt.
         self.shared_prefix = True
 
     # -- construction ----------------------------------------------------------------------------

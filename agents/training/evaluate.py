@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from agents import distributed as dist
+from agents.parallel import distributed as dist
 from recgym.data import Examples
 from recgym.envs.task import RecGenTask
 from recgym.metrics import KS, first_hit_ranks, hits_from_item_sets, hits_from_ranked, ranking_metrics
@@ -35,7 +35,7 @@ def evaluate(
     distributed: bool | None = None,
     per_request: bool = False,
 ) -> dict[str, Any]:
-    """Score an :class:`~agents.policy.LLMPolicy` on ``task``'s split by constrained beam search.
+    """Score an :class:`~agents.model.policy.LLMPolicy` on ``task``'s split by constrained beam search.
 
     The reference protocol (D3 / ReRe / MiniOneRec): beam width 50, beams scored with the
     full-vocabulary log-softmax with disallowed tokens masked and no renormalisation
@@ -52,7 +52,7 @@ def evaluate(
     same way.
 
     Under ``torchrun`` (``distributed=None``: whenever a process group of several ranks is
-    initialised, :mod:`agents.distributed`) this is a collective that every rank calls: the
+    initialised, :mod:`agents.parallel.distributed`) this is a collective that every rank calls: the
     requests are cut into the batches one process would search (``batch_size`` each), each rank
     searches a contiguous share of those batches, and the hits are gathered exactly, so every rank
     returns the metrics one process returns on the same requests. ``distributed=False`` scores
@@ -67,7 +67,7 @@ def evaluate(
         >>> # evaluate(policy, RecGenTask(dataset, split="test", tokenizer=policy.items), beam=20)
     """
     if hasattr(getattr(policy, "items", None), "catalogue"):  # an LLM policy: same catalogue as the task?
-        from agents.runs import check_policy_task
+        from agents.training.runs import check_policy_task
 
         check_policy_task(policy.items, task)
     ks = tuple(k for k in KS if k <= beam) if ks is None else tuple(ks)

@@ -14,14 +14,14 @@ rest, through the env's public API:
 Rollouts at step s are seeded by (seed, s) alone, so a resumed run repeats exactly what a straight
 run does (on CPU).
 
-Under ``torchrun`` (data parallelism, :mod:`agents.distributed`) ``sampler.rows(step)`` is the global
+Under ``torchrun`` (data parallelism, :mod:`agents.parallel.distributed`) ``sampler.rows(step)`` is the global
 set of requests: it is cut into minibatches as one process cuts it, and each rank rolls out its
 contiguous share of every minibatch (``minibatch_shards``) with its own rollout seed (``rank_seed``:
 rank 0 keeps one process's). Each rank's loss is its share of the global minibatch's loss (the
 learners normalise by global counts inside ``loss_sync``) and the gradients are summed, so the
 global minibatch j is one process's minibatch j. Rank 0 alone writes the run folder; logged
 numbers are averaged over ranks (rollout counts summed). ``RLConfig(fsdp=True)`` (``--fsdp``) also
-shards the decoder blocks' weights, gradients and AdamW states over the ranks (:mod:`agents.fsdp`);
+shards the decoder blocks' weights, gradients and AdamW states over the ranks (:mod:`agents.parallel.fsdp`);
 rollouts and validation then run with the blocks gathered whole, and the steps and files are the same.
 """
 
@@ -40,13 +40,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents import distributed as dist
-from agents import fsdp
-from agents.checkpoint import load_weights, restore_training, save_training, write_folder_atomically
 from agents.configs import RLConfig
 from agents.learners.base import Learner, RLBatch
-from agents.policy import LLMPolicy, make_rollout_env
-from agents.runs import (
+from agents.model.policy import LLMPolicy, make_rollout_env
+from agents.parallel import distributed as dist
+from agents.parallel import fsdp
+from agents.training.checkpoint import load_weights, restore_training, save_training, write_folder_atomically
+from agents.training.loop import check_valid_sample, make_optimizer, shard_for_training, validate
+from agents.training.runs import (
     DivergedError,
     LearnerError,
     check_finite,
@@ -56,8 +57,7 @@ from agents.runs import (
     run_fingerprint,
     saved_note,
 )
-from agents.tracking import MetricLogger
-from agents.training import check_valid_sample, make_optimizer, shard_for_training, validate
+from agents.training.tracking import MetricLogger
 from recgym.envs.task import RecGenTask
 from recgym.envs.vector import RecGenVectorEnv
 
@@ -121,8 +121,8 @@ def train_rl(
     ``reference/`` (the frozen starting policy, when the learner needs one) and
     ``fingerprint.json``. A folder holding a run with another fingerprint (config, learner, data,
     sampler, starting weights, plus ``run_info`` from the caller) is refused unless ``restart``,
-    which starts over there (:mod:`agents.runs`); the folder is locked while the run uses it.
-    A non-finite loss or gradient norm stops training with a :class:`~agents.runs.DivergedError`
+    which starts over there (:mod:`agents.training.runs`); the folder is locked while the run uses it.
+    A non-finite loss or gradient norm stops training with a :class:`~agents.training.runs.DivergedError`
     before anything non-finite is saved.
 
     Under ``torchrun`` every rank calls it with the same arguments (module docstring); each step needs
@@ -239,8 +239,8 @@ def _train_step(
     """Rollouts, then mu x minibatches optimizer steps; returns the step's numbers.
 
     ``rows`` are the step's global requests; this rank rolls out its share of each minibatch
-    (:func:`~agents.distributed.minibatch_shards`) with seed ``rank_seed(seed * 1_000_003 + step)``.
-    Stops with :class:`~agents.runs.DivergedError` (before the optimizer step) at a non-finite loss
+    (:func:`~agents.parallel.distributed.minibatch_shards`) with seed ``rank_seed(seed * 1_000_003 + step)``.
+    Stops with :class:`~agents.training.runs.DivergedError` (before the optimizer step) at a non-finite loss
     or gradient norm, and when the policy's sampling distribution is no longer finite.
     """
     tick = time.time()
@@ -292,7 +292,7 @@ def update(
     """``cfg.mu`` passes of one optimizer step per minibatch; returns the sums of the logged numbers.
 
     Under ``torchrun`` each rank passes its share of every global minibatch: the loss runs inside
-    :func:`~agents.distributed.loss_sync` (the learner normalises by the global minibatch's counts)
+    :func:`~agents.parallel.distributed.loss_sync` (the learner normalises by the global minibatch's counts)
     and the gradients are summed over ranks before clipping, so every rank takes the step one
     process takes on the global minibatch. ``loss`` is the global minibatch's loss; the learner's
     own numbers are this rank's.
@@ -320,14 +320,14 @@ def update(
 
 def checked_loss(learner: Learner, out: Any) -> tuple[torch.Tensor, dict[str, float]]:
     """``learner.loss``'s ``out`` if it is ``(scalar tensor with a gradient, dict)``, else a
-    :class:`~agents.runs.LearnerError` (a TypeError) naming the learner and what it must return.
+    :class:`~agents.training.runs.LearnerError` (a TypeError) naming the learner and what it must return.
 
     Example:
         >>> from agents.learners.grpo import GRPO
         >>> checked_loss(GRPO(), (0.5, {}))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        agents.runs.LearnerError: learner 'grpo' (agents.learners.grpo.GRPO): loss() must return (a scalar ...
+        agents.training.runs.LearnerError: learner 'grpo' (agents.learners.grpo.GRPO): loss() must return ...
     """
     if isinstance(out, tuple):
         got = "(" + ", ".join(type(x).__name__ for x in out) + ")"

@@ -31,7 +31,7 @@ Example:
     ...     pass
     Traceback (most recent call last):
     ...
-    agents.runs.RunMismatchError: .../run holds a run with other settings:
+    agents.training.runs.RunMismatchError: .../run holds a run with other settings:
       config.lr: 0.0001 -> 0.005
     ...
 """
@@ -456,7 +456,7 @@ def lock_on_main(folder: str | os.PathLike[str]) -> Iterator[bool]:
     Example:
         >>> # with lock_on_main("runs/bench") as main: ...
     """
-    from agents import distributed as dist
+    from agents.parallel import distributed as dist
 
     with contextlib.ExitStack() as stack:
         with dist.on_main(f"locking {folder}") as main:
@@ -471,7 +471,7 @@ def open_run_on_main(
 ) -> Iterator[bool]:
     """:func:`open_run` on rank 0 alone (lock, check, fingerprint), with its "resuming?" on every rank.
 
-    Under ``torchrun`` (:mod:`agents.distributed`) only rank 0 locks and writes the run folder; an
+    Under ``torchrun`` (:mod:`agents.parallel.distributed`) only rank 0 locks and writes the run folder; an
     error there (another run's folder, a held lock) reaches every rank, and the other ranks start
     only once rank 0 has cleared (``restart``) or checked the folder, so they may read its
     checkpoint when resuming. A single process is exactly :func:`open_run`.
@@ -479,7 +479,7 @@ def open_run_on_main(
     Example:
         >>> # with open_run_on_main("runs/x", run_fingerprint("sft", cfg, train)) as resuming: ...
     """
-    from agents import distributed as dist
+    from agents.parallel import distributed as dist
 
     if not dist.is_distributed():
         with open_run(run, fingerprint, restart=restart) as resuming:
@@ -663,16 +663,16 @@ def check_finite_weights(model: Any, where: str, step: int, lr: float, saved: st
         >>> check_finite_weights(layer, "best/", 3, 1e-3, "")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        agents.runs.DivergedError: training diverged at step 3: the weight tensor 'bias' ...
+        agents.training.runs.DivergedError: training diverged at step 3: the weight tensor 'bias' ...
     """
     import torch
 
-    from agents import distributed as dist
-    from agents.distributed import is_dtensor
+    from agents.parallel import distributed as dist
+    from agents.parallel.distributed import is_dtensor
 
     bad, sharded = None, False
     for name, tensor in model.state_dict().items():
-        if is_dtensor(tensor):  # FSDP (agents.fsdp): this rank checks its shard, the ranks agree below
+        if is_dtensor(tensor):  # FSDP: this rank checks its shard, the ranks agree below
             sharded, tensor = True, tensor.to_local()
         if bad is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = name
@@ -690,8 +690,9 @@ def check_finite(value: float, what: str, step: int, lr: float, saved: str) -> N
         >>> check_finite(float("nan"), "loss", 4, 1e6, "No checkpoint was written.")
         Traceback (most recent call last):
         ...
-        agents.runs.DivergedError: training diverged at step 4: the loss is nan (not finite). No checkpoint \
-was written. Lower the learning rate (--lr, now 1e+06) and start over with --restart.
+        agents.training.runs.DivergedError: training diverged at step 4: the loss is nan (not \
+finite). No checkpoint was written. Lower the learning rate (--lr, now 1e+06) and start over with \
+--restart.
     """
     if not math.isfinite(value):
         raise DivergedError(what, value, step, lr, saved)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.runs import RESTART_HINT, CheckpointError, DiskFullError
+from agents.training.runs import RESTART_HINT, CheckpointError, DiskFullError
 
 STATE_FILE = "trainer_state.pt"
 FULL_DISK_BYTES = 64 << 20  # free space below which a failed write is taken for a full disk
@@ -46,7 +46,7 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     """Let ``write`` fill ``<path>.tmp``, then swap it in for ``path`` (the old one kept as ``.old``
     until the swap is done), so an interruption never leaves a half-written ``path``.
 
-    A full disk while writing removes ``<path>.tmp`` and raises :class:`~agents.runs.DiskFullError`
+    A full disk while writing removes ``<path>.tmp`` and raises :class:`~agents.training.runs.DiskFullError`
     ("no space left on FOLDER"), ``path`` as it was.
 
     Example:
@@ -111,7 +111,7 @@ def save_checkpoint(
     """Write ``policy.save_pretrained`` + trainer state into ``path`` atomically.
 
     ``model_state``: the weights to write instead of the model's own (the full weights gathered
-    from a sharded model: :func:`agents.fsdp.full_state_dict`).
+    from a sharded model: :func:`agents.parallel.fsdp.full_state_dict`).
 
     Example:
         >>> # save_checkpoint("runs/x/checkpoint", policy, {"step": 10, "optimizer": opt.state_dict()})
@@ -126,7 +126,7 @@ def save_checkpoint(
 def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The trainer state of a checkpoint folder (tensors and primitives only).
 
-    A missing, truncated or foreign file is a :class:`~agents.runs.CheckpointError` naming it.
+    A missing, truncated or foreign file is a :class:`~agents.training.runs.CheckpointError` naming it.
     """
     file = Path(path) / STATE_FILE
     if not file.exists():
@@ -149,7 +149,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
     """The complete checkpoint at ``path`` (or the previous one if a save was interrupted), or None.
 
     A ``path`` folder without its trainer state (and no complete previous one) is a
-    :class:`~agents.runs.CheckpointError`: resuming from step 0 would silently redo the run.
+    :class:`~agents.training.runs.CheckpointError`: resuming from step 0 would silently redo the run.
 
     Example:
         >>> import tempfile
@@ -173,9 +173,9 @@ def save_training(
 ) -> Path:
     """Atomic checkpoint of a training loop: weights, optimizer, scheduler, RNG states, loop state.
 
-    Under FSDP (:mod:`agents.fsdp`) every rank first gathers ``model_state``
-    (:func:`~agents.fsdp.full_state_dict`) and ``optimizer_state``
-    (:func:`~agents.fsdp.full_optimizer_state`), then rank 0 writes them: the files are one
+    Under FSDP (:mod:`agents.parallel.fsdp`) every rank first gathers ``model_state``
+    (:func:`~agents.parallel.fsdp.full_state_dict`) and ``optimizer_state``
+    (:func:`~agents.parallel.fsdp.full_optimizer_state`), then rank 0 writes them: the files are one
     process's.
 
     Example:
@@ -195,12 +195,12 @@ def restore_training(
 
     ``weights=False`` leaves the weights alone (loaded before the model was sharded, as the loops
     do under FSDP); sharded optimizer states get their shard of the saved full moments
-    (:func:`agents.fsdp.load_optimizer_state`).
+    (:func:`agents.parallel.fsdp.load_optimizer_state`).
 
     Example:
         >>> # state = restore_training(run / "checkpoint", policy, optimizer, scheduler) or fresh_state
     """
-    from agents.fsdp import load_optimizer_state
+    from agents.parallel.fsdp import load_optimizer_state
 
     found = find_checkpoint(path)
     if found is None:
@@ -221,10 +221,10 @@ def restore_training(
 def load_weights(policy: Any, folder: str | os.PathLike[str]) -> None:
     """Copy the weights saved in ``folder`` (``save_pretrained``) into ``policy.model`` in place.
 
-    A missing, damaged or changed file (``config.json``, the weights: :mod:`agents.saved`) is a
-    :class:`~agents.runs.CheckpointError` naming it, raised before any model is built.
+    A missing, damaged or changed file (``config.json``, the weights: :mod:`agents.training.saved`) is a
+    :class:`~agents.training.runs.CheckpointError` naming it, raised before any model is built.
     """
-    from agents.saved import check_config_fits_model, check_files, weights_files
+    from agents.training.saved import check_config_fits_model, check_files, weights_files
 
     folder = Path(folder)
     try:

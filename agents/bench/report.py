@@ -1,6 +1,6 @@
 """Reporting of ``recgym bench``: mean +- std over seeds, results.md, metrics.png, curves.png.
 
-Everything here reads the results dict :func:`agents.bench.run_bench` writes to ``results.json``
+Everything here reads the results dict :func:`agents.bench.runner.run_bench` writes to ``results.json``
 (``results["agents"][name]["runs"][seed]`` with ``metrics``, ``rollouts``, ``wall_seconds``), so
 a finished (or partial) ``results.json`` can be re-reported without rerunning anything.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.tracking import write_atomically
+from agents.training.tracking import write_atomically
 from recgym.metrics import KS, paired_bootstrap, request_gains
 
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG"))
@@ -192,7 +192,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
     """Write ``results.md``, ``metrics.png`` and ``curves.png`` into ``out``; return the table.
 
     Also sets ``results["paired_differences"]`` (:func:`paired_differences`), which
-    :func:`agents.bench.run_bench` then writes to ``results.json``.
+    :func:`agents.bench.runner.run_bench` then writes to ``results.json``.
 
     The curves are read from the ``metrics.jsonl`` of every run that names its ``run_dir`` (the RL
     agents and MaskablePPO), against rollouts, one colour per agent.
@@ -200,8 +200,8 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
     Example:
         >>> # write_report(json.loads(Path("runs/bench-ci/results.json").read_text()), "runs/bench-ci")
     """
-    from agents.plots import plot_metric_bars, plot_training_curves
-    from agents.tracking import MetricLogger
+    from agents.bench.plots import plot_metric_bars, plot_training_curves
+    from agents.training.tracking import MetricLogger
 
     out = Path(out)
 

@@ -12,8 +12,8 @@ What is shared, so that rows of the table compare:
   ``rollouts_per_request`` and keeps groups of n = ``riser_group``; plug-ins get
   ``group_size=rollouts_per_request``). MaskablePPO plays the same number of episodes.
 * **Protocol**: HR/NDCG@{1,3,5,10,20}; LLM policies and MaskablePPO rank by constrained beam
-  search (width ``beam``) over the prefix tree (:func:`agents.evaluate.evaluate`), classic
-  rankers by their own scores (:func:`agents.evaluate.evaluate_ranker`). Trained agents are tested
+  search (width ``beam``) over the prefix tree (:func:`agents.training.evaluate.evaluate`), classic
+  rankers by their own scores (:func:`agents.training.evaluate.evaluate_ranker`). Trained agents are tested
   with their best-on-valid weights (for RL agents the SFT start competes, as in ``recgym train``).
 
 Seeds: each RL agent, SASRec and MaskablePPO train once per seed. Agents that have nothing to seed
@@ -25,12 +25,12 @@ bench stopped part-way holds whole seeds.
 Outputs in ``--out``: ``results.json`` (per agent and seed: metrics, wall time, rollouts, config,
 plus env / preset / machine), ``results.md`` (mean +- std over seeds), ``metrics.png`` (HR@10 and
 NDCG@10 bars with std error bars), ``curves.png`` (rollout hit rate, entropy and valid HR@10
-against rollouts for the RL agents and MaskablePPO; see :mod:`agents.bench_report`), and ``sft/``,
+against rollouts for the RL agents and MaskablePPO; see :mod:`agents.bench.report`), and ``sft/``,
 ``runs/<agent>-seed<s>/`` with each run's ``metrics.jsonl`` and checkpoints (a rerun into the same
 folder resumes them).
 
 Under ``torchrun`` (``torchrun --nproc-per-node N -m agents.cli bench ...``) the SFT start, every
-RL run and every test run data-parallel (:mod:`agents.distributed`); the classic baselines and
+RL run and every test run data-parallel (:mod:`agents.parallel.distributed`); the classic baselines and
 MaskablePPO are single-process models that every rank trains alike; rank 0 alone locks ``--out``,
 writes and prints.
 
@@ -106,9 +106,9 @@ class BenchPreset:
         requests_per_step: distinct requests of each RL step.
         rollouts_per_request: rollouts drawn per request in an RL step (RISER de-duplicates them).
         riser_group: RISER's n (groups kept after de-duplicating ``rollouts_per_request``).
-        rl_lr: :class:`~agents.rl.RLConfig`'s learning rate.
-        mu: :class:`~agents.rl.RLConfig`'s optimizer passes over each batch of rollouts.
-        minibatches: :class:`~agents.rl.RLConfig`'s optimizer steps per pass.
+        rl_lr: :class:`~agents.training.rl.RLConfig`'s learning rate.
+        mu: :class:`~agents.training.rl.RLConfig`'s optimizer passes over each batch of rollouts.
+        minibatches: :class:`~agents.training.rl.RLConfig`'s optimizer steps per pass.
         rl_eval_every: RL steps between validations.
         eval_requests: validation sample size (None: the whole valid split).
         test_requests: the test sample size (None: every test request).
@@ -317,7 +317,7 @@ class AgentSpec:
 
     ``kind`` is ``classic`` (popularity, transition, sasrec), ``zero_shot`` (the LM as built or
     pretrained, before any training), ``sft``, ``rl`` (a learner trained by
-    :func:`agents.rl.train_rl` from the SFT policy) or ``maskable_ppo``. ``recipe`` names an
+    :func:`agents.training.rl.train_rl` from the SFT policy) or ``maskable_ppo``. ``recipe`` names an
     :mod:`agents.recipes` recipe whose RL settings (but not its batch size: the budget is the
     preset's) the row trains with; ``subset``: the row trains on the requests of ``--subset`` (a
     ``recgym select`` file, e.g. MiniRec's pick), with the same budget.
@@ -473,7 +473,7 @@ def run_bench(
     Example:
         >>> # run_bench(PRESETS["ci"], parse_agents("popularity,sft,grpo", PRESETS["ci"]), [0], "runs/b")
     """
-    from agents.runs import lock_on_main
+    from agents.training.runs import lock_on_main
 
     out = Path(out)
     seeds = list(seeds)
@@ -503,13 +503,13 @@ def _run_bench(
 ) -> dict[str, Any]:
     import torch
 
-    from agents import distributed as dist
-    from agents.bench_report import machine_info, write_report
+    from agents.bench.report import machine_info, write_report
     from agents.build import build_policy, json_text, make_task, write_json
-    from agents.checkpoint import write_folder_atomically
-    from agents.evaluate import select_rows
-    from agents.policy import LLMPolicy
-    from agents.tracking import write_atomically
+    from agents.model.policy import LLMPolicy
+    from agents.parallel import distributed as dist
+    from agents.training.checkpoint import write_folder_atomically
+    from agents.training.evaluate import select_rows
+    from agents.training.tracking import write_atomically
 
     main = dist.is_main()
     if restart and main:  # the runs start over in train_sft / train_rl; the bench's own outputs go now
@@ -764,7 +764,7 @@ def _check_rl_folders(
 ) -> None:
     """Refuse, before anything trains, an RL run folder that holds a run with other settings."""
     from agents.learners import make_learner
-    from agents.runs import check_run_folder, run_fingerprint
+    from agents.training.runs import check_run_folder, run_fingerprint
 
     for spec in agents:
         if spec.kind != "rl":
@@ -783,8 +783,8 @@ def _train_sft(
     policy: Any, tasks: SimpleNamespace, preset: BenchPreset, seed: int, run_dir: Path, progress: bool,
     restart: bool = False, run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from agents.runs import DivergedError
-    from agents.sft import sft_objective, train_sft
+    from agents.training.runs import DivergedError
+    from agents.training.sft import sft_objective, train_sft
 
     tick = time.time()
     config = _sft_config(preset, seed, progress, sft_objective(policy, tasks.train).size)
@@ -802,9 +802,9 @@ def _test(agent: Any, tasks: SimpleNamespace, preset: BenchPreset, progress: boo
 
     The metrics carry ``first_hit_ranks``: per test request, in the order of the seeded sample
     every agent shares, the 0-based rank of its first hit (-1: none), for the paired comparisons
-    of :func:`agents.bench_report.paired_differences`.
+    of :func:`agents.bench.report.paired_differences`.
     """
-    from agents.evaluate import evaluate
+    from agents.training.evaluate import evaluate
 
     metrics = evaluate(agent, tasks.test, beam=preset.beam, max_requests=preset.test_requests,
                        seed=preset.test_seed, progress=progress, per_request=True)
@@ -817,7 +817,7 @@ def _run_classic(
     progress: bool,
 ) -> dict[str, Any]:
     from agents.baselines import make_ranker, ranker_entry
-    from agents.evaluate import evaluate_ranker
+    from agents.training.evaluate import evaluate_ranker
 
     num_items = tasks.train.dataset.catalogue.num_items
     tick = time.time()
@@ -861,9 +861,9 @@ def _run_rl(
     subset: str | None = None,
 ) -> dict[str, Any]:
     from agents.learners import make_learner
-    from agents.policy import LLMPolicy
-    from agents.rl import train_rl
-    from agents.runs import DivergedError
+    from agents.model.policy import LLMPolicy
+    from agents.training.rl import train_rl
+    from agents.training.runs import DivergedError
 
     learner = make_learner(spec.learner, **spec.settings)
     _check_budget(spec, learner)
@@ -887,7 +887,7 @@ def _run_maskable_ppo(
     seed: int, tasks: SimpleNamespace, preset: BenchPreset, run_dir: Path | None, progress: bool
 ) -> dict[str, Any]:
     from agents.baselines.maskable_ppo import MaskablePPOConfig, train_maskable_ppo
-    from agents.runs import clear_run
+    from agents.training.runs import clear_run
 
     if run_dir is not None:
         clear_run(run_dir)  # MaskablePPO keeps no checkpoint: each bench run trains it anew (and logs anew)

@@ -14,7 +14,7 @@ Encoders (:func:`load_encoder`), all offline:
   model (mean of the last hidden states over the text's tokens, as MiniOneRec's ``text2emb``);
   a hub name works when the model is already in the local Hugging Face cache (nothing is
   downloaded).
-* an :class:`~agents.policy.LLMPolicy` (its own LM and tokenizer) or any ``(model, tokenizer)``
+* an :class:`~agents.model.policy.LLMPolicy` (its own LM and tokenizer) or any ``(model, tokenizer)``
   pair of a Hugging Face model, e.g. a causal LM: mean-pooled last hidden states.
 
 torch, transformers and sentence-transformers are imported inside the functions that need them.
@@ -395,7 +395,7 @@ def load_encoder(
     * ``"all-MiniLM-L6-v2"`` (or ``"sentence-transformers/all-MiniLM-L6-v2"``): the packaged model.
     * a folder with ``modules.json``: sentence-transformers; any other folder: :class:`MeanPoolEncoder`.
     * a hub name: only if already in the local Hugging Face cache (nothing is downloaded).
-    * an object with ``.model`` and ``.items.tokenizer`` (an :class:`~agents.policy.LLMPolicy`),
+    * an object with ``.model`` and ``.items.tokenizer`` (an :class:`~agents.model.policy.LLMPolicy`),
       or a ``(model, tokenizer)`` pair: :class:`MeanPoolEncoder` over that model.
 
     ``max_length`` truncates texts to that many tokens (default: the sentence-transformers model's

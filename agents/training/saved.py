@@ -1,6 +1,6 @@
 """The files of a saved policy folder, checked before anything is built from them.
 
-:meth:`~agents.policy.LLMPolicy.save_pretrained` records a SHA-256 of each file it wrote (the
+:meth:`~agents.model.policy.LLMPolicy.save_pretrained` records a SHA-256 of each file it wrote (the
 model's ``config.json``, the weights, the tokenizer, the item config and the catalogue) in
 ``recgym_policy.json``. Loading a folder (``LLMPolicy.from_pretrained``, a checkpoint's
 ``load_weights``) first checks every file it will read, before any model is built:
@@ -12,7 +12,7 @@ model's ``config.json``, the weights, the tokenizer, the item config and the cat
 * the weights are those the config describes (names and shapes, against a model built on the
   ``meta`` device, which allocates nothing).
 
-Each failure is a :class:`~agents.runs.CheckpointError` naming the file and the remedy.
+Each failure is a :class:`~agents.training.runs.CheckpointError` naming the file and the remedy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agents.runs import CheckpointError
+from agents.training.runs import CheckpointError
 
 SAVE_AGAIN = "save the policy again (rerun the run that wrote it with --restart) or use another folder"
 CONFIG = "config.json"
@@ -104,7 +104,7 @@ def check_files(
         >>> check_files(folder, ["config.json"], None)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        agents.runs.CheckpointError: .../config.json is damaged (not valid JSON: ...); save the policy ...
+        agents.training.runs.CheckpointError: .../config.json is damaged (not valid JSON: ...); ...
     """
     folder = Path(folder)
     for name in dict.fromkeys(names):
@@ -259,7 +259,7 @@ def check_saved_folder(
         >>> # folder = Path("runs/x/best")
         >>> # check_saved_folder(folder, LLMPolicy._read_policy_config(folder), items=True)
     """
-    from agents.adapters import ADAPTER_FILE
+    from agents.model.adapters import ADAPTER_FILE
 
     folder = Path(folder)
     names = [CONFIG, *weights_files(folder)]
