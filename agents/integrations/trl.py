@@ -90,8 +90,24 @@ def prompt_dataset(task: RecGenTask, rows: Sequence[int] | np.ndarray | None = N
 
 def completion_states(tree: PrefixTree, completion_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """The tree node each completion (token ids, the end token included) reaches; -1 where it leaves
-    the tree or stops before an item is complete (an invalid output)."""
-    states = np.array([tree.walk(list(ids)) for ids in completion_ids], dtype=np.int64)
+    the tree or stops before an item is complete (an invalid output).
+
+    One tree step per token position for all completions at once (ragged completions are padded).
+
+    Example:
+        >>> from recgym.tree import PrefixTree
+        >>> tree = PrefixTree([[1, 2, 0], [1, 3, 0]], vocab_size=4)
+        >>> completion_states(tree, [[1, 2, 0], [1, 3], [2, 0], [1, 3, 0, 0]])  # complete, short, off, past
+        array([ 4, -1, -1, -1])
+    """
+    lengths = np.array([len(ids) for ids in completion_ids], dtype=np.int64)
+    tokens = np.zeros((len(lengths), int(lengths.max(initial=0))), dtype=np.int64)
+    tokens[np.arange(tokens.shape[1]) < lengths[:, None]] = np.concatenate(
+        [np.asarray(ids, dtype=np.int64).ravel() for ids in completion_ids] or [np.zeros(0, np.int64)])
+    states = np.zeros(len(lengths), dtype=np.int64)  # the root
+    for j in range(tokens.shape[1]):
+        live = (j < lengths) & (states >= 0)  # -1 stays -1: the completion has left the tree
+        states = np.where(live, tree.step(np.maximum(states, 0), tokens[:, j]), states)
     valid = states >= 0
     states[valid] = np.where(tree.is_complete(states[valid]), states[valid], -1)
     return states
