@@ -25,16 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.configs import MODEL_PRESETS
 from agents.model.policy import LLMPolicy
 from agents.training.sft import SFTConfig, SFTObjective, sft_objective, train_sft
 from agents.training.tracking import MetricLogger, write_atomically
-from recgym.data import load
 from recgym.envs import RecGenTask
-from recgym.sids import with_sid_index
 
 SIZES: dict[str, dict[str, int]] = {
     "h64": MODEL_PRESETS["tiny"],
@@ -80,12 +77,9 @@ def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int
     the one place a recipe becomes a run, so ``bench_sft_games.py`` resumes or reuses a sweep's run
     folder."""
     cfg = {**BASE, **CONFIGS[name]}
-    data: Any = "games-lcrec"
-    if cfg["ids"] == "atomic":  # item i is the single code <a_i>
-        data = load("games-lcrec", max_history=cfg["max_history"])
-        data = with_sid_index(data, np.arange(data.catalogue.num_items)[:, None])
-    train = RecGenTask(data, split="train", representation="sid", template=cfg["template"],
-                       max_history=cfg["max_history"], vocab_size=257)
+    train = RecGenTask("games-lcrec", split="train", representation="sid", template=cfg["template"],
+                       max_history=cfg["max_history"], vocab_size=257,
+                       sid_index="atomic" if cfg["ids"] == "atomic" else None)  # atomic: item i is <a_i>
     valid = RecGenTask(train.dataset, split="valid", tokenizer=train.items)
     policy = LLMPolicy.from_config(SIZES[cfg["size"]], train.items, seed=seed)
     objective = sft_objective(policy, train, cfg["level"])

@@ -53,6 +53,7 @@ __all__ = [
 
 COLLISIONS = ("extra_level", "sinkhorn", "none")
 MAX_SID_LEVELS = 26  # SID tokens name their level by a letter: <a_..> .. <z_..>
+ATOMIC = "atomic"  # with_sid_index(ds, ATOMIC): one token per item, <a_i> for item i
 _CHUNK_ROWS = 32768  # rows of a distance matrix computed at once (bounds memory for big catalogues)
 _SINKHORN_CELLS = 1 << 22  # (groups x movers x codes) cells per batched Sinkhorn call
 PathLike = str | os.PathLike[str]
@@ -839,11 +840,15 @@ def read_sid_index(path: PathLike, num_items: int | None = None) -> np.ndarray:
 
 
 def with_sid_index(
-    dataset: Dataset, index: PathLike | np.ndarray | SIDIndex, *, check_titles: bool = True
+    dataset: Dataset, index: PathLike | np.ndarray | SIDIndex | str, *, check_titles: bool = True
 ) -> Dataset:
     """The dataset with its catalogue's semantic IDs replaced by an index's (a path to an LC-Rec
     ``index.json``, an :class:`SIDIndex` or a (N, L) code array). Titles, keys and splits are kept,
     so ``RecGenTask(with_sid_index(ds, path), representation="sid")`` plays the new SIDs.
+
+    ``index="atomic"`` gives every item its own single code (``<a_i>`` for item i): one action per
+    item, the item-ID vocabulary of SASRec-style models, so a policy does not compose items from
+    shared codes (a file named ``atomic`` is ``"./atomic"``).
 
     When the index file has a report with the fingerprint of the titles it was built from and the
     dataset's titles differ, a ValueError says so (``check_titles=False`` skips that check).
@@ -854,6 +859,8 @@ def with_sid_index(
         >>> new = with_sid_index(ds, np.arange(100).reshape(50, 2))
         >>> new.catalogue.sid_string(3), new.catalogue.titles == ds.catalogue.titles
         ('<a_6><b_7>', True)
+        >>> with_sid_index(ds, "atomic").catalogue.sid_string(3)  # one token per item
+        '<a_3>'
     """
     cat = dataset.catalogue
     source: str
@@ -862,6 +869,8 @@ def with_sid_index(
         fingerprint = index.report.get("titles_sha256")
     elif isinstance(index, np.ndarray):
         codes, source, fingerprint = index, "an array", None
+    elif isinstance(index, str) and index == ATOMIC:  # item i is the one code <a_i>
+        codes, source, fingerprint = np.arange(cat.num_items, dtype=np.int64)[:, None], ATOMIC, None
     else:
         codes = read_sid_index(index, num_items=cat.num_items)
         source = str(index)

@@ -308,3 +308,15 @@ def test_env_plays_a_titles_only_dataset_with_our_sids(tmp_path, monkeypatch):
 
 def test_titles_fingerprint_separates_items():
     assert titles_fingerprint(["ab", "c"]) != titles_fingerprint(["a", "bc"])
+
+
+def test_atomic_ids_give_every_item_its_own_single_token():
+    """sid_index="atomic": item i is <a_i>, its path in the tree is one token then the end token."""
+    ds = make_synthetic(num_items=30, num_users=20, num_categories=2, clusters_per_category=2, seed=0)
+    task = RecGenTask(ds, split="train", representation="sid", vocab_size=400, sid_index="atomic")
+    assert [task.dataset.catalogue.sid_string(i) for i in (0, 7, 29)] == ["<a_0>", "<a_7>", "<a_29>"]
+    tok = task.items.tokenizer
+    for item in (0, 7, 29):
+        want = [tok.convert_tokens_to_ids(f"<a_{item}>"), task.items.eos_token_id]
+        assert task.items.sequences[item].tolist() == want
+    assert int(task.tree.num_children[task.tree.root]) == 30  # every item one step from the root

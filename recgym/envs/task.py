@@ -74,7 +74,8 @@ class RecGenTask:
             byte-level BPE plus the end token); ignored when ``tokenizer`` is given.
         dataset_kwargs: passed to :func:`recgym.data.load` (only when ``dataset`` is a name or folder).
         sid_index: an LC-Rec-style ``index.json`` (e.g. from ``recgym data sids``) whose semantic IDs
-            replace the catalogue's: a dataset with only titles becomes a SID env.
+            replace the catalogue's: a dataset with only titles becomes a SID env; ``"atomic"``: one
+            token per item (``<a_i>``), no shared codes.
 
     Every setting is checked before the dataset is loaded or a tokenizer trained: a float where an
     int belongs, a NaN reward or a setting that would be ignored is an error naming it.
