@@ -20,6 +20,7 @@ import torch
 from agents.parallel import distributed as dist
 from agents.parallel import fsdp
 from agents.training.evaluate import evaluate
+from agents.training.runs import check_policy_task
 from recgym.envs.task import RecGenTask
 
 
@@ -191,12 +192,36 @@ def policy_writer(policy: Any) -> Callable[[Path], Any]:
 MIN_VALID_SAMPLE = 2000
 
 
-def check_valid_sample(eval_requests: int | None, task: RecGenTask | None) -> None:
+def check_training_inputs(
+    policy: Any, train_task: RecGenTask, valid_task: RecGenTask | None, cfg: Any,
+) -> None:
+    """What SFT and RL check before anything is opened: a noisy valid sample (a warning), adapters
+    under FSDP, an empty training split and a task whose catalogue is not the policy's (errors).
+
+    ``cfg`` supplies ``eval_requests`` and ``fsdp`` (an ``SFTConfig`` or ``RLConfig``).
+
+    Example:
+        >>> # check_training_inputs(policy, train, valid, SFTConfig())   # first thing train_sft does
+    """
+    check_valid_sample(cfg.eval_requests, valid_task, stacklevel=4)  # names the line that called the loop
+    if cfg.fsdp:
+        fsdp.check(policy)  # adapters are refused before anything is opened
+    if train_task.num_requests == 0:
+        raise ValueError(f"the {train_task.split!r} split has no requests to train on")
+    for task in (train_task, valid_task):
+        if task is not None:
+            check_policy_task(policy.items, task)
+
+
+def check_valid_sample(eval_requests: int | None, task: RecGenTask | None, stacklevel: int = 3) -> None:
     """Warn when model selection reads a sample too small to tell checkpoints apart.
 
     Model selection is by the whole valid split by default; a seeded sample of fewer than
     ``MIN_VALID_SAMPLE`` requests (or the whole split, when smaller) makes HR/NDCG@10 differences of a
     few hundredths noise.
+
+    ``stacklevel``: the frame the warning names, counted as :func:`warnings.warn` counts (3: the
+    caller of the function that calls this one).
 
     Example:
         >>> check_valid_sample(None, None)  # the whole split: nothing to say
@@ -206,8 +231,8 @@ def check_valid_sample(eval_requests: int | None, task: RecGenTask | None) -> No
     if eval_requests < min(MIN_VALID_SAMPLE, task.num_requests):
         warnings.warn(f"model selection on {eval_requests} of {task.num_requests} valid requests is noisy: "
                       f"use the whole split (--eval-requests none; eval_requests=None in Python) or at least "
-                      f"{MIN_VALID_SAMPLE}", stacklevel=3)
+                      f"{MIN_VALID_SAMPLE}", stacklevel=stacklevel)
 
 
-__all__ = ["MIN_VALID_SAMPLE", "check_valid_sample", "hidden_dropout", "make_optimizer", "policy_writer",
-           "shard_for_training", "validate", "warmup_cosine"]
+__all__ = ["MIN_VALID_SAMPLE", "check_training_inputs", "check_valid_sample", "hidden_dropout",
+           "make_optimizer", "policy_writer", "shard_for_training", "validate", "warmup_cosine"]

@@ -46,13 +46,12 @@ from agents.model.policy import LLMPolicy, make_rollout_env
 from agents.parallel import distributed as dist
 from agents.parallel import fsdp
 from agents.training.checkpoint import load_weights, restore_training, save_training, write_folder_atomically
-from agents.training.loop import check_valid_sample, make_optimizer, shard_for_training, validate
+from agents.training.loop import check_training_inputs, make_optimizer, shard_for_training, validate
 from agents.training.runs import (
     DivergedError,
     LearnerError,
     check_finite,
     check_finite_weights,
-    check_policy_task,
     open_run_on_main,
     run_fingerprint,
     saved_note,
@@ -133,14 +132,7 @@ def train_rl(
         >>> # summary = train_rl(policy, make_learner("riser"), train, valid, RLConfig(steps=50), "runs/r")
     """
     cfg = config or RLConfig()
-    check_valid_sample(cfg.eval_requests, valid_task)
-    if cfg.fsdp:
-        fsdp.check(policy)  # adapters are refused before anything is opened
-    if train_task.num_requests == 0:
-        raise ValueError(f"the {train_task.split!r} split has no requests to train on")
-    for task in (train_task, valid_task):
-        if task is not None:
-            check_policy_task(policy.items, task)
+    check_training_inputs(policy, train_task, valid_task, cfg)
     if run_dir is None:
         return _train_rl(policy, learner, train_task, valid_task, cfg, None, sampler, False)
     run = Path(run_dir)

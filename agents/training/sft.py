@@ -55,16 +55,15 @@ from agents.parallel import distributed as dist
 from agents.parallel import fsdp
 from agents.training.checkpoint import load_weights, restore_training, save_training
 from agents.training.loop import (
-    check_valid_sample,
+    check_training_inputs,
     hidden_dropout,
+    make_optimizer,
     shard_for_training,
     validate,
-    warmup_cosine,
 )
 from agents.training.runs import (
     check_finite,
     check_finite_weights,
-    check_policy_task,
     open_run_on_main,
     run_fingerprint,
     saved_note,
@@ -103,14 +102,7 @@ def train_sft(
         >>> #                     RecGenTask(ds, split="valid", tokenizer=policy.items), SFTConfig(epochs=1))
     """
     cfg = config or SFTConfig()
-    check_valid_sample(cfg.eval_requests, valid_task)
-    if cfg.fsdp:
-        fsdp.check(policy)  # adapters are refused before anything is opened
-    if train_task.num_requests == 0:
-        raise ValueError(f"the {train_task.split!r} split has no requests to train on")
-    for task in (train_task, valid_task):
-        if task is not None:
-            check_policy_task(policy.items, task)
+    check_training_inputs(policy, train_task, valid_task, cfg)
     if run_dir is None:
         return _train_sft(policy, train_task, valid_task, cfg, None, False)
     run = Path(run_dir)
@@ -136,8 +128,7 @@ def _train_sft(
     # FSDP (--fsdp under torchrun): the checkpoint's weights are loaded, then the blocks sharded.
     sharding = shard_for_training(policy, cfg.fsdp, run / "checkpoint" if resuming else None)
     params = policy.trainable_parameters()  # all of them unless adapters freeze a part
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
+    optimizer, scheduler = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total)
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "history": []}
     restored = (restore_training(run / "checkpoint", policy, optimizer, scheduler, weights=sharding is None)
                 if resuming else None)
