@@ -315,7 +315,7 @@ class _Groups:
         over the tree's allowed tokens only for ``objective="constrained"``.
         """
         logp, _, _ = policy._scatter_token_logprobs(h, self.states, self.resp, self.mask, 1.0,
-                                                    policy.full_vocab)
+                                                    policy.full_vocab, entropy=False)
         return self.per_request(-self.weight.to(logp.dtype) * logp.sum(dim=1))
 
     def per_request(self, rows: torch.Tensor) -> torch.Tensor:

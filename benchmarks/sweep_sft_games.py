@@ -67,6 +67,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # one token per item instead of LC-Rec's 4 SID codes: the same decoder and recipe without composing
     # an item from codes (what SASRec scores), to measure how much of the gap to SASRec the codes are
     "h128-atomic-d0.2": {"size": "h128", "dropout": 0.2, "lr": 2e-3, "ids": "atomic"},
+    # its curve still rose at epoch 10: the same recipe over 20 epochs (cosine decay over all 20)
+    "h128-atomic-d0.2-e20": {"size": "h128", "dropout": 0.2, "lr": 2e-3, "ids": "atomic", "epochs": 20},
 }
 
 

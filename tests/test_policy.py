@@ -201,3 +201,27 @@ def test_length_buckets_give_the_same_logprobs_and_gradients(setup, method):
     for a, b in zip(bucketed[2], whole[2]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize("full_vocab", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_without_entropy_equal_the_log_softmax_with_its_gradients(setup, full_vocab, temperature):
+    """entropy=False takes z_y - logsumexp(z) (no (N, K) log-softmax): the same log-probs and gradients
+    as the log-softmax path, whose numbers equal the sampling-time log-probs (tests above)."""
+    task, policy = setup
+    prompts, lens = task.prompt_tokens(np.arange(6))
+    responses = policy.item_responses([0, 5, 9, 17, 33, 59])
+
+    def run(entropy):
+        policy.model.zero_grad()
+        logp, ent, mask = policy.sequence_logprobs(prompts, lens, responses, temperature,
+                                                   full_vocab=full_vocab, entropy=entropy)
+        (logp * torch.arange(1.0, logp.shape[1] + 1)).sum().backward()  # unequal weights per position
+        return logp.detach(), ent, mask, [p.grad.clone() for p in policy.model.parameters()]
+
+    fast, slow = run(False), run(True)
+    assert fast[1] is None and slow[1] is not None
+    assert torch.equal(fast[2], slow[2]) and (fast[0] <= 0).all()
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast[3], slow[3]):  # float32 rounding of sums over ~30 weighted positions
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6, rtol=1e-4)

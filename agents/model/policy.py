@@ -52,7 +52,13 @@ from agents.model.kvcache import (
 )
 from agents.model.persistence import POLICY_CONFIG, PolicyPersistence
 from agents.model.sampling import ConstrainedSampling, Rollout, make_rollout_env
-from agents.model.scoring import BUCKET_PADDING, OBJECTIVES, TeacherForcedScoring, length_buckets
+from agents.model.scoring import (
+    BUCKET_PADDING,
+    OBJECTIVES,
+    TeacherForcedScoring,
+    _at_least_float32,
+    length_buckets,
+)
 from agents.model.trainable import PolicyAdapters
 from recgym.items import ItemTokenizer
 
@@ -245,13 +251,40 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
         Logits are ``h @ W[U].T`` for the union U of allowed tokens in the batch, gathered per row;
         padding has token -1 and logit -inf. Rows must be states that are not complete.
         """
-        tokens, valid = self.tables.allowed_padded(states)
-        union, inverse = torch.unique(tokens[valid], return_inverse=True)
+        inverse, tokens, valid, union, col = self._allowed_union(states)
         dense = hidden.to(self.head_weight.dtype) @ self.head_rows(union).T  # (N, |U|)
+        logits = _at_least_float32(dense.gather(1, col[inverse]))
+        if temperature != 1.0:
+            logits = logits / temperature
+        return tokens[inverse], logits.masked_fill(~valid[inverse], float("-inf"))
+
+    def allowed_logsumexp(self, hidden: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``log sum_{a in A(s)} exp z_a`` per row, z = W h, A(s) the allowed tokens of state s: the
+        normaliser of the constrained objective, without the padded ``(N, K)`` logits of
+        :meth:`allowed_logits` (one ``(N, |U|)`` product, the disallowed entries masked).
+
+        Example:
+            >>> # log_z = policy.allowed_logsumexp(hidden, states)  # (N,)
+        """
+        inverse, tokens, valid, union, col = self._allowed_union(states)
+        allowed = torch.zeros(len(tokens), len(union), dtype=torch.bool, device=tokens.device)
+        allowed[valid.nonzero()[:, 0], col[valid]] = True  # (S, |U|): which union tokens each state allows
+        dense = _at_least_float32(hidden.to(self.head_weight.dtype) @ self.head_rows(union).T)
+        return dense.masked_fill(~allowed[inverse], float("-inf")).logsumexp(dim=1)
+
+    def _allowed_union(
+        self, states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(inverse [N], tokens [S, K], valid [S, K], union [U], col [S, K])`` of ``states``: the
+        distinct states (row i is state ``inverse[i]``), their padded allowed tokens, the union of
+        those tokens and each one's column in it. A batch holds few distinct states (one, the root,
+        for one token per item), so the tables are built per distinct state, not per row."""
+        distinct, inverse = torch.unique(states, return_inverse=True)
+        tokens, valid = self.tables.allowed_padded(distinct)
+        union, index = torch.unique(tokens[valid], return_inverse=True)
         col = torch.zeros_like(tokens)
-        col[valid] = inverse
-        logits = _at_least_float32(dense.gather(1, col)) / temperature
-        return tokens, logits.masked_fill(~valid, float("-inf"))
+        col[valid] = index
+        return inverse, tokens, valid, union, col
 
     def item_responses(self, item_ids: Any) -> np.ndarray:
         """Token sequences of items, right-padded with -1: the responses for teacher forcing."""
@@ -268,11 +301,6 @@ def _cache_keyword(trunk_class: type) -> str:
     """The KV cache's argument name: ``cache`` since transformers 5.x (``past_key_values`` deprecated
     there), ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(trunk_class.forward).parameters else "past_key_values"
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits go to float32 for the softmax; float64 (gradient checks) stays float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 __all__ = [

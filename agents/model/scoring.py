@@ -52,8 +52,8 @@ class TeacherForcedScoring:
 
     def sequence_logprobs(
         self, prompt_ids: Any, prompt_len: Any, responses: torch.Tensor | np.ndarray,
-        temperature: float = 1.0, *, full_vocab: bool | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        temperature: float = 1.0, *, full_vocab: bool | None = None, entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probs and entropies of given responses under the policy's objective, batched (gradients flow).
 
         ``responses`` (B, T) are token sequences from the root, right-padded with -1.
@@ -61,10 +61,12 @@ class TeacherForcedScoring:
         ``bucket_padding``): the straightforward way.
         :meth:`group_logprobs` gives the same numbers with one prompt forward per request.
         ``full_vocab`` overrides the objective (True: whole vocabulary, as TRL / ReRe train; False:
-        renormalised over the allowed tokens; None: the policy's ``objective``).
+        renormalised over the allowed tokens; None: the policy's ``objective``). ``entropy=False``
+        skips the entropies (None in their place): SFT needs the log-probs only, and computing them
+        alone costs a log-sum-exp per position instead of a log-softmax over the allowed tokens.
 
         Returns:
-            ``(logprobs [B, T], entropies [B, T], mask [B, T])``; zeros on padding.
+            ``(logprobs [B, T], entropies [B, T] or None, mask [B, T])``; zeros on padding.
 
         Example:
             >>> # responses = policy.item_responses(items)  # (B, T), right-padded with -1
@@ -85,7 +87,7 @@ class TeacherForcedScoring:
             # The hidden state before token t predicts token t: positions pb-1 .. pb+tb-2.
             parts.append(hidden[:, pb - 1: pb - 1 + tb])
         h = _in_order(parts, buckets, resp.shape[1])
-        return self._scatter_token_logprobs(h, states, resp, mask, temperature, full_vocab)
+        return self._scatter_token_logprobs(h, states, resp, mask, temperature, full_vocab, entropy)
 
     def stream_logprobs(
         self, token_ids: Any, lengths: Any, states: Any, *, full_vocab: bool | None = None,
@@ -118,7 +120,7 @@ class TeacherForcedScoring:
         h = _in_order(parts, buckets, ids.shape[1] - 1)
         mask = states[:, 1:] >= 0
         logp, _, _ = self._scatter_token_logprobs(h, states[:, 1:].clamp(min=0), ids[:, 1:], mask, 1.0,
-                                                  full_vocab)
+                                                  full_vocab, entropy=False)
         pad = logp.new_zeros(len(logp), 1)
         return torch.cat([pad, logp], dim=1), torch.cat([mask.new_zeros(len(mask), 1), mask], dim=1)
 
@@ -202,16 +204,20 @@ class TeacherForcedScoring:
 
     def _token_logprobs(
         self, h: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor | None, temperature: float,
-        full_vocab: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per position: log-prob of ``tokens`` (or all allowed ones when None) and the entropy.
+        full_vocab: bool = False, entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per position: log-prob of ``tokens`` (or all allowed ones when None) and the entropy
+        (None where ``entropy`` is False).
 
         Constrained: the sparse head over the allowed tokens of ``states``; ``full_vocab``: the
-        whole output layer.
+        whole output layer. Given tokens without the entropy (SFT, MiniRec's scores) take
+        :meth:`_chosen_logprobs`: no ``(N, K)`` log-softmax, gather or entropy is built.
         """
+        if tokens is not None and not entropy:
+            return self._chosen_logprobs(h, states, tokens, temperature, full_vocab), None
         if full_vocab:
-            logits = self.full_logits(h) / temperature
-            logp_all = torch.log_softmax(logits, dim=-1)
+            logits = self.full_logits(h)
+            logp_all = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
             ent = -(logp_all.exp() * logp_all).sum(dim=1)
             return (logp_all if tokens is None else logp_all.gather(1, tokens[:, None]).squeeze(1)), ent
         allowed, logits = self.allowed_logits(h, states, temperature)
@@ -221,16 +227,37 @@ class TeacherForcedScoring:
             return logp_all, ent
         return logp_all.gather(1, _column_of(allowed, tokens)[:, None]).squeeze(1), ent
 
+    def _chosen_logprobs(
+        self, h: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor, temperature: float,
+        full_vocab: bool,
+    ) -> torch.Tensor:
+        """log pi(y | s) = z_y / T - log sum_a exp(z_a / T), z = W h, the sum over the whole vocabulary
+        (``full_vocab``) or the allowed tokens A(s): z_y is one dot product with the output row of y,
+        and the log-sum-exp's backward is the softmax itself, so the ``(N, K)`` log-softmax, its gather
+        and the gather's scatter-back are never built (on one token per item, K is the catalogue)."""
+        w_y = self.head_rows(tokens)  # (N, H): the output rows of the chosen tokens
+        z_y = _at_least_float32((h.to(w_y.dtype) * w_y).sum(dim=-1))
+        if temperature != 1.0:
+            z_y, h = z_y / temperature, h / temperature  # z / T = W (h / T)
+        log_z = self.full_logits(h).logsumexp(dim=1) if full_vocab else self.allowed_logsumexp(h, states)
+        # z_y and log Z come from two products: where y is the only allowed token (p = 1) rounding can
+        # leave +1e-7, so log p is clamped at 0 (its gradient there is 0 either way)
+        return (z_y - log_z).clamp(max=0.0)
+
     def _scatter_token_logprobs(
         self, h: torch.Tensor, states: torch.Tensor, resp: torch.Tensor, mask: torch.Tensor,
-        temperature: float, full_vocab: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probs / entropies of ``resp`` (hidden states ``h`` (B, T, H)) at ``mask``, zeros elsewhere."""
-        logp_m, ent_m = self._token_logprobs(h[mask], states[mask], resp[mask], temperature, full_vocab)
+        temperature: float, full_vocab: bool, entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Log-probs / entropies of ``resp`` (hidden states ``h`` (B, T, H)) at ``mask``, zeros elsewhere
+        (entropies None where ``entropy`` is False)."""
+        logp_m, ent_m = self._token_logprobs(h[mask], states[mask], resp[mask], temperature, full_vocab,
+                                             entropy)
         logp = torch.zeros(mask.shape, device=self.device, dtype=logp_m.dtype)
-        ent = torch.zeros_like(logp)
         logp[mask] = logp_m
-        ent[mask] = ent_m
+        ent = None
+        if ent_m is not None:
+            ent = torch.zeros_like(logp)
+            ent[mask] = ent_m
         return logp, ent, mask
 
 
@@ -281,6 +308,11 @@ def _in_order(parts: list[torch.Tensor], buckets: list[torch.Tensor], width: int
 def _as_long(values: Any, device: torch.device) -> torch.Tensor:
     """An int64 tensor on ``device`` from a tensor, array or list."""
     return torch.as_tensor(values if torch.is_tensor(values) else np.asarray(values), device=device).long()
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go to float32 for the softmax; float64 (gradient checks) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _column_of(allowed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -219,7 +219,8 @@ class SFTObjective:
     def logprobs(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token log-probs and the mask of scored tokens for a batch."""
         responses = self.policy.item_responses(self.task.examples.target[rows])
-        logp, _, mask = self.policy.sequence_logprobs(*self.task.prompt_tokens(rows), responses)
+        prompts = self.task.prompt_tokens(rows)
+        logp, _, mask = self.policy.sequence_logprobs(*prompts, responses, entropy=False)
         return logp, mask
 
     def loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
