@@ -26,7 +26,7 @@ import torch
 from agents.baselines import PopularityRecommender, TransitionRecommender
 from agents.baselines.sasrec import SASRecConfig, SASRecRecommender
 from recgym.data import Examples, load
-from recgym.metrics import KS, format_table, hits_from_ranked, ranking_metrics
+from recgym.metrics import KS, first_hit_ranks, format_table, hits_from_ranked, ranking_metrics
 
 DEFAULT_DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "games-lcrec")
 RESULT_NAMES = {"games-lcrec": "games"}  # dataset name -> results/classic-<name>.json
@@ -41,16 +41,19 @@ def without_history(ranked: np.ndarray, examples: Examples, k: int) -> np.ndarra
     return np.where(np.take_along_axis(seen, order, axis=1), -1, out)
 
 
-def evaluate(model, examples: Examples, k: int) -> dict[str, dict[str, float]]:
+def evaluate(model, examples: Examples, k: int, ranks: dict[str, np.ndarray] | None = None,
+             ) -> dict[str, dict[str, float]]:
+    """HR/NDCG@K of ``model`` on ``examples``, on its own ranking and with each request's history
+    removed; with a ``ranks`` dict, also puts there per view each request's 0-based first-hit rank
+    among the top ``k`` (-1: none), for paired comparisons (``compare_games.py``)."""
     start = time.perf_counter()
     ranked = model.rank(examples, k + examples.max_history)
     seconds = time.perf_counter() - start
-    return {
-        "own_ranking": ranking_metrics(hits_from_ranked(ranked[:, :k], examples.target)),
-        "history_excluded": ranking_metrics(hits_from_ranked(without_history(ranked, examples, k),
-                                                             examples.target)),
-        "rank_seconds": seconds,
-    }
+    hits = {"own_ranking": hits_from_ranked(ranked[:, :k], examples.target),
+            "history_excluded": hits_from_ranked(without_history(ranked, examples, k), examples.target)}
+    if ranks is not None:
+        ranks.update({view: first_hit_ranks(h) for view, h in hits.items()})
+    return {**{view: ranking_metrics(h) for view, h in hits.items()}, "rank_seconds": seconds}
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ literature (every position of a sequence is a target). ``--train-rows all`` trai
 row, as ``fit`` on the raw split does: each target then comes back once per later row of its user
 that still holds it in its window (6.8x the targets an epoch on Games, at the same cost per target).
 Reports training targets per second (non-padding positions, training loop only) and
-wall time. Writes ``benchmarks/results/sasrec-games.json``. On one CPU thread (2-core machine, the
+wall time. Writes ``benchmarks/results/sasrec-games.json``, and beside it ``sasrec-games.ranks.npz``:
+each model's first-hit rank (0-based, -1 beyond 50) of every test request in each view, which
+``compare_games.py`` pairs with the SFT policy's. On one CPU thread (2-core machine, the
 other core busy), hidden 64, batch 64: CE about 68 s an epoch (4.5k targets/s; the (positions x
 16,859) logits dominate, and batch 64 keeps them in cache better than 128), BCE about 19 s.
 
@@ -115,6 +117,7 @@ def main() -> None:
     print(f"{ds.name}: {len(train)} train sequences ({args.train_rows}), {targets} targets an epoch, "
           f"{len(valid)} valid, {len(ds.test)} test, {n} items", flush=True)
 
+    per_request: dict[str, np.ndarray] = {}  # "sasrec-LOSS/VIEW" -> first-hit rank of every test request
     for loss in losses:
         config = SASRecConfig(
             hidden=args.hidden, blocks=args.blocks, heads=args.heads, dropout=args.dropout, loss=loss,
@@ -129,7 +132,9 @@ def main() -> None:
         train_seconds = sum(e["seconds"] for e in model.log_)
         # evaluate() ranks without exclusion and applies it itself, the same way as classic-games.
         model.config = replace(model.config, exclude_history=False)
-        scores = evaluate(model, ds.test, max(KS))
+        ranks: dict[str, np.ndarray] = {}
+        scores = evaluate(model, ds.test, max(KS), ranks)
+        per_request.update({f"sasrec-{loss}/{view}": r.astype(np.int8) for view, r in ranks.items()})
         results["models"][f"sasrec-{loss}"] = {
             "config": asdict(config), "epochs_run": len(model.log_), "best_epoch": model.best_epoch_,
             "best_valid_NDCG@10": model.best_valid_ndcg10_, "best_valid_HR@10": model.best_valid_hr10_,
@@ -149,7 +154,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out} ({results['wall_seconds']:.0f} s)")
+    ranks_file = out.with_suffix(".ranks.npz")
+    np.savez_compressed(ranks_file, **per_request)
+    print(f"\nwrote {out} ({results['wall_seconds']:.0f} s) and {ranks_file.name} (first-hit ranks)")
 
 
 if __name__ == "__main__":

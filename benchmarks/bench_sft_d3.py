@@ -3,12 +3,15 @@
 D3 publishes only valid and test, so valid is the training stand-in (as ReRe / MiniOneRec train on
 it) and nothing is left to select on: both models train a fixed number of epochs and are tested
 with their last weights. The policy is the `mini` model from scratch on the compact prompt over the
-items' titles, with the D3 window of 10 history items (the folders' own), sequence-level SFT (the
-valid rows of a user chain: one stream per user), dropout 0.2; tested on every test request by
-constrained beam search (width 50, reference scoring). SASRec (cross-entropy, dropout 0.2, max_len
-10) ranks the whole catalogue for the same requests. Writes ``benchmarks/results/sft-d3.json``.
+items' titles (``--ids atomic``: one token per item instead, ``sid_index="atomic"``, as the Games
+one-token-per-item recipe; into ``sft-d3-atomic.json``), with the D3 window of 10 history items
+(the folders' own), sequence-level SFT (the valid rows of a user chain: one stream per user),
+dropout 0.2; tested on every test request by constrained beam search (width 50, reference
+scoring). SASRec (cross-entropy, dropout 0.2, max_len 10) ranks the whole catalogue for the same
+requests. Writes ``benchmarks/results/sft-d3.json``.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_d3.py --datasets office-d3,industrial-d3
+    RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_d3.py --ids atomic
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ from recgym.metrics import format_table  # noqa: E402
 
 def run(name: str, args: argparse.Namespace) -> dict:
     """SFT and SASRec on one D3 folder, tested on its whole test split."""
-    train = RecGenTask(name, split="valid", representation="title", template="compact", max_history=10)
+    if args.ids == "atomic":  # one token per item (item i is <a_i>), as the Games one-token recipe
+        train = RecGenTask(name, split="valid", representation="sid", sid_index="atomic", template="compact",
+                           max_history=10)
+    else:
+        train = RecGenTask(name, split="valid", representation="title", template="compact", max_history=10)
     test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
     ds = train.dataset
     policy = LLMPolicy.from_config("mini", train.items, seed=0)
@@ -73,9 +80,14 @@ def main() -> None:
     parser.add_argument("--sasrec-epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32, help="windows per SFT step (about 1,900 an epoch)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default="runs/sft-d3")
-    parser.add_argument("--out", default="benchmarks/results/sft-d3.json")
+    parser.add_argument("--ids", choices=("title", "atomic"), default="title",
+                        help="what the policy writes: the item's title, or one token per item")
+    parser.add_argument("--runs", help="default: runs/sft-d3 (titles), runs/sft-d3-atomic")
+    parser.add_argument("--out", help="default: benchmarks/results/sft-d3.json (titles), sft-d3-atomic.json")
     args = parser.parse_args()
+    suffix = "" if args.ids == "title" else f"-{args.ids}"
+    args.runs = args.runs or f"runs/sft-d3{suffix}"
+    args.out = args.out or f"benchmarks/results/sft-d3{suffix}.json"
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -84,7 +96,7 @@ def main() -> None:
             continue
         results[name] = run(name, args)
         results["settings"] = {"epochs": args.epochs, "sasrec_epochs": args.sasrec_epochs,
-                               "batch": args.batch, "model": "mini", "template": "compact",
+                               "batch": args.batch, "model": "mini", "template": "compact", "ids": args.ids,
                                "max_history": 10, "dropout": 0.2,
                                "threads": args.threads, "torch": torch.__version__,
                                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}

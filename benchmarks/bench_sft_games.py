@@ -7,7 +7,9 @@ by constrained beam search of width 50 with the reference scoring on a seeded sa
 20, 50}, SFT wall time and targets trained per second,
 popularity on the same requests, our SASRec's numbers from ``sasrec-games.json`` when present, and
 the sampled-rollout hit rate (temperature 1, groups of ``--group``) that an RL learner starts from.
-The run folder resumes; writes ``benchmarks/results/sft-games.json``.
+The run folder resumes; writes ``benchmarks/results/sft-games.json`` and beside it
+``sft-games.ranks.npz`` (the test rows, and each one's first-hit rank for SFT and popularity), which
+``compare_games.py`` pairs with SASRec's.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --config h128-seq-d0.2 --patience 2
 """
@@ -84,11 +86,17 @@ def main() -> None:
     targets = summary["steps"] / summary["batches_per_epoch"] * train.num_requests
     requests = args.test_requests or None
     start = time.time()
-    sft = evaluate(policy, test, beam=50, max_requests=requests, seed=0)
+    sft = evaluate(policy, test, beam=50, max_requests=requests, seed=0, per_request=True)
     test_seconds = time.time() - start
     ds = train.dataset
     pop = evaluate_ranker(PopularityRecommender().fit(ds.train, ds.catalogue.num_items), ds.test,
-                          max_requests=requests)
+                          max_requests=requests, per_request=True)
+    # per-request first-hit ranks (0-based, -1 beyond 50) beside the JSON, for compare_games.py
+    ranks_file = Path(args.out).with_suffix(".ranks.npz")
+    np.savez_compressed(ranks_file, rows=np.asarray(sft.pop("rows")),
+                        **{name: np.asarray(m.pop("first_hit_ranks"), np.int8)
+                           for name, m in (("sft", sft), ("popularity", pop))})
+    pop.pop("rows")
     rollouts = rollout_hits(policy, train, args.rollout_requests, args.group, seed=0)
     print(format_table({"sft": sft, "popularity": pop}))
     sasrec_file = Path(args.out).with_name("sasrec-games.json")
