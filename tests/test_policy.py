@@ -225,3 +225,19 @@ def test_logprobs_without_entropy_equal_the_log_softmax_with_its_gradients(setup
     torch.testing.assert_close(fast[0], slow[0], atol=1e-5, rtol=1e-5)
     for a, b in zip(fast[3], slow[3]):  # float32 rounding of sums over ~30 weighted positions
         torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6, rtol=1e-4)
+
+
+def test_logprobs_without_entropy_with_one_token_per_item():
+    """One token per item (an item is <a_i> and the end token): the same log-probs as the log-softmax
+    path, where the root's union is the whole catalogue."""
+    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
+    task = RecGenTask(ds, split="train", representation="sid", sid_index="atomic")
+    policy = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    prompts, lens = task.prompt_tokens(np.arange(5))
+    responses = policy.item_responses([0, 4, 8, 30, 59])
+    for full_vocab in (True, False):
+        fast = policy.sequence_logprobs(prompts, lens, responses, full_vocab=full_vocab, entropy=False)[0]
+        slow = policy.sequence_logprobs(prompts, lens, responses, full_vocab=full_vocab)[0]
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    # the constrained normaliser is over the 60 item tokens only: log p >= the full-vocabulary one
+    assert (fast[:, 0] > policy.sequence_logprobs(prompts, lens, responses, full_vocab=True)[0][:, 0]).all()
