@@ -102,6 +102,7 @@ def main() -> None:
     sasrec_file = Path(args.out).with_name("sasrec-games.json")
     out = {
         "dataset": "games-lcrec", "representation": "sid", "recipe": args.config, "settings": cfg,
+        "patience": args.patience, "command": " ".join(["python", *sys.argv]),
         "model": SIZES[cfg["size"]], "parameters": sum(p.numel() for p in policy.model.parameters()),
         "level": summary["level"], "sft": {k: v for k, v in summary.items() if k != "valid_history"},
         "valid_history": summary["valid_history"],
