@@ -236,7 +236,8 @@ class TeacherForcedScoring:
         and the log-sum-exp's backward is the softmax itself, so the ``(N, K)`` log-softmax, its gather
         and the gather's scatter-back are never built (on one token per item, K is the catalogue)."""
         w_y = self.head_rows(tokens)  # (N, H): the output rows of the chosen tokens
-        z_y = _at_least_float32((h.to(w_y.dtype) * w_y).sum(dim=-1))
+        # in float32 at least: a half-precision product summed in half precision would lose digits
+        z_y = (_at_least_float32(h) * _at_least_float32(w_y)).sum(dim=-1)
         if temperature != 1.0:
             z_y, h = z_y / temperature, h / temperature  # z / T = W (h / T)
         log_z = self.full_logits(h).logsumexp(dim=1) if full_vocab else self.allowed_logsumexp(h, states)
