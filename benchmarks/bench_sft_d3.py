@@ -40,11 +40,10 @@ from recgym.metrics import format_table  # noqa: E402
 
 def run(name: str, args: argparse.Namespace) -> dict:
     """SFT and SASRec on one D3 folder, tested on its whole test split."""
-    if args.ids == "atomic":  # one token per item (item i is <a_i>), as the Games one-token recipe
-        train = RecGenTask(name, split="valid", representation="sid", sid_index="atomic", template="compact",
-                           max_history=10)
-    else:
-        train = RecGenTask(name, split="valid", representation="title", template="compact", max_history=10)
+    # one token per item (item i is <a_i>), as the Games one-token recipe, or the item's title
+    atomic = args.ids == "atomic"
+    writing = {"representation": "sid", "sid_index": "atomic"} if atomic else {"representation": "title"}
+    train = RecGenTask(name, split="valid", template="compact", max_history=10, **writing)
     test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
     ds = train.dataset
     policy = LLMPolicy.from_config("mini", train.items, seed=0)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_sft_games import CONFIGS, build_run  # noqa: E402
 
 
-def time_steps(name: str, steps: int, warmup: int, seed: int = 0) -> dict[str, float]:
+def time_steps(name: str, steps: int, warmup: int, seed: int = 0) -> dict[str, Any]:
     """Median seconds of an SFT step of recipe ``name`` and its targets per second."""
     train, _, policy, config, _, objective = build_run(name, 100, 1, 1, seed)
     policy.model.train()
