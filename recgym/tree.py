@@ -166,10 +166,15 @@ class PrefixTree:
         self.tokens_in_tree = np.unique(self.child_tokens)
         self.max_depth = int(self.depth.max())
         self.max_children = int(self.num_children.max())
+        # Items in each node's subtree, summed up the parent pointers one depth level at a time.
+        self._items_under = np.diff(self.item_offsets)
+        for d in range(self.max_depth, 0, -1):
+            level = np.flatnonzero(self.depth == d)
+            np.add.at(self._items_under, self.parent[level], self._items_under[level])
         self._torch_cache: dict[str, TorchPrefixTree] = {}
         self._wide: tuple[np.ndarray, np.ndarray] | None = None
         self._check_invariants()
-        for name in _PUBLIC_ARRAYS + ("_keys", "_ids_order", "_sorted_ids"):
+        for name in _PUBLIC_ARRAYS + ("_keys", "_ids_order", "_sorted_ids", "_items_under"):
             getattr(self, name).flags.writeable = False
 
     def _check_invariants(self) -> None:
@@ -368,6 +373,47 @@ class PrefixTree:
         counts = self.num_children[s]
         index = self.child_offsets[s] + (rng.random(s.shape) * counts).astype(np.int64)
         return np.where(counts > 0, self.child_tokens[np.minimum(index, len(self.child_tokens) - 1)], -1)
+
+    def covered_nodes(self, item_sets: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of item ids, the nodes all of whose items are in the row, as ``(rows, nodes)``.
+
+        A search that must never return a row's items (e.g. the user's history) prunes exactly
+        these nodes: every item under such a node is in the row, so pruning it loses no other
+        item, while a node that also leads to another item stays. ``item_sets`` is ``[B, H]``,
+        padded with -1 (repeats count once); an id outside the catalogue is a KeyError. The pairs
+        come sorted by (row, node), so ``rows * num_nodes + nodes`` is a sorted lookup key.
+
+        Example:
+            >>> tree = PrefixTree([[5, 1, 0], [5, 2, 0], [7, 0]], vocab_size=8)
+            >>> rows, nodes = tree.covered_nodes([[0, -1], [1, 0]])
+            >>> rows.tolist()
+            [0, 0, 1, 1, 1, 1, 1]
+            >>> [tree.paths([n])[0, : tree.depth[n]].tolist() for n in nodes[rows == 1]]  # not [7, 0]
+            [[5], [5, 1], [5, 2], [5, 1, 0], [5, 2, 0]]
+        """
+        ids = _as_int_array(item_sets, "item_sets")
+        if ids.ndim != 2:
+            raise ValueError(f"item_sets must be [B, H] item ids padded with -1, got shape {ids.shape}")
+        ids = np.sort(np.where(ids < 0, -1, ids), axis=1)
+        keep = ids >= 0
+        keep[:, 1:] &= ids[:, 1:] != ids[:, :-1]  # each item once per row
+        rows, cols = np.nonzero(keep)
+        values = ids[rows, cols]
+        pos = np.minimum(np.searchsorted(self._sorted_ids, values), self.num_items - 1)
+        unknown = self._sorted_ids[pos] != values
+        if unknown.any():
+            raise KeyError(f"item_sets row {rows[unknown][0]}: unknown item id {values[unknown][0]}")
+        # Every (row, node) on the path of each of the row's items; a node is covered when the row
+        # reaches it through as many items as its subtree holds.
+        node, keys = self.item_nodes[self._ids_order[pos]], []
+        while len(node):
+            keys.append(rows * self.num_nodes + node)
+            up = node != self.root
+            rows, node = rows[up], self.parent[node[up]]
+        flat, count = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
+        node = flat % self.num_nodes
+        covered = flat[count == self._items_under[node]]
+        return covered // self.num_nodes, covered % self.num_nodes
 
     # ----------------------------------------------------------------------------------------------
     # Paths

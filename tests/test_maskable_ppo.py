@@ -67,6 +67,25 @@ def test_beam_search_returns_k_distinct_valid_items_ranked_by_the_policy(agent, 
         agent.beam_search_rows(train, rows, width=5, k=10)
 
 
+def test_beam_search_skips_excluded_items(agent, tasks):
+    train, _ = tasks
+    rows = np.arange(4)
+    nodes, exact = exhaustive_scores(agent, train, rows)
+    ex = train.examples
+    excluded = [set(ex.history[r, : ex.history_len[r]].tolist())
+                | {int(i) for n in nodes[np.argsort(-exact[j])[:5]] for i in train.tree.items(int(n))}
+                for j, r in enumerate(rows)]  # the history and the 5 best items
+    width = max(map(len, excluded))
+    padded = np.array([sorted(e) + [-1] * (width - len(e)) for e in excluded])
+    got, got_scores = agent.beam_search_rows(train, rows, width=train.tree.num_items, k=10,
+                                             exclude_items=padded)
+    for j in range(len(rows)):
+        keep = [i for i, n in enumerate(nodes) if not set(train.tree.items(int(n)).tolist()) <= excluded[j]]
+        best = sorted(keep, key=lambda i: -exact[j, i])[:10]
+        assert got[j].tolist() == nodes[best].tolist()
+        assert np.allclose(got_scores[j], exact[j, best], atol=1e-5)
+
+
 def test_training_uses_exactly_the_episode_budget_and_logs_curves(tasks, tmp_path):
     train, valid = tasks
     torch.set_num_threads(1)

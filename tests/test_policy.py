@@ -53,6 +53,34 @@ def test_beam_search_returns_exactly_the_k_most_probable_items(setup):
         np.testing.assert_allclose(scores[row], [s for _, s in brute], atol=1e-4)
 
 
+def test_beam_search_with_excluded_items_returns_the_most_probable_others(setup):
+    task, policy = setup
+    prompts, lens = task.prompt_tokens(np.arange(3))
+    n = task.dataset.catalogue.num_items
+    excluded = []
+    for row in range(3):  # each request excludes its 6 best items and its history
+        best = sorted(brute_force_scores(policy, task, row).items(), key=lambda kv: -kv[1])[:6]
+        items = [int(i) for node, _ in best for i in task.tree.items(node)]
+        excluded.append(items + task.examples.history[row, : task.examples.history_len[row]].tolist())
+    width = max(map(len, excluded))
+    padded = np.array([e + [-1] * (width - len(e)) for e in excluded])
+    terminals, scores = policy.beam_search(prompts, lens, width=64, k=10, exclude_items=padded)
+    for row in range(3):
+        gone = set(excluded[row])
+        brute = sorted(((node, s) for node, s in brute_force_scores(policy, task, row).items()
+                        if not set(task.tree.items(node).tolist()) <= gone), key=lambda kv: -kv[1])[:10]
+        assert terminals[row].tolist() == [node for node, _ in brute]
+        np.testing.assert_allclose(scores[row], [s for _, s in brute], atol=1e-4)
+    # every item excluded: nothing is found, under either scoring, and nothing is NaN
+    everything = np.tile(np.arange(n), (3, 1))
+    for scoring in ("full", "constrained"):
+        terminals, scores = policy.beam_search(prompts, lens, width=8, exclude_items=everything,
+                                               scoring=scoring)
+        assert (terminals == -1).all() and np.isneginf(scores).all()
+    with pytest.raises(ValueError, match="exclude_items must be"):
+        policy.beam_search(prompts, lens, width=8, exclude_items=everything[:2])
+
+
 def test_rollout_logprobs_equal_teacher_forced_logprobs(setup):
     task, policy = setup
     envs = make_rollout_env(task, 12)

@@ -492,3 +492,48 @@ def test_integral_arguments_are_not_truncated(tree: PrefixTree) -> None:
         with pytest.raises(TypeError, match="item_id must be an int"):
             tree.sequence_of(item)
     assert tree.sequence_of(np.int32(1)).tolist() == [1, 3, EOS]
+
+
+def test_covered_nodes_by_hand() -> None:
+    eos = 9
+    # items 0 and 2 share a title: their terminal denotes both
+    tree = PrefixTree([[1, 2, eos], [1, 3, eos], [1, 2, eos], [4, eos]], vocab_size=10)
+    a, b, c = tree.walk([1, 2]), tree.walk([1, 2, eos]), tree.walk([1])
+
+    def covered(rows: list[list[int]]) -> list[set[int]]:
+        r, n = tree.covered_nodes(rows)
+        return [set(n[r == i].tolist()) for i in range(len(rows))]
+
+    assert covered([[0, -1, -1]]) == [set()]  # item 2 is still under [1, 2, eos]
+    assert covered([[0, 2, 0]]) == [{a, b}]  # repeats count once
+    assert covered([[2, 0, 1]]) == [{a, b, c, tree.walk([1, 3]), tree.walk([1, 3, eos])}]
+    assert covered([[3, -1, -1], [-1, -1, -1]]) == [{tree.walk([4]), tree.walk([4, eos])}, set()]
+    r, n = tree.covered_nodes([[0, 1, 2, 3]])
+    assert tree.root in n.tolist()  # the whole catalogue excluded
+    with pytest.raises(KeyError, match="row 1: unknown item id 7"):
+        tree.covered_nodes([[0, -1], [7, 1]])
+    with pytest.raises(ValueError, match=r"\[B, H\]"):
+        tree.covered_nodes([0, 1])
+
+
+def test_covered_nodes_match_brute_force_and_survive_save(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    eos = 5
+    seqs = [[*rng.integers(0, 4, size=int(rng.integers(1, 4))).tolist(), eos] for _ in range(40)]
+    tree = PrefixTree(seqs, item_ids=np.arange(40) * 3, vocab_size=6)
+    tree.save(tmp_path / "t.npz")
+    loaded = PrefixTree.load(tmp_path / "t.npz")
+    # brute force: the items whose path passes through each node
+    through = [set() for _ in range(tree.num_nodes)]
+    for i, seq in enumerate(seqs):
+        for d in range(len(seq) + 1):
+            through[tree.walk(seq[:d])].add(3 * i)
+    sets = [rng.choice(40, size=int(rng.integers(0, 30)), replace=True) * 3 for _ in range(6)]
+    width = max(map(len, sets))
+    padded = np.array([np.pad(s, (0, width - len(s)), constant_values=-1) for s in sets])
+    for t in (tree, loaded):
+        r, n = t.covered_nodes(padded)
+        assert np.all(np.diff(r * t.num_nodes + n) > 0)  # sorted, distinct keys
+        for i, s in enumerate(sets):
+            expected = {node for node in range(t.num_nodes) if through[node] <= set(s.tolist())}
+            assert set(n[r == i].tolist()) == expected

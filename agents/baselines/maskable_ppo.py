@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.model.beam import excluded_keys, mask_excluded
 from agents.training.tracking import MetricLogger
 from recgym.envs.sb3 import CompactObservation, make_sb3_env
 from recgym.envs.task import RecGenTask
@@ -132,13 +133,15 @@ class MaskablePPOAgent:
         return torch.where(valid, tokens, -1), torch.log_softmax(allowed, dim=1)
 
     def beam_search(
-        self, history: np.ndarray, history_len: np.ndarray, *, width: int = 20, k: int | None = None
+        self, history: np.ndarray, history_len: np.ndarray, *, width: int = 20, k: int | None = None,
+        exclude_items: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Constrained beam search: the top-``k`` distinct items (terminal nodes) per request.
 
         A beam's score is the sum of its tokens' policy log-probs; the search stops once no live
         beam can beat the k-th finished item (log-probs only decrease). Vectorized over requests
-        and beams: one policy forward per depth.
+        and beams: one policy forward per depth. ``exclude_items`` (``[R, H]``, -1 padded) are
+        never returned, as in :meth:`agents.model.policy.LLMPolicy.beam_search`.
 
         Returns:
             ``(terminals [R, k], scores [R, k])``, best first; -1 / -inf where fewer than k items
@@ -154,6 +157,7 @@ class MaskablePPOAgent:
         prefix = torch.full((r, 1, depth_max), -1, dtype=torch.long)
         fin_states = torch.full((r, k), -1, dtype=torch.long)
         fin_scores = torch.full((r, k), ninf)
+        excluded = None if exclude_items is None else excluded_keys(self.tree, exclude_items)
         for depth in range(depth_max):
             beams = states.shape[1]
             live = torch.isfinite(scores)
@@ -161,6 +165,8 @@ class MaskablePPOAgent:
             rows = np.repeat(np.arange(r), beams)
             tokens, logp = self.token_logprobs(history[rows], history_len[rows],
                                                prefix.reshape(r * beams, -1), np.full(r * beams, depth), flat)
+            logp = mask_excluded(self.tables, self.tree.num_nodes, excluded, torch.as_tensor(rows), flat,
+                                 tokens, logp)
             width_k = tokens.shape[1]
             cand = (scores[..., None] + logp.reshape(r, beams, width_k)).masked_fill(~live[..., None], ninf)
             top_scores, top_idx = cand.reshape(r, -1).topk(min(width, beams * width_k), dim=1)
@@ -186,14 +192,16 @@ class MaskablePPOAgent:
         return fin_states.numpy(), fin_scores.numpy()
 
     def beam_search_rows(
-        self, task: RecGenTask, rows: np.ndarray, *, width: int = 20, k: int | None = None
+        self, task: RecGenTask, rows: np.ndarray, *, width: int = 20, k: int | None = None,
+        exclude_items: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`beam_search` for rows of ``task``'s split (what
         :func:`agents.training.evaluate.evaluate` calls)."""
         if task.tree.num_nodes != self.tree.num_nodes:
             raise ValueError("the task and the agent use different item tokenizations")
         ex = task.examples
-        return self.beam_search(ex.history[rows], ex.history_len[rows], width=width, k=k)
+        return self.beam_search(ex.history[rows], ex.history_len[rows], width=width, k=k,
+                                exclude_items=exclude_items)
 
 
 def train_maskable_ppo(

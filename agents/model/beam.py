@@ -19,6 +19,46 @@ import torch
 from agents.model.scoring import OBJECTIVES
 
 
+def excluded_keys(tree: Any, item_sets: Any, device: Any = None) -> torch.Tensor:
+    """Sorted lookup keys ``request * num_nodes + node`` of the nodes a beam search must prune so that
+    no request gets an item of its row of ``item_sets`` (``[R, H]``, -1 padded): the nodes all of
+    whose items are in the row (:meth:`recgym.tree.PrefixTree.covered_nodes`).
+
+    Example:
+        >>> from recgym.tree import PrefixTree
+        >>> tree = PrefixTree([[5, 1, 0], [5, 2, 0], [7, 0]], vocab_size=8)
+        >>> excluded_keys(tree, [[2], [0]]).tolist()  # row 0: [7], [7, 0]; row 1 (8 nodes): [5, 1], [5, 1, 0]
+        [2, 5, 11, 14]
+    """
+    rows, nodes = tree.covered_nodes(item_sets)
+    return torch.from_numpy(rows * tree.num_nodes + nodes).to(device)
+
+
+def mask_excluded(
+    tables: Any, num_nodes: int, keys: torch.Tensor | None, requests: torch.Tensor, states: torch.Tensor,
+    tokens: torch.Tensor, values: torch.Tensor,
+) -> torch.Tensor:
+    """``values`` (``[N, K]``, one row per beam) set to -inf where the beam's token ``tokens[n, j]`` from
+    ``states[n]`` leads to a node excluded for its request ``requests[n]`` (``keys`` from
+    :func:`excluded_keys`; None or empty: unchanged). Padding tokens (-1) lead nowhere.
+
+    Example:
+        >>> from recgym.tree import PrefixTree
+        >>> tree = PrefixTree([[5, 1, 0], [5, 2, 0], [7, 0]], vocab_size=8)
+        >>> keys = excluded_keys(tree, [[2], [0]])
+        >>> root = torch.zeros(2, dtype=torch.long)
+        >>> mask_excluded(tree.torch_tables(), tree.num_nodes, keys, torch.tensor([0, 1]), root,
+        ...               torch.tensor([[5, 7], [5, 7]]), torch.zeros(2, 2)).tolist()
+        [[0.0, -inf], [0.0, 0.0]]
+    """
+    if keys is None or not len(keys):
+        return values
+    child = tables.step(states[:, None].expand_as(tokens), tokens)  # -1 for padding
+    key = requests[:, None] * num_nodes + child
+    at = torch.searchsorted(keys, key).clamp_max(len(keys) - 1)
+    return values.masked_fill((child >= 0) & (keys[at] == key), float("-inf"))
+
+
 class BeamSearch:
     """Constrained beam search, mixed into :class:`~agents.model.policy.LLMPolicy`: :meth:`beam_search`.
 
@@ -53,6 +93,7 @@ class BeamSearch:
     def beam_search(
         self, prompt_ids: Any, prompt_len: Any, *, width: int = 50, k: int | None = None,
         length_normalize: bool = False, batch_size: int | None = None, scoring: str | None = None,
+        exclude_items: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Constrained beam search: the top-``k`` distinct items (terminal nodes) per prompt.
 
@@ -61,6 +102,10 @@ class BeamSearch:
         token with the full-vocabulary log-softmax, disallowed tokens masked and nothing
         renormalised, as D3 / ReRe / MiniOneRec evaluate; ``"constrained"`` renormalises over the
         allowed tokens.
+        ``exclude_items`` (``[R, H]`` item ids padded with -1, e.g. each request's history) are
+        never returned: every node all of whose items are excluded
+        (:meth:`~recgym.tree.PrefixTree.covered_nodes`) is masked like a disallowed token, so the
+        beams go to other items; a title / SID that also denotes an item not excluded stays.
         Every terminal is a distinct token sequence, i.e. a distinct title / SID (which may denote
         several items: ``self.tree.items(node)``). Beams are pruned exactly: search stops once no
         unfinished beam can beat the k-th finished one (log-probs only decrease).
@@ -79,18 +124,25 @@ class BeamSearch:
         if scoring not in OBJECTIVES:
             raise ValueError(f"scoring={scoring!r}: choose one of {OBJECTIVES}")
         prompt_ids, prompt_len = np.asarray(prompt_ids), np.asarray(prompt_len)
+        if exclude_items is not None:
+            exclude_items = np.asarray(exclude_items)
+            if exclude_items.ndim != 2 or len(exclude_items) != len(prompt_ids):
+                raise ValueError(f"exclude_items must be [R={len(prompt_ids)}, H] item ids padded with -1, "
+                                 f"got shape {exclude_items.shape}")
         step = batch_size or len(prompt_ids)
         parts = []
         with self._inference_merge():
             for i in range(0, len(prompt_ids), step):
+                excluded = None if exclude_items is None else \
+                    excluded_keys(self.tree, exclude_items[i:i + step], self.device)
                 with self._decoding_cache() as cache:
                     parts.append(self._beam_batch(prompt_ids[i:i + step], prompt_len[i:i + step], width, k,
-                                                  length_normalize, scoring == "full", cache))
+                                                  length_normalize, scoring == "full", cache, excluded))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _beam_batch(
         self, prompt_ids: np.ndarray, prompt_len: np.ndarray, w: int, k: int, normalize: bool, full: bool,
-        cache: Any,
+        cache: Any, excluded: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         r, dev, ninf = len(prompt_ids), self.device, float("-inf")
         ids, attn = self.left_pad(prompt_ids, prompt_len)
@@ -107,13 +159,21 @@ class BeamSearch:
         for _ in range(self.tree.max_depth):
             # Only live beams go through the head and the model (and hold cache rows): a finished or
             # pruned beam costs nothing, which matters when item lengths differ (titles).
-            tokens_live, logits_live = self.allowed_logits(h, states.reshape(-1)[live])
+            states_live = states.reshape(-1)[live]
+            tokens_live, logits_live = self.allowed_logits(h, states_live)
+            # Excluded children are masked like disallowed tokens (the live beam's request: live // beams).
+            request = torch.div(live, beams, rounding_mode="floor")
+            logits_live = mask_excluded(self.tables, self.tree.num_nodes, excluded, request, states_live,
+                                        tokens_live, logits_live)
             # Full scoring: log-softmax over the whole vocabulary, then the mask (no renormalising).
             norm = self.full_logsumexp(h) if full else torch.logsumexp(logits_live, dim=-1)
             width_k = tokens_live.shape[1]
             tokens = torch.full((r * beams, width_k), -1, dtype=torch.long, device=dev)
             logp = torch.full((r * beams, width_k), ninf, device=dev)
-            tokens[live], logp[live] = tokens_live, (logits_live - norm[:, None]).float()
+            # A beam whose every child is excluded has -inf - -inf = NaN under constrained scoring: no
+            # candidate (-inf) instead.
+            logp_live = (logits_live - norm[:, None]).float().nan_to_num(nan=ninf, neginf=ninf)
+            tokens[live], logp[live] = tokens_live, logp_live
             cand_scores = scores[..., None] + logp.reshape(r, beams, width_k)  # (R, beams, K); dead: -inf
             top_scores, top_idx = cand_scores.reshape(r, -1).topk(min(w, beams * width_k), dim=1)
             parent = top_idx // width_k
@@ -153,4 +213,4 @@ class BeamSearch:
         return fin_states.cpu().numpy(), fin_scores.float().cpu().numpy()
 
 
-__all__ = ["BeamSearch"]
+__all__ = ["BeamSearch", "excluded_keys", "mask_excluded"]
