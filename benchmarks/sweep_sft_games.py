@@ -71,6 +71,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "h128-atomic-d0.2-e20": {"size": "h128", "dropout": 0.2, "lr": 2e-3, "ids": "atomic", "epochs": 20},
     # ... which peaked after 8 epochs and fell as the rate decayed (overfitting): stronger dropout, 10 epochs
     "h128-atomic-d0.3": {"size": "h128", "dropout": 0.3, "lr": 2e-3, "ids": "atomic"},
+    # ... which landed level with dropout 0.2: twice the width (item embeddings of 256), the SID h256 rate
+    "h256-atomic-d0.3": {"size": "h256", "dropout": 0.3, "lr": 1e-3, "ids": "atomic"},
+    # ... and the same model with ten times the weight decay (AdamW, every weight incl. the item rows)
+    "h128-atomic-d0.3-wd0.1": {"size": "h128", "dropout": 0.3, "lr": 2e-3, "ids": "atomic",
+                               "weight_decay": 0.1},
 }
 
 
