@@ -356,7 +356,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task = make_task(args.env, args.split, overrides, tokenizer=policy.items,
                          source=f"--policy {args.policy}")
         name = f"policy {args.policy}"
-        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
+        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed,
+                           exclude_history=args.exclude_history)
     elif args.model:  # zero-shot: the causal LM as it is, on the env's prompts (the bench's zero_shot row)
         _torch_on(args.device)
         from agents.build import build_policy
@@ -368,7 +369,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name = f"zero_shot ({args.model})"
         record = {"agent": "zero_shot", "model": args.model, "task": overrides,
                   "representation": task.representation}
-        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed)
+        metrics = evaluate(policy, task, beam=args.beam, max_requests=args.max_requests, seed=args.seed,
+                           exclude_history=args.exclude_history)
     else:
         from agents.baselines import make_ranker
         from agents.training.evaluate import evaluate_ranker
@@ -383,7 +385,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.fit(dataset.train, dataset.catalogue.num_items, valid=dataset.valid)  # valid: early stopping
         name = args.agent
         metrics = evaluate_ranker(model, dataset.split(args.split), max_requests=args.max_requests,
-                                  seed=args.seed)
+                                  seed=args.seed, exclude_history=args.exclude_history)
     if _is_main():
         print(format_table({name: metrics}))
         write_json(args.out, {"env": args.env, "split": args.split, "agent": name, **record,
@@ -949,6 +951,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--beam", type=_positive_int, default=50, help=TEST_BEAM_HELP)
     ev.add_argument("--max-requests", type=_positive_int, default=None)
+    ev.add_argument("--exclude-history", action="store_true",
+                    help="never recommend an item of the request's own history (policies' searches prune "
+                         "them, rankers' lists drop them; SASRec's paper and RecBole evaluate so); default: "
+                         "the reference protocol, every item")
     ev.add_argument("--out", help="write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
 

@@ -25,20 +25,12 @@ import torch
 
 from agents.baselines import PopularityRecommender, TransitionRecommender
 from agents.baselines.sasrec import SASRecConfig, SASRecRecommender
+from agents.training.evaluate import without_history
 from recgym.data import Examples, load
 from recgym.metrics import KS, first_hit_ranks, format_table, hits_from_ranked, ranking_metrics
 
 DEFAULT_DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "games-lcrec")
 RESULT_NAMES = {"games-lcrec": "games"}  # dataset name -> results/classic-<name>.json
-
-
-def without_history(ranked: np.ndarray, examples: Examples, k: int) -> np.ndarray:
-    """The first k items of each ranked list that are not in the request's history (-1 if short)."""
-    real = np.arange(examples.max_history) < examples.history_len[:, None]
-    seen = (ranked[:, :, None] == np.where(real, examples.history, -1)[:, None, :]).any(axis=2)
-    order = np.argsort(seen, axis=1, kind="stable")[:, :k]  # unseen first, in rank order
-    out = np.take_along_axis(ranked, order, axis=1)
-    return np.where(np.take_along_axis(seen, order, axis=1), -1, out)
 
 
 def evaluate(model, examples: Examples, k: int, ranks: dict[str, np.ndarray] | None = None,

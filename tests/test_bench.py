@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from agents.bench import runner as bench
@@ -272,6 +273,37 @@ def test_sft_folder_is_reused_and_deterministic_agents_are_shared_across_seeds(t
     simpo = reused["agents"]["simpo"]["runs"]
     assert sorted(simpo) == ["0", "1"] and all(r["rollouts"] == 2 * 2 * 4 for r in simpo.values())
     assert simpo["0"]["config"]["rl"]["seed"] == 0 and simpo["1"]["config"]["rl"]["seed"] == 1
+
+
+def test_history_exclusion_is_one_protocol_for_every_row(tmp_path, capsys):
+    from agents.baselines import PopularityRecommender
+    from agents.training.evaluate import evaluate_ranker, select_rows
+    from recgym.envs import RecGenTask
+
+    small = ["--preset", "ci", "--sft-steps", "5", "--test-requests", "40", "--eval-requests", "10",
+             "--quiet", "--agents", "popularity,sft"]
+    assert main(["bench", "--out", str(tmp_path / "plain"), *small]) == 0
+    assert main(["bench", "--out", str(tmp_path / "excl"), "--sft", str(tmp_path / "plain" / "sft" / "final"),
+                 "--preset-set", "exclude_history=true", *small]) == 0
+    plain, excl = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("plain", "excl"))
+    assert excl["test_protocol"]["history_excluded"] and not plain["test_protocol"]["history_excluded"]
+    assert "history items excluded" in (tmp_path / "excl" / "results.md").read_text()
+    task = RecGenTask(**{"dataset": "synthetic", **PRESETS["ci"].task}, split="test")
+    pop = PopularityRecommender().fit(task.dataset.train, task.dataset.catalogue.num_items)
+    for results, flag in ((plain, False), (excl, True)):
+        expect = evaluate_ranker(pop, task.examples, max_requests=40, per_request=True, exclude_history=flag)
+        got = results["agents"]["popularity"]["runs"]["0"]["metrics"]
+        assert got["first_hit_ranks"] == expect["first_hit_ranks"] and got["history_excluded"] is flag
+        assert results["agents"]["sft"]["runs"]["0"]["metrics"]["history_excluded"] is flag
+    # The same SFT weights: excluding history loses the targets in it (synthetic users repeat items)
+    # and moves every other target found up or keeps it.
+    sft = [np.array(r["agents"]["sft"]["runs"]["0"]["metrics"]["first_hit_ranks"]) for r in (plain, excl)]
+    ex = task.examples.subset(select_rows(task.num_requests, 40))
+    repeat = (ex.history == ex.target[:, None]).any(axis=1)
+    assert repeat.any() and (sft[1][repeat] == -1).all()
+    found = (sft[0] >= 0) & ~repeat
+    assert found.any() and (sft[1][found] >= 0).all() and (sft[1][found] <= sft[0][found]).all()
+    assert main(["bench", "--out", str(tmp_path / "bad"), "--preset-set", "exclude_history=3", *small]) == 2
 
 
 def test_a_rerun_resumes_the_same_settings_refuses_others_and_restart_starts_over(tmp_path, capsys):

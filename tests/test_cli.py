@@ -36,9 +36,15 @@ def test_sft_then_eval_write_results(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", *SMALL, "--policy", str(run / "best"), "--max-requests", "10",
                  "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["metrics"]["requests"] == 10
+    plain = json.loads(out.read_text())["metrics"]
+    assert plain["requests"] == 10 and plain["history_excluded"] is False
+    assert main(["eval", *SMALL, "--policy", str(run / "best"), "--max-requests", "10", "--exclude-history",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["history_excluded"] is True
     assert main(["eval", *SMALL, "--agent", "transition", "--max-requests", "50"]) == 0
     assert "| transition |" in capsys.readouterr().out
+    assert main(["eval", *SMALL, "--agent", "popularity", "--exclude-history", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["history_excluded"] is True
 
 
 def test_train_runs_sft_then_rl_and_writes_results_and_curves(tmp_path, capsys):

@@ -83,3 +83,53 @@ def test_ranker_per_request_ranks():
     assert m["rows"] == [0, 1, 2, 3] and m["first_hit_ranks"] == expect
     assert m["HR@1"] == np.mean([r == 0 for r in expect])
     assert "rows" not in evaluate_ranker(pop, ds.test, ks=(1, 3))
+
+
+def test_excluding_history_prunes_the_search_whatever_the_weights():
+    ds = shared_title_dataset()  # row 3's target (3) is in its own history [2, 3]
+    task = RecGenTask(ds, split="test", representation="title", vocab_size=300)
+    for seed in (0, 1):
+        policy = LLMPolicy.from_config("tiny", task.items, seed=seed, device="cpu")
+        m = evaluate(policy, task, beam=4, ks=(3,), progress=False, exclude_history=True, per_request=True)
+        # 4 distinct outputs; each row loses its history's: rows 0-2 find their target among the 3 left,
+        # row 3 has 2 outputs left and can never hit
+        assert m["HR@3"] == 0.75 and m["first_hit_ranks"][3] == -1 and m["history_excluded"] is True
+        assert m["invalid_rate"] == 1 / 12
+        assert evaluate(policy, task, beam=4, ks=(4,), progress=False)["HR@4"] == 1.0  # off: all 4
+
+
+class FixedRanker:
+    def rank(self, examples, k):
+        return np.tile(np.array([2, 3, 0, 1, 4])[:k], (len(examples.target), 1))
+
+
+def test_ranker_with_history_excluded():
+    ds = shared_title_dataset()  # histories [2], [3], [4], [2, 3]; targets 0, 1, 2, 3
+    own = evaluate_ranker(FixedRanker(), ds.test, ks=(1, 3), per_request=True)
+    assert own["first_hit_ranks"] == [2, -1, 0, 1] and own["history_excluded"] is False
+    m = evaluate_ranker(FixedRanker(), ds.test, ks=(1, 3), per_request=True, exclude_history=True)
+    # lists without history: [3, 0, 1], [2, 0, 1], [2, 3, 0], [0, 1, 4]
+    assert m["first_hit_ranks"] == [1, 2, 0, -1] and m["history_excluded"] is True
+    assert m["HR@1"] == 0.25 and m["HR@3"] == 0.75
+    assert m["NDCG@3"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(4) + 1) / 4)
+
+
+def test_the_protocol_not_the_model_decides_on_history():
+    from dataclasses import replace
+
+    from agents.baselines import SASRecRecommender
+
+    def first_hits(ranked):
+        return [int(np.flatnonzero(r[:3] == t)[0]) if (r[:3] == t).any() else -1
+                for r, t in zip(ranked, ds.test.target)]
+
+    ds = shared_title_dataset()
+    model = SASRecRecommender(hidden=8, heads=1, epochs=2, seed=0, progress=False).fit(ds.train, 5)
+    assert model.config.exclude_history  # SASRec's own default: history items ranked last
+    own_list = model.rank(ds.test, 5)
+    model.config = replace(model.config, exclude_history=False)
+    plain_list = model.rank(ds.test, 5)
+    model.config = replace(model.config, exclude_history=True)
+    assert first_hits(own_list) != first_hits(plain_list)  # row 3's target is in its history
+    m = evaluate_ranker(model, ds.test, ks=(1, 3), per_request=True)
+    assert m["first_hit_ranks"] == first_hits(plain_list) and model.config.exclude_history  # restored

@@ -223,12 +223,14 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> str:
                   f"its paired bootstrap 95% confidence interval ({resamples} resamples of the requests; "
                   f"an agent's per-request gains are first averaged over its seeds); `-`: no "
                   f"per-request data.")
+    excluded = ", history items excluded" if protocol.get("history_excluded") else ""
     text = (f"# recgym bench: {results['env']} ({results['representation']}), preset {p['name']}\n\n"
             f"Seeds {', '.join(map(str, results['seeds']))}; mean ± std over seeds. Test: "
             f"{protocol['requests']} requests sampled with seed {protocol['sample_seed']}, beam "
-            f"{protocol['beam']}. RL budget: {budget['rl_steps']} steps x {budget['requests_per_step']} "
-            f"requests x {budget['rollouts_per_request']} rollouts = {budget['rollouts']} rollouts per "
-            f"agent and seed, every RL agent from the same SFT start. Wall seconds are per seed.{paired}\n\n"
+            f"{protocol['beam']}{excluded}. RL budget: {budget['rl_steps']} steps x "
+            f"{budget['requests_per_step']} requests x {budget['rollouts_per_request']} rollouts = "
+            f"{budget['rollouts']} rollouts per agent and seed, every RL agent from the same SFT start. "
+            f"Wall seconds are per seed.{paired}\n\n"
             f"{table}\n")
     write_atomically(out / "results.md", text)
     plot_metric_bars(summarize(results), out / "metrics.png")

@@ -116,6 +116,9 @@ class BenchPreset:
         beam: the test's beam width (50, the reference protocol; HR/NDCG@K for every K <= beam, so
             at least 10).
         valid_beam: validation's beam width (model selection by NDCG@10).
+        exclude_history: whether the test never recommends an item of the request's own history,
+            for every row alike: policies' searches prune them, rankers' lists drop them (SASRec's
+            own exclusion is switched off: the protocol decides). Off: the reference protocol.
         sasrec_epochs: SASRec's training epochs (early stopping on valid).
         sasrec_hidden: SASRec's hidden size.
         sasrec_batch_size: SASRec's batch size.
@@ -165,6 +168,7 @@ class BenchPreset:
     test_seed: int = 0
     beam: int = 50
     valid_beam: int = 20
+    exclude_history: bool = False
     sasrec_epochs: int = 20
     sasrec_hidden: int = 64
     sasrec_batch_size: int = 128
@@ -185,6 +189,8 @@ class BenchPreset:
             raise ValueError(f"adapters={self.adapters!r}: expected AdapterConfig settings as a dict, "
                              "e.g. {\"lora_r\": 8}")
         self.adapter_config()  # bad adapter settings fail here, naming the field
+        if not isinstance(self.exclude_history, bool):
+            raise ValueError(f"exclude_history={self.exclude_history!r}: use true or false")
         if not 2 <= self.riser_group <= self.rollouts_per_request:
             raise ValueError(f"riser_group={self.riser_group} must be in 2..rollouts_per_request="
                              f"{self.rollouts_per_request}")
@@ -542,6 +548,7 @@ def _run_bench(
                    "rollouts_per_request": preset.rollouts_per_request, "rollouts": preset.rollout_budget},
         "test_protocol": {"split": "test", "sample_seed": preset.test_seed, "beam": preset.beam,
                           "ks": [k for k in KS if k <= preset.beam], "requests": test_requests,
+                          "history_excluded": preset.exclude_history,
                           "scoring": "the policy's objective (full-vocabulary log-softmax, disallowed tokens "
                                      "masked, no renormalisation, no length penalty) unless --sft loads a "
                                      "constrained policy",
@@ -807,7 +814,8 @@ def _test(agent: Any, tasks: SimpleNamespace, preset: BenchPreset, progress: boo
     from agents.training.evaluate import evaluate
 
     metrics = evaluate(agent, tasks.test, beam=preset.beam, max_requests=preset.test_requests,
-                       seed=preset.test_seed, progress=progress, per_request=True)
+                       seed=preset.test_seed, progress=progress, per_request=True,
+                       exclude_history=preset.exclude_history)
     del metrics["rows"]  # the same seeded sample for every agent: the ranks pair by position
     return metrics
 
@@ -829,7 +837,7 @@ def _run_classic(
     model.fit(tasks.train.examples, num_items, valid=valid)
     train_seconds = time.time() - tick
     metrics = evaluate_ranker(model, tasks.test.examples, max_requests=preset.test_requests,
-                              seed=preset.test_seed, per_request=True)
+                              seed=preset.test_seed, per_request=True, exclude_history=preset.exclude_history)
     del metrics["rows"]  # as in _test: first_hit_ranks pair with every agent's by position
     described = model.describe() if hasattr(model, "describe") else {}
     return {"metrics": metrics, "rollouts": 0, "train_seconds": round(train_seconds, 2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ def evaluate(
     progress: bool = True,
     distributed: bool | None = None,
     per_request: bool = False,
+    exclude_history: bool = False,
 ) -> dict[str, Any]:
     """Score an :class:`~agents.model.policy.LLMPolicy` on ``task``'s split by constrained beam search.
 
@@ -57,6 +59,12 @@ def evaluate(
     searches a contiguous share of those batches, and the hits are gathered exactly, so every rank
     returns the metrics one process returns on the same requests. ``distributed=False`` scores
     every request on this rank alone.
+
+    ``exclude_history=True`` never recommends an item of the request's own history window: the
+    search prunes them (``beam_search(..., exclude_items=...)``), so the beams go to other items,
+    as SASRec's paper and RecBole's full ranking evaluate (on Games no request's target is in its
+    history). Off by default: the reference protocol ranks every catalogue item. Recorded as
+    ``history_excluded`` in the metrics.
 
     ``per_request=True`` adds ``rows`` (the test rows scored, :func:`select_rows`) and
     ``first_hit_ranks`` (per row, the 0-based rank of its first hit among the top ``max(ks)``,
@@ -82,13 +90,14 @@ def evaluate(
     rows = select_rows(task.num_requests, max_requests, seed)
     hits, missing = request_hits(policy, task, rows, beam=beam, k=k, batch_size=batch_size,
                                  length_normalize=length_normalize, scoring=scoring, progress=progress,
-                                 distributed=distributed)
+                                 distributed=distributed, exclude_history=exclude_history)
     out: dict[str, Any] = dict(ranking_metrics(hits, ks))
     out["requests"] = len(rows)
     out["invalid_rate"] = missing / max(1, len(rows) * k)
     if not searching_rows:
         out["scoring"] = scoring
     out["beam"] = beam
+    out["history_excluded"] = bool(exclude_history)
     if per_request:
         _add_requests(out, rows, hits)
     return out
@@ -111,6 +120,7 @@ def request_hits(
     scoring: str = "full",
     progress: bool = True,
     distributed: bool | None = None,
+    exclude_history: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Per request of ``rows``: which of its top-``k`` beam outputs hit the target, and the missing slots.
 
@@ -136,11 +146,12 @@ def request_hits(
     for start in tqdm(mine, desc=f"eval {task.split}", disable=not progress or not dist.is_main(),
                       leave=False):
         batch = rows[start:start + batch_size]
+        excluded = {"exclude_items": task.examples.history[batch]} if exclude_history else {}  # -1 padded
         if searching_rows:
-            terminals, _ = policy.beam_search_rows(task, batch, width=beam, k=k)
+            terminals, _ = policy.beam_search_rows(task, batch, width=beam, k=k, **excluded)
         else:
             terminals, _ = policy.beam_search(*task.prompt_tokens(batch), width=beam, k=k,
-                                              length_normalize=length_normalize, scoring=scoring)
+                                              length_normalize=length_normalize, scoring=scoring, **excluded)
         missing += int((terminals < 0).sum())
         # Missing entries (-1) read as the root, which denotes no item.
         offsets, values = task.tree.items_batch(np.maximum(terminals, task.tree.root).reshape(-1))
@@ -153,23 +164,57 @@ def request_hits(
     return hits, missing
 
 
+def without_history(ranked: np.ndarray, examples: Examples, k: int) -> np.ndarray:
+    """The first ``k`` items of each ranked list (``[n, >= k]``) that are not in the request's history
+    window, in rank order (-1 where fewer remain): a ranker's list with history excluded.
+
+    Example:
+        >>> ex = Examples.from_lists(histories=[[4, 2], [1]], targets=[3, 0], max_history=2)
+        >>> without_history(np.array([[2, 3, 4, 5], [0, 1, 2, 3]]), ex, 2).tolist()
+        [[3, 5], [0, 2]]
+    """
+    real = np.arange(examples.max_history) < examples.history_len[:, None]
+    seen = (ranked[:, :, None] == np.where(real, examples.history, -1)[:, None, :]).any(axis=2)
+    order = np.argsort(seen, axis=1, kind="stable")[:, :k]  # unseen first, in rank order
+    out = np.take_along_axis(ranked, order, axis=1)
+    return np.where(np.take_along_axis(seen, order, axis=1), -1, out)
+
+
 def evaluate_ranker(
     model: Any, examples: Examples, *, ks: tuple[int, ...] = KS, max_requests: int | None = None,
-    seed: int = 0, per_request: bool = False,
+    seed: int = 0, per_request: bool = False, exclude_history: bool = False,
 ) -> dict[str, Any]:
     """Score a classic recommender (``rank(examples, k) -> (n, k)`` item ids) on the same protocol.
 
     ``per_request=True`` adds ``rows`` and ``first_hit_ranks`` (among the top ``max(ks)``, -1 for
-    none), as :func:`evaluate` does.
+    none), as :func:`evaluate` does. ``exclude_history=True``: the model ranks ``max(ks)`` plus
+    the history window's length, and the request's history items are dropped from its list
+    (:func:`without_history`), as :func:`evaluate` prunes them from a policy's search. The flag
+    decides for every model: one that would exclude them itself (``model.config.exclude_history``,
+    SASRec's default) ranks with that switched off here, then gets it back.
 
     Example:
         >>> # evaluate_ranker(PopularityRecommender().fit(ds.train, n), ds.test, per_request=True)
     """
     rows = select_rows(len(examples), max_requests, seed)
     subset = examples.subset(rows)
-    hits = hits_from_ranked(model.rank(subset, max(ks)), subset.target)
+    k = max(ks)
+    config = getattr(model, "config", None)
+    own = is_dataclass(config) and getattr(config, "exclude_history", False)
+    if own:
+        model.config = replace(config, exclude_history=False)
+    try:
+        if exclude_history:
+            ranked = without_history(model.rank(subset, k + subset.max_history), subset, k)
+        else:
+            ranked = model.rank(subset, k)
+    finally:
+        if own:
+            model.config = config
+    hits = hits_from_ranked(ranked, subset.target)
     out: dict[str, Any] = dict(ranking_metrics(hits, ks))
     out["requests"] = len(rows)
+    out["history_excluded"] = bool(exclude_history)
     if per_request:
         _add_requests(out, rows, hits)
     return out
