@@ -4,12 +4,14 @@ Trains one recipe of ``sweep_sft_games.py`` (``--config``; the compact prompt an
 unless the recipe says otherwise) with early stopping on valid NDCG@10, then tests the best weights
 by constrained beam search of width 50 with the reference scoring on a seeded sample of
 ``--test-requests`` test requests (all 50,546 with ``--test-requests 0``), reports HR/NDCG@{5, 10,
-20, 50}, SFT wall time and targets trained per second,
-popularity on the same requests, our SASRec's numbers from ``sasrec-games.json`` when present, and
-the sampled-rollout hit rate (temperature 1, groups of ``--group``) that an RL learner starts from.
-The run folder resumes; writes ``benchmarks/results/sft-games.json`` and beside it
-``sft-games.ranks.npz`` (the test rows, and each one's first-hit rank for SFT and popularity), which
-``compare_games.py`` pairs with SASRec's.
+20, 50} under the reference protocol (every item) and again with each request's history excluded
+from the search (``sft_history_excluded``: the view SASRec's paper reports), SFT wall time and
+targets trained per second, popularity on the same requests (both views), our SASRec's numbers from
+``sasrec-games.json`` when present, and the sampled-rollout hit rate (temperature 1, groups of
+``--group``) that an RL learner starts from. The run folder resumes; writes
+``benchmarks/results/sft-games.json`` and beside it ``sft-games.ranks.npz`` (the test rows, and
+each one's first-hit rank for SFT and popularity in both views), which ``compare_games.py`` pairs
+with SASRec's. On a finished run folder it only tests.
 
     RECGYM_DATA_PATH=../shared/data python benchmarks/bench_sft_games.py --config h128-seq-d0.2 --patience 2
 """
@@ -85,20 +87,26 @@ def main() -> None:
     train_clock = curve[-1]["train_seconds"] if curve else sft_seconds
     targets = summary["steps"] / summary["batches_per_epoch"] * train.num_requests
     requests = args.test_requests or None
-    start = time.time()
-    sft = evaluate(policy, test, beam=50, max_requests=requests, seed=0, per_request=True)
-    test_seconds = time.time() - start
     ds = train.dataset
-    pop = evaluate_ranker(PopularityRecommender().fit(ds.train, ds.catalogue.num_items), ds.test,
-                          max_requests=requests, per_request=True)
+    popularity = PopularityRecommender().fit(ds.train, ds.catalogue.num_items)
+    tested: dict[str, dict] = {}
+    test_seconds = {}
+    for suffix, exclude in (("", False), ("_history_excluded", True)):
+        start = time.time()
+        tested[f"sft{suffix}"] = evaluate(policy, test, beam=50, max_requests=requests, seed=0,
+                                          per_request=True, exclude_history=exclude)
+        test_seconds[f"sft{suffix}"] = round(time.time() - start, 1)
+        tested[f"popularity{suffix}"] = evaluate_ranker(popularity, ds.test, max_requests=requests,
+                                                        per_request=True, exclude_history=exclude)
     # per-request first-hit ranks (0-based, -1 beyond 50) beside the JSON, for compare_games.py
     ranks_file = Path(args.out).with_suffix(".ranks.npz")
-    np.savez_compressed(ranks_file, rows=np.asarray(sft.pop("rows")),
-                        **{name: np.asarray(m.pop("first_hit_ranks"), np.int8)
-                           for name, m in (("sft", sft), ("popularity", pop))})
-    pop.pop("rows")
+    rows = np.asarray(tested["sft"]["rows"])
+    for m in tested.values():
+        assert np.array_equal(m.pop("rows"), rows)  # one seeded sample for every view
+    np.savez_compressed(ranks_file, rows=rows,
+                        **{name: np.asarray(m.pop("first_hit_ranks"), np.int8) for name, m in tested.items()})
     rollouts = rollout_hits(policy, train, args.rollout_requests, args.group, seed=0)
-    print(format_table({"sft": sft, "popularity": pop}))
+    print(format_table(tested))
     sasrec_file = Path(args.out).with_name("sasrec-games.json")
     out = {
         "dataset": "games-lcrec", "representation": "sid", "recipe": args.config, "settings": cfg,
@@ -108,10 +116,11 @@ def main() -> None:
         "valid_history": summary["valid_history"],
         "sft_wall_seconds_this_call": round(sft_seconds, 1), "sft_train_seconds": train_clock,
         "targets_trained": int(targets), "targets_per_second": round(targets / max(train_clock, 1e-9), 1),
-        "test_protocol": {"split": "test", "requests": sft["requests"], "sample_seed": 0, "beam": 50,
+        "test_protocol": {"split": "test", "requests": tested["sft"]["requests"], "sample_seed": 0,
+                          "beam": 50,
                           "scoring": "reference (full-vocabulary log-softmax, disallowed masked, no "
                                      "renormalisation, no length penalty)"},
-        "test": {"sft": sft, "popularity": pop}, "test_seconds": round(test_seconds, 1),
+        "test": tested, "test_seconds": test_seconds,
         "rollouts_from_sft": rollouts,
         "sasrec": json.loads(sasrec_file.read_text()) if sasrec_file.exists() else None,
         "reference": {"TIGER NDCG@10 (LC-Rec paper, LC-Rec Games)": 0.0501},

@@ -6,9 +6,14 @@ and ``bench_sasrec_games.py`` (``--sasrec``) write beside their JSON: every test
 (-1 beyond). For HR and NDCG at 10 and 50 it reports
 
 * each model's mean with a 95% percentile bootstrap interval over requests (:func:`interval`);
-* SFT minus each SASRec view, **paired** (:func:`recgym.metrics.paired_bootstrap`: the same
-  resampled requests for both, so what the two share cancels), with the share of resamples <= 0;
-* SFT minus TIGER's published NDCG@10 (.0501): a constant, so its interval is SFT's shifted.
+* each SFT view minus each other model's view, **paired** (:func:`recgym.metrics.paired_bootstrap`:
+  the same resampled requests for both, so what the two share cancels), with the share of
+  resamples <= 0. The SFT file holds ``sft`` (the reference protocol, every item) and, from
+  ``bench_sft_games.py`` runs since history exclusion exists, ``sft_history_excluded`` (the
+  search never returns an item of the request's history), with popularity's two views beside them;
+  SASRec's file holds ``own_ranking`` and ``history_excluded``. Compare like with like: ``sft``
+  with ``own_ranking``, ``sft_history_excluded`` with ``history_excluded``.
+* each SFT view minus TIGER's published NDCG@10 (.0501): a constant, so its interval is SFT's shifted.
 
 Writes ``benchmarks/results/games-sft-vs-sasrec.json`` and a plot of the NDCG@10 intervals
 (``.png`` beside it).
@@ -64,21 +69,24 @@ def load_ranks(path: Path, rows_expected: int | None = None) -> tuple[dict[str, 
     return arrays, n
 
 
-def compare(sft: np.ndarray, others: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, Any]:
-    """Means with intervals and paired differences, per metric (module docstring)."""
+def compare(sft: dict[str, np.ndarray], others: dict[str, np.ndarray], resamples: int, seed: int,
+            ) -> dict[str, Any]:
+    """Means with intervals, and each SFT view (``sft``: name -> ranks) minus each of ``others``
+    paired, per metric (module docstring)."""
     out: dict[str, Any] = {}
     for metric in METRICS:
-        a = request_gains(sft, metric)
-        entry: dict[str, Any] = {"sft": interval(a, resamples, seed)}
-        for name, ranks in others.items():
-            b = request_gains(ranks, metric)
-            entry[name] = interval(b, resamples, seed)
-            entry[f"sft - {name}"] = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+        gains = {name: request_gains(ranks, metric) for name, ranks in {**sft, **others}.items()}
+        entry: dict[str, Any] = {name: interval(g, resamples, seed) for name, g in gains.items()}
+        for name in sft:
+            for other in others:
+                entry[f"{name} - {other}"] = paired_bootstrap(gains[name], gains[other], resamples=resamples,
+                                                              seed=seed)
         out[metric] = entry
-    s, t = out["NDCG@10"]["sft"], TIGER_NDCG10
-    out["NDCG@10"]["sft - TIGER (published)"] = {
-        "difference": s["mean"] - t, "low": s["low"] - t, "high": s["high"] - t,
-        "note": "TIGER's number is a published constant without an interval: SFT's interval shifted"}
+    for name in sft:
+        s, t = out["NDCG@10"][name], TIGER_NDCG10
+        out["NDCG@10"][f"{name} - TIGER (published)"] = {
+            "difference": s["mean"] - t, "low": s["low"] - t, "high": s["high"] - t,
+            "note": "TIGER's number is a published constant without an interval: SFT's interval shifted"}
     return out
 
 
@@ -118,9 +126,10 @@ def main() -> None:
     if "sft" not in sft:
         raise SystemExit(f"--sft {args.sft}: no 'sft' ranks in it (has {sorted(sft)})")
     sasrec, _ = load_ranks(Path(args.sasrec), n)
-    others = {**sasrec, **{k: v for k, v in sft.items() if k != "sft"}}  # SASRec's views, popularity
+    views = {k: v for k, v in sft.items() if k.startswith("sft")}
+    others = {**sasrec, **{k: v for k, v in sft.items() if k not in views}}  # SASRec's views, popularity's
     result = {"sft_ranks": args.sft, "sasrec_ranks": args.sasrec, "requests": n, "resamples": args.resamples,
-              "seed": args.seed, "confidence": 0.95, **compare(sft["sft"], others, args.resamples, args.seed)}
+              "seed": args.seed, "confidence": 0.95, **compare(views, others, args.resamples, args.seed)}
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
