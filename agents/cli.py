@@ -960,7 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="benchmark agents on one env: same SFT start, rollout budget and test")
     be.add_argument("--preset", default="ci", choices=list(PRESETS),
-                    help="scale: ci (synthetic, minutes), cpu (real Games, small LM from scratch, 2 cores), "
+                    help="scale: ci (synthetic, minutes), cpu (real Games, small LM from scratch with one "
+                         "token per item, 2 cores), cpu-sid (the same on LC-Rec's SIDs), "
                          "cpu-llm (SmolLM2-135M + LoRA on office-d3 titles, about 2 h on 2 cores), "
                          "paper (a pretrained 1.5B LM, GPU)")
     be.add_argument("--agents", default="popularity,transition,sasrec,sft,simpo,grpo,riser,maskable_ppo",
