@@ -267,26 +267,6 @@ PRESETS: dict[str, BenchPreset] = {
         test_requests=5000, sasrec_epochs=12, sasrec_train_rows="windows", sasrec_hidden=64,
         sasrec_batch_size=64, sasrec_dropout=0.2,
         ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
-    # Real Amazon Video Games on LC-Rec's 4-level SIDs (the `cpu` preset until the one-token recipe;
-    # README's RL table on Games is this preset): the SID recipe the SFT sweep picked
-    # (benchmarks/sweep_sft_games.py, benchmarks/results/sft-sweep-games/): the `mini` model from
-    # scratch on the compact prompt with the last 20 items, sequence-level SFT (418 batches of 128
-    # users' windows an epoch), dropout 0.2, up to 10 epochs with early stopping on valid NDCG@10
-    # over 2,000 requests; SASRec with cross-entropy over all items, the same history and dropout 0.2
-    # (benchmarks/results/sasrec-games*.json: test NDCG@10 .0603 after 12 epochs at dropout 0.2,
-    # .0527 after 30 at 0.5), 12 epochs of one sequence per window of a user's rows (70 s each here;
-    # every prefix row would cost 6x that an epoch). The RL budget is unchanged (100 x 16 x 16).
-    # Test: 5,000 requests at beam 50, so that the paired bootstrap intervals resolve differences of
-    # about .005 in NDCG@10.
-    "cpu-sid": BenchPreset(
-        name="cpu-sid", env="RecGen-Games-v0",
-        task={"max_history": 20, "template": "compact", "vocab_size": 257},
-        model_preset="mini", sft_epochs=10, sft_patience=2, sft_batch_size=128, sft_lr=2e-3, sft_dropout=0.2,
-        sft_warmup_steps=100, sft_eval_every=0, rl_steps=100, requests_per_step=16,
-        rollouts_per_request=16, riser_group=12, rl_lr=1e-4, rl_eval_every=50, eval_requests=2000,
-        test_requests=5000, sasrec_epochs=12, sasrec_train_rows="windows", sasrec_hidden=64,
-        sasrec_batch_size=64, sasrec_dropout=0.2,
-        ppo_episodes_per_update=64, ppo_epochs=2, ppo_hidden=128, ppo_item_ids=False),
     # A real pretrained LM on this 2-core machine: SmolLM2-135M-Instruct with LoRA r = 8 on
     # office-d3 titles (D3 publishes valid and test only: valid trains, nothing is left to select
     # on, so every agent is tested with its last weights). Sized from one-thread measurements with
@@ -310,6 +290,20 @@ PRESETS: dict[str, BenchPreset] = {
         sasrec_batch_size=256, sasrec_num_threads=None, ppo_episodes_per_update=64, ppo_hidden=256,
         ppo_item_tokens=False),
 }
+# `cpu-sid`: the `cpu` preset on LC-Rec's 4-level SIDs (the `cpu` preset until the one-token
+# recipe; README's RL table on Games is this preset), with the SID recipe the SFT sweep picked
+# (benchmarks/sweep_sft_games.py, benchmarks/results/sft-sweep-games/): the `mini` model from
+# scratch on the compact prompt with the last 20 items, sequence-level SFT (418 batches of 128
+# users' windows an epoch), dropout 0.2, up to 10 epochs with early stopping on valid NDCG@10
+# over 2,000 requests; SASRec with cross-entropy over all items, the same history and dropout 0.2
+# (benchmarks/results/sasrec-games*.json: test NDCG@10 .0603 after 12 epochs at dropout 0.2,
+# .0527 after 30 at 0.5), 12 epochs of one sequence per window of a user's rows (70 s each here;
+# every prefix row would cost 6x that an epoch). Test: 5,000 requests at beam 50, so that the
+# paired bootstrap intervals resolve differences of about .005 in NDCG@10. All else as `cpu`.
+PRESETS["cpu-sid"] = replace(
+    PRESETS["cpu"], name="cpu-sid", task={"max_history": 20, "template": "compact", "vocab_size": 257},
+    sft_patience=2, sft_dropout=0.2)
+PRESETS["paper"] = PRESETS.pop("paper")  # listed last
 
 
 def get_preset(name: str, **overrides: Any) -> BenchPreset:
