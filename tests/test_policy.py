@@ -269,3 +269,38 @@ def test_logprobs_without_entropy_with_one_token_per_item():
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     # the constrained normaliser is over the 60 item tokens only: log p >= the full-vocabulary one
     assert (fast[:, 0] > policy.sequence_logprobs(prompts, lens, responses, full_vocab=True)[0][:, 0]).all()
+
+
+def test_untied_output_embeddings_train_apart_and_survive_saving(tmp_path):
+    from agents.configs import MODEL_PRESETS
+
+    ds = make_synthetic(num_items=60, num_users=80, num_categories=4, clusters_per_category=3, seed=1)
+    task = RecGenTask(ds, split="train", representation="sid", sid_index="atomic")
+    tied = LLMPolicy.from_config("tiny", task.items, seed=0, device="cpu")
+    assert tied.head_weight is tied.model.get_input_embeddings().weight
+    untied = {**MODEL_PRESETS["tiny"], "tie_word_embeddings": False}
+    policy = LLMPolicy.from_config(untied, task.items, seed=0, device="cpu")
+    head, embed = policy.head_weight, policy.model.get_input_embeddings().weight
+    assert head is not embed and not policy.model.config.tie_word_embeddings
+    prompts, lens = task.prompt_tokens(np.arange(4))
+    seen = set(task.examples.history[:4].reshape(-1).tolist())
+    targets = [i for i in range(60) if i not in seen][:4]  # items in none of the 4 prompts
+    embed_before, head_before = embed.detach().clone(), head.detach().clone()
+    logp = policy.sequence_logprobs(prompts, lens, policy.item_responses(targets), entropy=False)[0]
+    torch.optim.SGD(policy.model.parameters(), lr=1.0).zero_grad()
+    (-logp.sum()).backward()
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            if p.grad is not None:
+                p -= p.grad
+    # Items in neither the prompts nor the responses: the softmax's normaliser moved their output
+    # rows, while nothing fed their input rows (tied, they would be one tensor and move together).
+    others = [i for i in range(60) if i not in seen and i not in targets]
+    rows = torch.as_tensor([r[0] for r in policy.item_responses(others)])
+    assert not torch.equal(head[rows], head_before[rows])
+    assert torch.equal(embed[rows], embed_before[rows])
+    policy.save_pretrained(tmp_path / "p")
+    back = LLMPolicy.from_pretrained(tmp_path / "p", device="cpu")
+    assert not back.model.config.tie_word_embeddings
+    torch.testing.assert_close(back.head_weight, head)
+    torch.testing.assert_close(back.model.get_input_embeddings().weight, embed)

@@ -147,17 +147,21 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
         """A freshly initialised Qwen2-architecture model of a named size over ``items``' vocabulary.
 
         ``vocab_size`` pads the embedding matrix beyond the tokenizer (e.g. 151,936 rows, as Qwen2)
-        to measure what a full-vocabulary output layer costs.
+        to measure what a full-vocabulary output layer costs. The input and output embeddings are
+        tied unless a dict ``preset`` says ``"tie_word_embeddings": False``.
+
+        Example:
+            >>> # LLMPolicy.from_config({**PRESETS["mini"], "tie_word_embeddings": False}, task.items)
         """
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         sizes = PRESETS[preset] if isinstance(preset, str) else dict(preset)
-        config = Qwen2Config(
-            vocab_size=max(vocab_size or 0, items.vocab_size),
-            max_position_embeddings=max_position_embeddings,
-            tie_word_embeddings=True, bos_token_id=items.eos_token_id, eos_token_id=items.eos_token_id,
-            pad_token_id=items.pad_token_id, **sizes,
-        )
+        config = Qwen2Config(**{
+            "vocab_size": max(vocab_size or 0, items.vocab_size),
+            "max_position_embeddings": max_position_embeddings, "tie_word_embeddings": True,
+            "bos_token_id": items.eos_token_id, "eos_token_id": items.eos_token_id,
+            "pad_token_id": items.pad_token_id, **sizes,
+        })
         torch.manual_seed(seed)
         return cls(Qwen2ForCausalLM(config), items, **kwargs)
 
