@@ -326,3 +326,13 @@ def test_a_rerun_resumes_the_same_settings_refuses_others_and_restart_starts_ove
     assert restarted["agents"]["grpo"]["runs"]["0"]["config"]["rl"]["lr"] == 0.001
     grpo_steps = [r["step"] for r in MetricLogger.read(out / "runs" / "grpo-seed0") if "loss" in r]
     assert grpo_steps == [1, 2]  # started over, logged once
+
+
+def test_presets_set_sft_regularisation():
+    cpu = bench._sft_config(get_preset("cpu"), seed=0, progress=False, train_rows=1000)
+    sid = bench._sft_config(get_preset("cpu-sid"), seed=0, progress=False, train_rows=1000)
+    assert (cpu.weight_decay, cpu.dropout, cpu.patience) == (0.1, 0.3, 0)
+    assert (sid.weight_decay, sid.dropout, sid.patience) == (0.01, 0.2, 2)
+    assert get_preset("cpu").task["sid_index"] == "atomic" and "sid_index" not in get_preset("cpu-sid").task
+    changed = get_preset("cpu", sft_weight_decay=0.0)
+    assert bench._sft_config(changed, seed=0, progress=False, train_rows=1000).weight_decay == 0.0
