@@ -25,9 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_sft_games import build_run  # noqa: E402
+from sweep_sft_games import trained_run  # noqa: E402
 
-from agents.training.checkpoint import load_weights  # noqa: E402
 from agents.training.evaluate import select_rows  # noqa: E402
 from agents.training.tracking import write_atomically  # noqa: E402
 from recgym.envs import RecGenTask  # noqa: E402
@@ -67,12 +66,7 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.config:
-        train, _, policy, _, cfg, _ = build_run(name, 2000, 1, 0)
-        best = Path("runs/sft-sweep") / name / "best"
-        if not best.exists():
-            raise SystemExit(f"--config {name}: no trained weights in {best} (run bench_sft_games.py first)")
-        load_weights(policy, best)
-        policy.model.eval()
+        train, _, policy, cfg = trained_run(name)
         test = RecGenTask(train.dataset, split="test", tokenizer=train.items)
         rows = select_rows(test.num_requests, args.requests, seed=0)
         with torch.no_grad():

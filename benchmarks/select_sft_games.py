@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_sft_games import build_run  # noqa: E402
+from sweep_sft_games import trained_run  # noqa: E402
 
-from agents.training.checkpoint import load_weights  # noqa: E402
 from agents.training.evaluate import evaluate  # noqa: E402
 from agents.training.tracking import write_atomically  # noqa: E402
 from recgym.metrics import paired_bootstrap, request_gains  # noqa: E402
@@ -54,11 +53,7 @@ def main() -> None:
     for name in args.config:
         if name in ranks:
             continue
-        _, valid, policy, _, cfg, _ = build_run(name, 2000, 1, 0)
-        best = Path("runs/sft-sweep") / name / "best"
-        if not best.exists():
-            raise SystemExit(f"--config {name}: no trained weights in {best} (run bench_sft_games.py first)")
-        load_weights(policy, best)
+        _, valid, policy, cfg = trained_run(name)
         m = evaluate(policy, valid, beam=50, per_request=True)
         saved, ranks = load()
         ranks[name] = np.asarray(m.pop("first_hit_ranks"), np.int8)

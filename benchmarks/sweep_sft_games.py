@@ -107,6 +107,24 @@ def build_run(name: str, eval_requests: int, evals_per_epoch: int, patience: int
     return train, valid, policy, config, cfg, objective
 
 
+def trained_run(
+    name: str, runs: str = "runs/sft-sweep",
+) -> tuple[RecGenTask, RecGenTask, LLMPolicy, dict[str, Any]]:
+    """(train task, valid task, policy with its best weights, settings) of recipe ``name``'s trained run
+    folder; a SystemExit names the folder when it holds no best weights yet."""
+    from agents.training.checkpoint import load_weights
+
+    if name not in CONFIGS:
+        raise SystemExit(f"--config {name}: unknown recipe; choose from {', '.join(CONFIGS)}")
+    train, valid, policy, _, cfg, _ = build_run(name, 2000, 1, 0)
+    best = Path(runs) / name / "best"
+    if not best.exists():
+        raise SystemExit(f"--config {name}: no trained weights in {best} (run bench_sft_games.py first)")
+    load_weights(policy, best)
+    policy.model.eval()
+    return train, valid, policy, cfg
+
+
 def curve_of(run: Path, steps_per_epoch: int) -> list[dict[str, Any]]:
     """Valid NDCG@10 / HR@10 (and the last logged training loss) against training seconds from a
     run's ``metrics.jsonl``.
