@@ -166,15 +166,11 @@ class PrefixTree:
         self.tokens_in_tree = np.unique(self.child_tokens)
         self.max_depth = int(self.depth.max())
         self.max_children = int(self.num_children.max())
-        # Items in each node's subtree, summed up the parent pointers one depth level at a time.
-        self._items_under = np.diff(self.item_offsets)
-        for d in range(self.max_depth, 0, -1):
-            level = np.flatnonzero(self.depth == d)
-            np.add.at(self._items_under, self.parent[level], self._items_under[level])
+        self._items_under: np.ndarray | None = None  # built on first use (covered_nodes)
         self._torch_cache: dict[str, TorchPrefixTree] = {}
         self._wide: tuple[np.ndarray, np.ndarray] | None = None
         self._check_invariants()
-        for name in _PUBLIC_ARRAYS + ("_keys", "_ids_order", "_sorted_ids", "_items_under"):
+        for name in _PUBLIC_ARRAYS + ("_keys", "_ids_order", "_sorted_ids"):
             getattr(self, name).flags.writeable = False
 
     def _check_invariants(self) -> None:
@@ -374,6 +370,19 @@ class PrefixTree:
         index = self.child_offsets[s] + (rng.random(s.shape) * counts).astype(np.int64)
         return np.where(counts > 0, self.child_tokens[np.minimum(index, len(self.child_tokens) - 1)], -1)
 
+    def _subtree_items(self) -> np.ndarray:
+        """Items in each node's subtree, summed up the parent pointers one depth level at a time
+        (nodes are in breadth-first order, so each level is a contiguous range); cached."""
+        if self._items_under is None:
+            under = np.diff(self.item_offsets)
+            bounds = np.searchsorted(self.depth, np.arange(self.max_depth + 2))
+            for d in range(self.max_depth, 0, -1):
+                level = slice(bounds[d], bounds[d + 1])
+                np.add.at(under, self.parent[level], under[level])
+            under.flags.writeable = False
+            self._items_under = under
+        return self._items_under
+
     def covered_nodes(self, item_sets: Any) -> tuple[np.ndarray, np.ndarray]:
         """Per row of item ids, the nodes all of whose items are in the row, as ``(rows, nodes)``.
 
@@ -412,7 +421,7 @@ class PrefixTree:
             rows, node = rows[up], self.parent[node[up]]
         flat, count = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
         node = flat % self.num_nodes
-        covered = flat[count == self._items_under[node]]
+        covered = flat[count == self._subtree_items()[node]]
         return covered // self.num_nodes, covered % self.num_nodes
 
     # ----------------------------------------------------------------------------------------------
