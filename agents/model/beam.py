@@ -170,9 +170,9 @@ class BeamSearch:
             width_k = tokens_live.shape[1]
             tokens = torch.full((r * beams, width_k), -1, dtype=torch.long, device=dev)
             logp = torch.full((r * beams, width_k), ninf, device=dev)
-            # A beam whose every child is excluded has -inf - -inf = NaN under constrained scoring: no
-            # candidate (-inf) instead.
-            logp_live = (logits_live - norm[:, None]).float().nan_to_num(nan=ninf, neginf=ninf)
+            logp_live = (logits_live - norm[:, None]).float()
+            if excluded is not None and not full:  # every child excluded: -inf - -inf = NaN, no candidate
+                logp_live = logp_live.nan_to_num(nan=ninf, neginf=ninf)
             tokens[live], logp[live] = tokens_live, logp_live
             cand_scores = scores[..., None] + logp.reshape(r, beams, width_k)  # (R, beams, K); dead: -inf
             top_scores, top_idx = cand_scores.reshape(r, -1).topk(min(w, beams * width_k), dim=1)
