@@ -785,7 +785,7 @@ DISTRIBUTED_COMMANDS = ("sft", "train", "eval", "bench")
 SFT_SHARED = ("seed", "progress")
 RL_EXCLUDE = ("seed", "progress", "env_id")
 TRAIN_SFT = ("epochs", "batch_size", "lr", "max_steps", "weight_decay", "warmup_steps", "eval_every",
-             "dropout", "level")
+             "dropout", "level", "unlikelihood")
 TRAIN_SFT_DEFAULTS = {"max_steps": 300, "patience": 0}  # `train` runs a short SFT before RL
 TRAIN_SFT_RENAMES = {"max_steps": "steps"}
 # Config fields set from options that several configs share.

@@ -120,6 +120,9 @@ class SFTConfig:
             sequence (windows of users' item sequences, one forward teaching every item in it; needs
             the compact template) or auto (sequence where the template is compact and the rows are
             user sequences, else request); batch_size counts rows or windows.
+        unlikelihood: alpha of the unlikelihood term (agents.training.sft): each target also pushes
+            down the items its history already holds, -log(1 - pi(c)) per distinct history item c;
+            0: plain NLL. Needs sequence-level SFT on one token per item (sid_index="atomic").
     """
 
     epochs: int = 3
@@ -139,6 +142,7 @@ class SFTConfig:
     fsdp: bool = False
     dropout: float = 0.0
     level: str = "auto"
+    unlikelihood: float = 0.0
 
     def __post_init__(self) -> None:
         if self.level not in SFT_LEVELS:
@@ -148,7 +152,7 @@ class SFTConfig:
             raise ConfigError("dropout", self.dropout, "must be a number in [0, 1)")
         check_config(self, minimum={"epochs": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 0,
                                     "eval_requests": 1, "beam": 1, "patience": 0, "max_steps": 1, "seed": 0},
-                     reals={"lr": True, "weight_decay": False, "grad_clip": True})
+                     reals={"lr": True, "weight_decay": False, "grad_clip": True, "unlikelihood": False})
 
 
 @dataclass

@@ -25,6 +25,7 @@ _EVERY_EPOCH = "an upper bound: training stops at the end of its epochs, or earl
 _ALL = "more than the split holds: every request of it"
 _WIDE = "a beam wider than the catalogue: every item is searched (the metrics' K stop at 50)"
 _SPLIT = "a batch holds at most the whole split (its memory is checked on that)"
+_HEAVY = "any finite alpha: the history penalty outweighs the NLL (each step's gradient is clipped)"
 _DIVERGE = "any finite value; a run that blows up stops at the first non-finite loss, naming the option"
 ACCEPTED: dict[str, dict[str, str]] = {
     "--seed": {"0": "a seed", "1000000000": "a seed (0 .. 2**32 - 1)"},
@@ -51,6 +52,8 @@ ACCEPTED: dict[str, dict[str, str]] = {
     "--patience": {"0": "never stop early (help)", "1000000000": "never stop early"},
     "--max-steps": {"1000000000": _EVERY_EPOCH},
     "--sft-steps": {"0": "train: every epoch (help: '0: every epoch')", "1000000000": _EVERY_EPOCH},
+    "--unlikelihood": {"0": "plain NLL (help: '0: plain NLL')", **{v: _HEAVY for v in BIG}},
+    "--sft-unlikelihood": {"0": "plain NLL (help: '0: plain NLL')", **{v: _HEAVY for v in BIG}},
     "--dropout": {"0": "no dropout (help)"},
     "--sft-dropout": {"0": "no dropout (help)"},
     "--test-requests": {"1000000000": _ALL},

@@ -102,6 +102,7 @@ class BenchPreset:
         sft_dropout: :class:`~agents.configs.SFTConfig`'s dropout during SFT (0: none).
         sft_warmup_steps: :class:`~agents.configs.SFTConfig`'s warm-up steps.
         sft_weight_decay: :class:`~agents.configs.SFTConfig`'s AdamW weight decay.
+        sft_unlikelihood: :class:`~agents.configs.SFTConfig`'s unlikelihood alpha (0: plain NLL).
         rl_steps: RL steps; the RL rollout budget is rl_steps x requests_per_step x
             rollouts_per_request.
         requests_per_step: distinct requests of each RL step.
@@ -157,6 +158,7 @@ class BenchPreset:
     sft_dropout: float = 0.0
     sft_warmup_steps: int = 20
     sft_weight_decay: float = 0.01
+    sft_unlikelihood: float = 0.0
     rl_steps: int = 60
     requests_per_step: int = 16
     rollouts_per_request: int = 16
@@ -752,7 +754,7 @@ def _sft_config(preset: BenchPreset, seed: int, progress: bool, train_rows: int)
     return SFTConfig(batch_size=preset.sft_batch_size, lr=preset.sft_lr, eval_every=preset.sft_eval_every,
                      eval_requests=preset.eval_requests, beam=preset.valid_beam, seed=seed,
                      progress=progress, dropout=preset.sft_dropout, warmup_steps=preset.sft_warmup_steps,
-                     weight_decay=preset.sft_weight_decay, **budget)
+                     weight_decay=preset.sft_weight_decay, unlikelihood=preset.sft_unlikelihood, **budget)
 
 
 def _rl_config(preset: BenchPreset, seed: int, progress: bool, recipe: str | None = None) -> Any:
@@ -810,7 +812,8 @@ def _train_sft(
     from agents.training.sft import sft_objective, train_sft
 
     tick = time.time()
-    config = _sft_config(preset, seed, progress, sft_objective(policy, tasks.train).size)
+    config = _sft_config(preset, seed, progress,
+                         sft_objective(policy, tasks.train, unlikelihood=preset.sft_unlikelihood).size)
     try:
         summary = train_sft(policy, tasks.train, tasks.valid, config, run_dir=run_dir, restart=restart,
                             run_info=run_info)

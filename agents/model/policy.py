@@ -187,7 +187,7 @@ class LLMPolicy(PolicyPersistence, PolicyAdapters, ConstrainedSampling, BeamSear
             return w[index]
         first = w.shape[0] - rows.shape[0]
         new = rows.to(w.dtype)[(index - first).clamp(min=0)]
-        return torch.where((index >= first)[:, None], new, w[index])
+        return torch.where((index >= first)[..., None], new, w[index])
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary, ``hidden`` (N, H) -> (N, V), at least float32.

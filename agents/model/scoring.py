@@ -107,6 +107,27 @@ class TeacherForcedScoring:
         Example:
             >>> # logp, mask = policy.stream_logprobs(ids, lengths, states)
         """
+        logp, mask, _ = self.stream_candidate_logprobs(token_ids, lengths, states, None,
+                                                       full_vocab=full_vocab)
+        return logp, mask
+
+    def stream_candidate_logprobs(
+        self, token_ids: Any, lengths: Any, states: Any, candidates: Any, *, full_vocab: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`stream_logprobs`, plus the log-probs of other ``candidates`` tokens at the same positions.
+
+        ``candidates`` (B, T, C) are token ids, -1 where there is none; position t's candidates are
+        scored in place of token t, from the same distribution (the same log-normaliser). This is
+        what unlikelihood training penalises: at each target, the tokens of items the history
+        already holds (:mod:`agents.training.sft`). None: no candidates (third output None).
+
+        Returns:
+            ``(logprobs [B, T], mask [B, T], candidate logprobs [B, T, C] or None)``: zeros where a
+            position is not scored or a candidate is -1.
+
+        Example:
+            >>> # logp, mask, neg = policy.stream_candidate_logprobs(ids, lengths, states, candidates)
+        """
         full_vocab = self.full_vocab if full_vocab is None else full_vocab
         ids = _as_long(token_ids, self.device)
         lens = _as_long(lengths, self.device)
@@ -119,10 +140,18 @@ class TeacherForcedScoring:
             parts.append(hidden[:, :tb - 1])  # h[:, t - 1] predicts token t
         h = _in_order(parts, buckets, ids.shape[1] - 1)
         mask = states[:, 1:] >= 0
-        logp, _, _ = self._scatter_token_logprobs(h, states[:, 1:].clamp(min=0), ids[:, 1:], mask, 1.0,
+        tokens = ids[:, 1:]
+        if candidates is not None:  # column 0: the token itself, then its candidates
+            cand = _as_long(candidates, self.device)[:, 1:]
+            tokens = torch.cat([tokens[..., None], cand], dim=-1)
+        logp, _, _ = self._scatter_token_logprobs(h, states[:, 1:].clamp(min=0), tokens, mask, 1.0,
                                                   full_vocab, entropy=False)
-        pad = logp.new_zeros(len(logp), 1)
-        return torch.cat([pad, logp], dim=1), torch.cat([mask.new_zeros(len(mask), 1), mask], dim=1)
+        logp = F.pad(logp, (0, 0, 1, 0) if candidates is not None else (1, 0))  # token 0 is not scored
+        mask = torch.cat([mask.new_zeros(len(mask), 1), mask], dim=1)
+        if candidates is None:
+            return logp, mask, None
+        cand_logp = logp[..., 1:] * (_as_long(candidates, self.device) >= 0)
+        return logp[..., 0], mask, cand_logp
 
     def group_logprobs(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor | np.ndarray,
@@ -234,13 +263,18 @@ class TeacherForcedScoring:
         """log pi(y | s) = z_y / T - log sum_a exp(z_a / T), z = W h, the sum over the whole vocabulary
         (``full_vocab``) or the allowed tokens A(s): z_y is one dot product with the output row of y,
         and the log-sum-exp's backward is the softmax itself, so the ``(N, K)`` log-softmax, its gather
-        and the gather's scatter-back are never built (on one token per item, K is the catalogue)."""
-        w_y = self.head_rows(tokens)  # (N, H): the output rows of the chosen tokens
+        and the gather's scatter-back are never built (on one token per item, K is the catalogue).
+        ``tokens`` (N,) gives (N,); (N, C), C tokens per row scored from the same distribution, gives
+        (N, C) (-1 entries give the log-prob of token 0, for the caller to mask)."""
+        w_y = self.head_rows(tokens.clamp(min=0))  # (N, H) or (N, C, H): the chosen tokens' output rows
+        h_y = h if tokens.dim() == 1 else h[:, None]
         # in float32 at least: a half-precision product summed in half precision would lose digits
-        z_y = (_at_least_float32(h) * _at_least_float32(w_y)).sum(dim=-1)
+        z_y = (_at_least_float32(h_y) * _at_least_float32(w_y)).sum(dim=-1)
         if temperature != 1.0:
             z_y, h = z_y / temperature, h / temperature  # z / T = W (h / T)
         log_z = self.full_logits(h).logsumexp(dim=1) if full_vocab else self.allowed_logsumexp(h, states)
+        if tokens.dim() == 2:
+            log_z = log_z[:, None]
         # z_y and log Z come from two products: where y is the only allowed token (p = 1) rounding can
         # leave +1e-7, so log p is clamped at 0 (its gradient there is 0 either way)
         return (z_y - log_z).clamp(max=0.0)
@@ -250,10 +284,11 @@ class TeacherForcedScoring:
         temperature: float, full_vocab: bool, entropy: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probs / entropies of ``resp`` (hidden states ``h`` (B, T, H)) at ``mask``, zeros elsewhere
-        (entropies None where ``entropy`` is False)."""
+        (entropies None where ``entropy`` is False). ``resp`` (B, T, C) without entropies: C tokens per
+        position, log-probs (B, T, C)."""
         logp_m, ent_m = self._token_logprobs(h[mask], states[mask], resp[mask], temperature, full_vocab,
                                              entropy)
-        logp = torch.zeros(mask.shape, device=self.device, dtype=logp_m.dtype)
+        logp = torch.zeros((*mask.shape, *logp_m.shape[1:]), device=self.device, dtype=logp_m.dtype)
         logp[mask] = logp_m
         ent = None
         if ent_m is not None:

@@ -26,6 +26,21 @@ Two levels (``SFTConfig.level``) compute the same loss on different batches:
 * ``auto`` (the default): ``sequence`` when the template is compact and the rows are user
   sequences, else ``request``.
 
+Unlikelihood (``SFTConfig.unlikelihood`` = alpha > 0; Welleck et al., 2020, "Neural Text Generation
+with Unlikelihood Training", its token-level objective with the previous context as candidates).
+On one token per item (``sid_index="atomic"``) and the sequence level, each target's step also
+pushes down the items its history already holds:
+
+    L = L_NLL + alpha * (1 / sum_i |y_i|) * sum_i sum_{c in C_i} -log(1 - pi(c | x_i))
+
+C_i is the set of distinct items of target i's history (the items before it in its window), minus
+the target itself; pi(c | x_i) is the probability of c's token where the target's first token is
+written, from the same distribution. On datasets where a user's next item is never one already in
+the history (Amazon reviews: a product is reviewed once), a plain NLL still leaves history items high
+(their embeddings are close to the context's), and the test's top 10 holds about one of them;
+unlikelihood learns from the train split that they do not come next, as a decoding rule that
+prunes them would impose without learning.
+
 Under ``torchrun`` (data parallelism, :mod:`agents.parallel.distributed`) each step's batch is the global
 batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
 global token count and the ranks' gradients are summed, so N ranks take the step one process takes
@@ -115,7 +130,7 @@ def _train_sft(
     policy: LLMPolicy, train_task: RecGenTask, valid_task: RecGenTask | None, cfg: SFTConfig,
     run: Path | None, resuming: bool,
 ) -> dict[str, Any]:
-    objective = sft_objective(policy, train_task, cfg.level)
+    objective = sft_objective(policy, train_task, cfg.level, cfg.unlikelihood)
     n = objective.size
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -252,9 +267,11 @@ class SequenceObjective(SFTObjective):
 
     level = "sequence"
 
-    def __init__(self, policy: LLMPolicy, task: RecGenTask, sequences: UserSequences) -> None:
+    def __init__(self, policy: LLMPolicy, task: RecGenTask, sequences: UserSequences,
+                 unlikelihood: float = 0.0) -> None:
         super().__init__(policy, task)
         self.sequences = sequences
+        self.unlikelihood = float(unlikelihood)
         self.windows: SequenceWindows = sequences.windows(task.max_history + 1)
         self.size = len(self.windows)
         items = policy.items.sequences
@@ -265,6 +282,10 @@ class SequenceObjective(SFTObjective):
         responses = policy.item_responses(np.arange(len(items)))
         states = policy.tree.path_states(responses)
         self.item_states = states[responses >= 0]
+        if self.unlikelihood > 0 and len(np.unique(responses[:, 0])) < len(items):
+            raise ValueError(f"unlikelihood={self.unlikelihood}: needs one token per item, a first token "
+                             "that names the item (sid_index='atomic', --set sid_index=atomic); here "
+                             "items share first tokens")
 
     def stream(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(token ids (B, T), lengths (B,), states (B, T))`` of windows ``rows``: -1 states on
@@ -273,6 +294,12 @@ class SequenceObjective(SFTObjective):
         Example:
             >>> # ids, lengths, states = objective.stream(np.arange(4))
         """
+        ids, lengths, states, _ = self._stream(rows, candidates=False)
+        return ids, lengths, states
+
+    def _stream(self, rows: np.ndarray, candidates: bool,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`stream`, plus the unlikelihood candidates (B, T, max_history) when ``candidates``."""
         w = self.windows
         count = w.length[rows]
         # (window, item) pairs in stream order, as flat arrays: no loop over windows or items.
@@ -295,23 +322,70 @@ class SequenceObjective(SFTObjective):
         states = np.full(ids.shape, -1, np.int64)
         ids[row, col] = self.item_tokens[src]
         states[row, col] = np.where(scored[tok_pair], self.item_states[src], -1)
-        return ids, row_tokens, states
+        if not candidates:
+            return ids, row_tokens, states, None
+        return ids, row_tokens, states, self._history_candidates(rows, ids.shape, item, pair_window,
+                                                                 pair_pos, scored, col0)
+
+    def _history_candidates(self, rows: np.ndarray, shape: tuple[int, ...], item: np.ndarray,
+                            pair_window: np.ndarray, pair_pos: np.ndarray, scored: np.ndarray,
+                            col0: np.ndarray) -> np.ndarray:
+        """C_i of every scored target i as first tokens, (B, T, max_history), -1 where none: the
+        distinct items before the target in its window, minus the target itself (module docstring)."""
+        w = self.windows
+        c = self.task.max_history
+        target = np.flatnonzero(scored)  # pairs that are targets
+        j = np.arange(c)
+        before = j[None, :] < pair_pos[target, None]  # window positions 0 .. p - 1
+        at = np.minimum(w.start[rows][pair_window[target], None] + j, len(self.sequences.items) - 1)
+        hist = np.where(before, self.sequences.items[at], -1)
+        hist[hist == item[target, None]] = -1  # never the target itself
+        hist.sort(axis=1)
+        hist[:, 1:][hist[:, 1:] == hist[:, :-1]] = -1  # each distinct item once
+        first = self.item_tokens[self.item_start]  # each item's (unique) first token
+        out = np.full((*shape, c), -1, np.int64)
+        out[pair_window[target], col0[target]] = np.where(hist >= 0, first[hist.clip(min=0)], -1)
+        return out
 
     def logprobs(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.policy.stream_logprobs(*self.stream(rows))
 
+    def loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+        """Token-mean NLL plus alpha times the token-mean unlikelihood of history items (module docstring)."""
+        if self.unlikelihood == 0 or len(rows) == 0:
+            return super().loss(rows)
+        *stream, candidates = self._stream(rows, candidates=True)
+        logp, mask, cand_logp = self.policy.stream_candidate_logprobs(*stream, candidates)
+        tokens = int(mask.sum())
+        n = dist.global_sum(tokens)
+        present = torch.as_tensor(candidates >= 0, device=cand_logp.device)
+        # -log(1 - pi(c)), with 1 - pi clamped away from 0 (pi(c) -> 1 would be an infinite penalty)
+        penalty = -torch.log((1 - cand_logp.exp()).clamp(min=1e-5)) * present
+        return (-(logp * mask).sum() + self.unlikelihood * penalty.sum()) / n, tokens
 
-def sft_objective(policy: LLMPolicy, task: RecGenTask, level: str = "auto") -> SFTObjective:
+
+def sft_objective(policy: LLMPolicy, task: RecGenTask, level: str = "auto",
+                  unlikelihood: float = 0.0) -> SFTObjective:
     """The objective of SFT at ``level`` (``auto``, ``request`` or ``sequence``) on ``task``'s rows.
 
     ``sequence`` needs a compact template (else the prompt of a history plus its target is not the
     next request's prompt) and rows that are user sequences; ``auto`` takes it when both hold.
+    ``unlikelihood`` (alpha > 0, module docstring) needs the sequence level and one token per item.
 
     Example:
         >>> # sft_objective(policy, train_task, "sequence").size  # windows of users' sequences
     """
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: choose one of {LEVELS}")
+    objective = _sft_objective(policy, task, level, unlikelihood)
+    if unlikelihood > 0 and not isinstance(objective, SequenceObjective):
+        raise ValueError(f"unlikelihood={unlikelihood}: needs sequence-level SFT (a compact template, "
+                         f"--set template=compact, and a split of user sequences); this is level "
+                         f"{objective.level!r}")
+    return objective
+
+
+def _sft_objective(policy: LLMPolicy, task: RecGenTask, level: str, unlikelihood: float) -> SFTObjective:
     compact = policy.items.template.compact
     if level == "request" or (level == "auto" and not compact):
         return SFTObjective(policy, task)
@@ -324,7 +398,7 @@ def sft_objective(policy: LLMPolicy, task: RecGenTask, level: str = "auto") -> S
         if level == "sequence":
             raise ValueError(f"level='sequence': the {task.split!r} split's {err}") from err
         return SFTObjective(policy, task)
-    return SequenceObjective(policy, task, sequences)
+    return SequenceObjective(policy, task, sequences, unlikelihood)
 
 
 def sft_loss(policy: LLMPolicy, task: RecGenTask, rows: np.ndarray) -> tuple[torch.Tensor, int]:
