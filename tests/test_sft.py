@@ -147,9 +147,11 @@ def compact():
                                                                                        tokenizer=train.items)
 
 
-def _hand_nll(policy, items, requests):
+def _hand_nll(policy, items, requests, alpha=0.0):
     """Sum and count of -log pi(target tokens | compact prompt) over (history, target) requests,
-    one request at a time, with the compact prompt written out by hand."""
+    one request at a time, with the compact prompt written out by hand; with ``alpha``, plus alpha
+    times -log(1 - p(c)) for each distinct history item c other than the target, p(c) the probability
+    of c's first token where the target's first token is written (unlikelihood)."""
     eos = items.eos_token_id
     total, count = 0.0, 0
     for history, target in requests:
@@ -159,6 +161,8 @@ def _hand_nll(policy, items, requests):
         for j, token in enumerate(response):
             total -= float(logp[len(prompt) - 1 + j, token])
             count += 1
+        for c in set(history) - {target} if alpha else ():
+            total -= alpha * np.log(1 - float(logp[len(prompt) - 1, items.sequences[c][0]].exp()))
     return total, count
 
 
@@ -305,26 +309,6 @@ def atomic():
     return ds, train
 
 
-def _hand_unlikelihood(policy, items, requests, alpha):
-    """Sum over (history, target) requests of the NLL of the target's tokens plus alpha times
-    -log(1 - p(c)) for each distinct history item c other than the target, p(c) the probability of c's
-    token where the target's first token is written; and the number of target tokens. By hand: one
-    request at a time, the compact prompt written out."""
-    eos = items.eos_token_id
-    total, count = 0.0, 0
-    for history, target in requests:
-        prompt = [eos] + [t for i in history for t in items.sequences[i].tolist()]
-        response = items.sequences[target].tolist()
-        logp = torch.log_softmax(policy.model(torch.tensor([prompt + response])).logits[0].double(), dim=-1)
-        for j, token in enumerate(response):
-            total -= float(logp[len(prompt) - 1 + j, token])
-            count += 1
-        for c in set(history) - {target}:
-            p = float(logp[len(prompt) - 1, items.sequences[c][0]].exp())
-            total -= alpha * np.log(1 - p)
-    return total, count
-
-
 def test_unlikelihood_loss_is_the_nll_plus_alpha_times_the_history_penalty_by_hand(atomic):
     ds, task = atomic
     # One user, max_history 3: windows of 4 items overlapping by one, [11 12 11 13] and [13 12 14]:
@@ -342,7 +326,7 @@ def test_unlikelihood_loss_is_the_nll_plus_alpha_times_the_history_penalty_by_ha
     requests = [([11], 12), ([11, 12], 11), ([11, 12, 11], 13), ([13], 12), ([13, 12], 14)]
     with torch.no_grad():
         loss, tokens = objective.loss(np.arange(objective.size))
-        total, count = _hand_unlikelihood(policy, task.items, requests, alpha)
+        total, count = _hand_nll(policy, task.items, requests, alpha)
         nll, _ = _hand_nll(policy, task.items, requests)
         plain, _ = sft_objective(policy, hand).loss(np.arange(objective.size))
     assert tokens == count == 5 * 2  # the item's token and the end token per target
