@@ -38,8 +38,9 @@ the target itself; pi(c | x_i) is the probability of c's token where the target'
 written, from the same distribution. On datasets where a user's next item is never one already in
 the history (Amazon reviews: a product is reviewed once), a plain NLL still leaves history items high
 (their embeddings are close to the context's), and the test's top 10 holds about one of them;
-unlikelihood learns from the train split that they do not come next, as a decoding rule that
-prunes them would impose without learning.
+unlikelihood asks the model to learn from the train split that they do not come next, where a
+decoding rule would prune them without learning. Measured on Games (README, Results), it moves
+them little: the penalty's gradient is pi(c) / (1 - pi(c)), small for items that hold a few percent.
 
 Under ``torchrun`` (data parallelism, :mod:`agents.parallel.distributed`) each step's batch is the global
 batch of one process: every rank takes a contiguous shard of its rows, divides its token sum by the
