@@ -113,6 +113,23 @@ def test_pretrained_vocabulary_is_recorded_and_new_rows_start_as_the_resized_row
         getattr(untied.model.get_input_embeddings(), NEW_ROWS)
 
 
+def test_head_rows_of_a_two_dimensional_index_are_the_rows_of_each_entry(pretrained, task):
+    # unlikelihood scores C candidate tokens per position: head_rows((N, C)) -> (N, C, H), new rows included
+    folders, base = pretrained
+    policy = load(pretrained, task)
+    policy.freeze("embeddings")
+    with torch.no_grad():
+        getattr(policy.model.get_output_embeddings(), NEW_ROWS).add_(1.0)  # new rows differ from the base's
+    index = torch.tensor([[0, base - 1, base], [base + 1, 3, task.items.vocab_size - 1]])
+    rows = policy.head_rows(index)
+    assert rows.shape == (2, 3, 32)
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(rows[i, j], policy.head_rows(index[i, j:j + 1])[0])
+    new = getattr(policy.model.get_output_embeddings(), NEW_ROWS)
+    assert torch.equal(rows[0, 2], new[0]) and torch.equal(rows[1, 0], new[1])
+
+
 @pytest.mark.parametrize("kind,mode", [*(("qwen2", m) for m in MODES), ("llama", "lora-top1"),
                                        ("llama", "embeddings")])
 def test_adapters_leave_the_model_unchanged_then_train_only_their_parameters(pretrained, task, kind, mode):
