@@ -54,14 +54,14 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"alphas": {}}
     ranks: dict[str, np.ndarray] = {}
+    recipe_train, _, _, recipe_cfg, _, _ = build_run(args.recipe, args.valid_requests, 1, 0)  # data, settings
     for alpha in args.alpha:
-        recipe_train, _, _, cfg, _, _ = build_run(args.recipe, args.valid_requests, 1, 0)
         policy = LLMPolicy.from_pretrained(args.policy)  # with its own tokenizer (e.g. `recgym sft`'s)
         train, valid, test = (RecGenTask(recipe_train.dataset, split=split, tokenizer=policy.items)
                               for split in ("train", "valid", "test"))
-        # one more epoch: warm-up 20 steps, cosine from lr; no validation inside (max_steps = an epoch)
-        cfg = replace(cfg, epochs=1, lr=args.lr, warmup_steps=20, unlikelihood=alpha, eval_requests=None,
-                      patience=0, progress=True)
+        # one more epoch: warm-up 20 steps, cosine from lr; no valid task, so no validation inside
+        cfg = replace(recipe_cfg, epochs=1, lr=args.lr, warmup_steps=20, unlikelihood=alpha,
+                      eval_requests=None, patience=0, progress=True)
         start = time.time()
         train_sft(policy, train, None, cfg)
         seconds = time.time() - start

@@ -141,16 +141,16 @@ class TeacherForcedScoring:
         h = _in_order(parts, buckets, ids.shape[1] - 1)
         mask = states[:, 1:] >= 0
         tokens = ids[:, 1:]
-        if candidates is not None:  # column 0: the token itself, then its candidates
-            cand = _as_long(candidates, self.device)[:, 1:]
-            tokens = torch.cat([tokens[..., None], cand], dim=-1)
+        if candidates is not None:  # column 0: the token itself, then its candidates (-1: masked below)
+            cand = _as_long(candidates, self.device)
+            tokens = torch.cat([tokens[..., None], cand[:, 1:].clamp(min=0)], dim=-1)
         logp, _, _ = self._scatter_token_logprobs(h, states[:, 1:].clamp(min=0), tokens, mask, 1.0,
                                                   full_vocab, entropy=False)
         logp = F.pad(logp, (0, 0, 1, 0) if candidates is not None else (1, 0))  # token 0 is not scored
         mask = torch.cat([mask.new_zeros(len(mask), 1), mask], dim=1)
         if candidates is None:
             return logp, mask, None
-        cand_logp = logp[..., 1:] * (_as_long(candidates, self.device) >= 0)
+        cand_logp = logp[..., 1:] * (cand >= 0)
         return logp[..., 0], mask, cand_logp
 
     def group_logprobs(
@@ -265,8 +265,8 @@ class TeacherForcedScoring:
         and the log-sum-exp's backward is the softmax itself, so the ``(N, K)`` log-softmax, its gather
         and the gather's scatter-back are never built (on one token per item, K is the catalogue).
         ``tokens`` (N,) gives (N,); (N, C), C tokens per row scored from the same distribution, gives
-        (N, C) (-1 entries give the log-prob of token 0, for the caller to mask)."""
-        w_y = self.head_rows(tokens.clamp(min=0))  # (N, H) or (N, C, H): the chosen tokens' output rows
+        (N, C)."""
+        w_y = self.head_rows(tokens)  # (N, H) or (N, C, H): the chosen tokens' output rows
         h_y = h if tokens.dim() == 1 else h[:, None]
         # in float32 at least: a half-precision product summed in half precision would lose digits
         z_y = (_at_least_float32(h_y) * _at_least_float32(w_y)).sum(dim=-1)

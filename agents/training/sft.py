@@ -283,7 +283,8 @@ class SequenceObjective(SFTObjective):
         responses = policy.item_responses(np.arange(len(items)))
         states = policy.tree.path_states(responses)
         self.item_states = states[responses >= 0]
-        if self.unlikelihood > 0 and len(np.unique(responses[:, 0])) < len(items):
+        self.item_first_token = responses[:, 0]  # what unlikelihood scores an item by
+        if self.unlikelihood > 0 and len(np.unique(self.item_first_token)) < len(items):
             raise ValueError(f"unlikelihood={self.unlikelihood}: needs one token per item, a first token "
                              "that names the item (sid_index='atomic', --set sid_index=atomic); here "
                              "items share first tokens")
@@ -343,9 +344,9 @@ class SequenceObjective(SFTObjective):
         hist[hist == item[target, None]] = -1  # never the target itself
         hist.sort(axis=1)
         hist[:, 1:][hist[:, 1:] == hist[:, :-1]] = -1  # each distinct item once
-        first = self.item_tokens[self.item_start]  # each item's (unique) first token
         out = np.full((*shape, c), -1, np.int64)
-        out[pair_window[target], col0[target]] = np.where(hist >= 0, first[hist.clip(min=0)], -1)
+        out[pair_window[target], col0[target]] = np.where(hist >= 0, self.item_first_token[hist.clip(min=0)],
+                                                          -1)
         return out
 
     def logprobs(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
